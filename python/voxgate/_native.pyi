@@ -1,0 +1,115 @@
+"""voxgate's Rust core: frame codec, CRC-32C and the credit ledger (PROTOCOL sections 1 and 4)."""
+
+from collections.abc import Buffer
+from typing import Final
+
+HEADER_SIZE: Final[int]  # 24
+MAGIC: Final[bytes]  # b"VF"
+VERSION: Final[int]  # 1
+FLAG_END: Final[int]  # 0x01
+
+# Per-frame verdicts in decode results.
+FRAME_OK: Final[int]  # 0: well framed, CRC matches
+FRAME_BAD_CRC: Final[int]  # 1: well framed, CRC mismatch -> nack "checksum"
+FRAME_TOO_LARGE: Final[int]  # 2: well framed, length > max_frame_bytes -> nack "too_large" (CRC not checked)
+
+# One decoded frame: (seq, flags, pts_us, payload_offset, payload_length, crc32c, verdict).
+# payload_offset indexes into the decoded message; crc32c is the header's value.
+DecodedFrame = tuple[int, int, int, int, int, int, int]
+
+class FrameError(ValueError):
+    """Broken framing: the whole message (or body, from ``offset`` on) is rejected.
+
+    ``kind`` is one of "bad_magic", "bad_version", "reserved_flags",
+    "truncated" (a frame runs past the end) or "empty_frame" (zero length without END).
+    ``offset`` is the byte offset of the offending frame's header.
+    """
+
+    kind: str
+    offset: int
+
+def crc32c(data: Buffer, value: int = 0) -> int:
+    """CRC-32C of ``data``, continuing from ``value`` (the CRC of what came before)."""
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32C of ``A + B`` from ``crc1 = crc32c(A)``, ``crc2 = crc32c(B)`` and ``len(B)``."""
+
+def encode_frame(seq: int, payload: Buffer, pts_us: int = 0, end: bool = False) -> bytes:
+    """One frame, header and payload, with its CRC-32C computed."""
+
+def encode_header(seq: int, length: int, crc32c: int, pts_us: int = 0, flags: int = 0) -> bytes:
+    """A 24-byte header as given, unchecked (tests use it to build bad frames)."""
+
+def decode(message: Buffer, max_frame_bytes: int) -> list[DecodedFrame]:
+    """Every frame of one WebSocket message, payloads left in place.
+
+    Raises :class:`FrameError` on broken framing; nothing of the message counts then.
+    """
+
+class StreamDecoder:
+    """Incremental decoder for byte streams (HTTP bodies) split anywhere.
+
+    Buffers at most one header plus ``max_frame_bytes``; a too-large frame's
+    payload is skipped as it streams past, never buffered.
+    """
+
+    def __init__(self, max_frame_bytes: int) -> None: ...
+    def feed(self, chunk: Buffer) -> list[tuple[int, int, int, bytes | None, int, int]]:
+        """Frames completed by ``chunk``: (seq, flags, pts_us, payload, crc32c, verdict).
+
+        ``payload`` is None for FRAME_TOO_LARGE. Raises :class:`FrameError` on
+        broken framing; the decoder is then unusable.
+        """
+
+    def finish(self) -> None:
+        """Declare the end of the stream; raises FrameError("truncated") if a frame is partial."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+
+    @property
+    def consumed(self) -> int:
+        """Total bytes fed so far."""
+
+class LedgerStats:
+    inflight_bytes: int  # admitted and not yet released, all streams
+    streams: int
+    pressure: bool  # between the high watermark and the return to the low one
+    pressure_events: int  # times pressure began
+    admitted_bytes: int  # total ever admitted
+    refused: int  # admits refused
+
+class Ledger:
+    """Credit accounting for every open stream of this process.
+
+    Each stream has an advertised window (the credit the client was last told).
+    ``admit`` succeeds while the stream's in-flight bytes stay within it and the
+    global in-flight bytes stay within ``global_limit``. ``window`` computes and
+    records the next advertisement: ``window_bytes`` normally; under pressure
+    (global in-flight reached ``global_high`` and not yet back to
+    ``global_low``) no new credit, i.e. the stream's current in-flight bytes.
+    """
+
+    def __init__(
+        self, window_bytes: int, global_high: int, global_low: int, global_limit: int
+    ) -> None: ...
+    def open(self) -> int:
+        """Register a stream; returns its handle with the full window advertised."""
+
+    def close(self, handle: int) -> None:
+        """Forget a stream, releasing whatever it still had in flight."""
+
+    def admit(self, handle: int, nbytes: int) -> bool:
+        """Count ``nbytes`` in flight for the stream if its credit allows."""
+
+    def release(self, handle: int, nbytes: int) -> bool:
+        """Uncount acked bytes; True when this release ended a pressure period."""
+
+    def window(self, handle: int) -> int:
+        """The window to advertise now, recorded as the stream's credit."""
+
+    def inflight(self, handle: int) -> int:
+        """The stream's bytes in flight."""
+
+    def stats(self) -> LedgerStats: ...

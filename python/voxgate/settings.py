@@ -1,0 +1,92 @@
+"""voxgate's one settings object, read from ``VOXGATE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+Durability = Literal["fsync", "process"]
+
+# Fields whose environment value is a comma-separated list.
+_LIST_FIELDS = frozenset({"api_keys", "cors_origins"})
+
+
+class SettingsError(ValueError):
+    """A ``VOXGATE_*`` variable has a value voxgate cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything an operator can configure; ``VOXGATE_<FIELD>`` sets ``<field>``."""
+
+    data_dir: str = "./data"
+    api_keys: tuple[str, ...] = ()
+    durability: Durability = "fsync"
+    # Browser Origin allow-list for the WebSocket stream (and CORS); "*" allows any.
+    cors_origins: tuple[str, ...] = ("*",)
+
+    # PROTOCOL section 1 and 2: frame and message limits.
+    max_frame_bytes: int = 256 * 1024
+    max_message_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 64 * 1024 * 1024
+    # A frame further ahead of next_seq than this is refused with nack "sequence".
+    max_seq_ahead: int = 1_000_000
+
+    # PROTOCOL section 4: credit. Each stream gets at most window_bytes; when the
+    # bytes in flight across all streams reach global_high_bytes, windows stop
+    # growing until they fall to global_low_bytes.
+    window_bytes: int = 1024 * 1024
+    global_high_bytes: int = 64 * 1024 * 1024
+    global_low_bytes: int = 32 * 1024 * 1024
+
+    # PROTOCOL section 5: stream tokens.
+    token_ttl_s: int = 60
+    token_max_ttl_s: int = 3600
+
+    idle_timeout_s: float = 60.0
+
+    # Group commit: the most frames and bytes one transaction takes.
+    commit_max_frames: int = 4096
+    commit_max_bytes: int = 32 * 1024 * 1024
+    segment_max_bytes: int = 64 * 1024 * 1024
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.max_frame_bytes < 1:
+            raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
+        if self.max_message_bytes < 24 + self.max_frame_bytes:
+            raise SettingsError(
+                "VOXGATE_MAX_MESSAGE_BYTES must hold at least one frame of "
+                "VOXGATE_MAX_FRAME_BYTES plus its 24-byte header"
+            )
+        if self.window_bytes < self.max_frame_bytes:
+            raise SettingsError("VOXGATE_WINDOW_BYTES must be at least VOXGATE_MAX_FRAME_BYTES")
+        if not 0 <= self.global_low_bytes < self.global_high_bytes:
+            raise SettingsError(
+                "VOXGATE_GLOBAL_LOW_BYTES must be below VOXGATE_GLOBAL_HIGH_BYTES"
+            )
+        if not 1 <= self.token_ttl_s <= self.token_max_ttl_s:
+            raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
+        if self.idle_timeout_s <= 0:
+            raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``VOXGATE_*`` variables; raises :class:`SettingsError`."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for name in cls.__struct_fields__:
+            value = env.get(f"VOXGATE_{name.upper()}")
+            if value is None:
+                continue
+            if name in _LIST_FIELDS:
+                raw[name] = tuple(part.strip() for part in value.split(",") if part.strip())
+            else:
+                raw[name] = value
+        try:
+            return msgspec.convert(raw, type=cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"bad VOXGATE_* setting: {exc}") from exc
