@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up this checkout if needed, then run every check CI runs, in order,
+# stopping at the first one that fails:
+#   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test
+#   Python: ruff check, mypy --strict, pytest (unit and end-to-end)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+VENV="$ROOT/.venv"
+
+bash scripts/setup.sh
+
+failed() { printf '\ntest.sh FAILED at: %s\n' "$*" >&2; exit 1; }
+
+# check NAME COMMAND...: run one check, stop everything if it fails.
+check() {
+    local name="$1"; shift
+    printf '\n==> check: %s\n    $ %s\n' "$name" "$*"
+    local start=$SECONDS
+    if "$@"; then
+        printf '==> ok: %s (%ds)\n' "$name" "$((SECONDS - start))"
+    else
+        failed "$name (exit $?)"
+    fi
+}
+
+# pyo3's build script and the Rust test binaries use the virtualenv's
+# interpreter and must find its shared libpython at run time.
+export PYO3_PYTHON="$VENV/bin/python"
+PY_LIBDIR="$("$PYO3_PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
+export LD_LIBRARY_PATH="${PY_LIBDIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+check "cargo fmt" cargo fmt --all --check
+check "cargo clippy" cargo clippy --all-targets -- -D warnings
+check "cargo test" cargo test
+
+# Lint only the Python trees that exist (git keeps no empty folders).
+ruff_paths=()
+for dir in python tests loadtests; do
+    [[ -d "$dir" ]] && ruff_paths+=("$dir")
+done
+check "ruff check" "$VENV/bin/ruff" check "${ruff_paths[@]}"
+check "mypy (package voxgate)" "$VENV/bin/mypy"
+mypy_tests=()
+for path in tests/conftest.py tests/servers.py tests/e2e; do
+    [[ -e "$path" ]] && mypy_tests+=("$path")
+done
+if ((${#mypy_tests[@]})); then
+    check "mypy (test harness)" "$VENV/bin/mypy" --strict "${mypy_tests[@]}"
+fi
+
+# pytest exits 5 when it collected no test: a run that tests nothing fails.
+pytest_run() {
+    local rc=0
+    "$VENV/bin/pytest" -q "$@" || rc=$?
+    if ((rc == 5)); then
+        echo "pytest collected no tests" >&2
+    fi
+    return "$rc"
+}
+check "pytest" pytest_run
+
+printf '\ntest.sh: all checks passed\n'
