@@ -70,7 +70,7 @@ class Progress(msgspec.Struct, kw_only=True):
 
 
 class CommitResult(msgspec.Struct):
-    """``outcomes[i]`` answers ``frames[i]`` of the commit; ``progress`` covers every session touched."""
+    """``outcomes[i]`` answers ``frames[i]``; ``progress`` covers every session touched."""
 
     outcomes: list[Outcome]
     progress: dict[str, Progress]

@@ -1,0 +1,179 @@
+"""What a session holds: the missing report and the audio download (PROTOCOL section 2.3)."""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.response import Stream
+
+from voxgate.api.sessions import live_session, runtime_of
+from voxgate.auth import require_api_key
+from voxgate.errors import ApiError
+from voxgate.store.base import FrameEntry, Store
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+WAV_HEADER_BYTES = 44
+
+
+class MissingReport(msgspec.Struct):
+    next_seq: int
+    missing: list[list[int]]
+    frames: int
+    bytes: int
+    ended: bool
+    complete: bool
+
+
+@get("/v1/sessions/{session_id:str}/missing", guards=[require_api_key], tags=["sessions"])
+async def missing(request: Request[Any, Any, Any], session_id: str) -> MissingReport:
+    """The same truth as the stream's hello: what a resuming client must resend."""
+    runtime = runtime_of(request)
+    session = await live_session(runtime, session_id)
+    gaps = await runtime.store.missing(session_id)
+    return MissingReport(
+        next_seq=session.next_seq,
+        missing=gaps,
+        frames=session.frames,
+        bytes=session.bytes,
+        ended=session.end_seq is not None,
+        complete=session.state == "complete",
+    )
+
+
+def wav_header(data_bytes: int, sample_rate: int, channels: int) -> bytes:
+    """A 44-byte RIFF/WAVE header for 16-bit little-endian PCM."""
+    block_align = channels * 2
+    data_bytes = min(data_bytes, 0xFFFFFFFF - 36)
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        channels,
+        sample_rate,
+        sample_rate * block_align,
+        block_align,
+        16,
+        b"data",
+        data_bytes,
+    )
+
+
+def parse_range(value: str | None, total: int) -> tuple[int, int] | None:
+    """The inclusive byte range a single-range ``Range`` header asks for, or None for all.
+
+    Raises ApiError 416 when the range cannot be satisfied.
+    """
+    if not value:
+        return None
+    match = _RANGE.match(value.strip())
+    if match is None:  # several ranges or another unit: RFC 9110 lets us send it all
+        return None
+    first_s, last_s = match.groups()
+    if not first_s and not last_s:
+        return None
+    if not first_s:
+        first, last = max(total - int(last_s), 0), total - 1
+    else:
+        first = int(first_s)
+        last = min(int(last_s), total - 1) if last_s else total - 1
+    if first >= total or last < first:
+        raise ApiError(
+            416,
+            "range_not_satisfiable",
+            f"range {value} outside 0-{total - 1}",
+            headers={"Content-Range": f"bytes */{total}"},
+        )
+    return first, last
+
+
+async def _payload_bytes(
+    store: Store, session_id: str, index: list[FrameEntry], first: int, last: int
+) -> AsyncIterator[bytes]:
+    """Bytes ``first..last`` (inclusive) of the indexed payloads concatenated in seq order."""
+    position = 0
+    start_offset = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    for entry in index:
+        end = position + entry.length
+        if first_seq is None and end > first:
+            first_seq = entry.seq
+            start_offset = first - position
+        if end > last:
+            last_seq = entry.seq
+            break
+        position = end
+    if first_seq is None:
+        return
+    remaining = last - first + 1
+    skip = start_offset
+    async for _, payload in store.read_payloads(session_id, first_seq, last_seq):
+        piece = payload[skip : skip + remaining]
+        skip = 0
+        remaining -= len(piece)
+        if piece:
+            yield piece
+        if remaining <= 0:
+            break
+
+
+@get("/v1/sessions/{session_id:str}/audio", guards=[require_api_key], tags=["sessions"])
+async def audio(
+    request: Request[Any, Any, Any],
+    session_id: str,
+    format: str | None = None,
+    allow_gaps: bool = False,
+) -> Response[Any]:
+    """Stored payloads in seq order, as raw bytes or WAV; honours a single ``Range``."""
+    runtime = runtime_of(request)
+    store = runtime.store
+    session = await live_session(runtime, session_id)
+    if format not in (None, "raw", "wav"):
+        raise ApiError(422, "bad_format", "format must be raw or wav")
+    if not allow_gaps:
+        gaps = await store.missing(session_id)
+        if gaps:
+            raise ApiError(
+                409,
+                "gaps",
+                "the session has gaps; pass allow_gaps=true to download anyway",
+                extra={"missing": gaps},
+            )
+    # One snapshot of the index sizes the body, even while frames keep arriving.
+    index = await store.frame_index(session_id)
+    data_total = sum(entry.length for entry in index)
+    header = b""
+    media_type = "application/octet-stream"
+    if format == "wav":
+        if session.codec != "pcm_s16le":
+            raise ApiError(422, "not_pcm", "format=wav needs a pcm_s16le session")
+        header = wav_header(data_total, session.sample_rate or 16000, session.channels or 1)
+        media_type = "audio/wav"
+    total = len(header) + data_total
+    wanted = parse_range(request.headers.get("range"), total) if total else None
+    first, last = wanted if wanted is not None else (0, total - 1)
+
+    async def body() -> AsyncIterator[bytes]:
+        if first < len(header):
+            yield header[first : last + 1]
+        data_first = max(first - len(header), 0)
+        data_last = last - len(header)
+        if data_last >= data_first:
+            async for piece in _payload_bytes(store, session_id, index, data_first, data_last):
+                yield piece
+
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(max(last - first + 1, 0))}
+    status = 200
+    if wanted is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{total}"
+    return Stream(body(), status_code=status, media_type=media_type, headers=headers)

@@ -1,0 +1,95 @@
+"""Sessions: create, read, list with paging, delete (PROTOCOL section 2.3)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.params import Parameter
+
+from voxgate.auth import require_api_key
+from voxgate.errors import ApiError
+from voxgate.store.base import Session, SessionState
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
+
+Codec = Literal["pcm_s16le", "opus", "webm", "mulaw", "alaw", "flac", "mp3", "aac", "wav", "other"]
+
+
+class SessionCreate(msgspec.Struct, forbid_unknown_fields=True):
+    codec: Codec | None = None
+    sample_rate: int | None = msgspec.field(default=None)
+    channels: int | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sample_rate is not None and not 1 <= self.sample_rate <= 768_000:
+            raise ValueError("sample_rate must be between 1 and 768000")
+        if self.channels is not None and not 1 <= self.channels <= 255:
+            raise ValueError("channels must be between 1 and 255")
+
+
+class SessionPage(msgspec.Struct):
+    sessions: list[Session]
+    next: str | None
+
+
+def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def live_session(runtime: Runtime, session_id: str) -> Session:
+    """The session, or 404 when unknown and 410 when deleted."""
+    session = await runtime.store.get_session(session_id)
+    if session is None:
+        raise ApiError(404, "not_found", f"unknown session {session_id}")
+    if session.state is SessionState.DELETED:
+        raise ApiError(410, "gone", f"session {session_id} was deleted")
+    return session
+
+
+class SessionController(Controller):
+    path = "/v1/sessions"
+    guards = [require_api_key]
+    tags = ["sessions"]
+
+    @post("/", status_code=201)
+    async def create(
+        self, request: Request[Any, Any, Any], data: SessionCreate | None = None
+    ) -> Session:
+        """Create an open session."""
+        body = data or SessionCreate()
+        return await runtime_of(request).store.create_session(
+            codec=body.codec,
+            sample_rate=body.sample_rate,
+            channels=body.channels,
+            metadata=body.metadata,
+        )
+
+    @get("/")
+    async def list_sessions(
+        self,
+        request: Request[Any, Any, Any],
+        limit: int = Parameter(default=50, ge=1, le=500),
+        after: str | None = None,
+    ) -> SessionPage:
+        """Sessions by id (creation order); pass ``next`` back as ``after`` for the next page."""
+        sessions = await runtime_of(request).store.list_sessions(limit=limit + 1, after=after)
+        more = len(sessions) > limit
+        sessions = sessions[:limit]
+        return SessionPage(sessions, sessions[-1].id if more and sessions else None)
+
+    @get("/{session_id:str}")
+    async def read(self, request: Request[Any, Any, Any], session_id: str) -> Session:
+        return await live_session(runtime_of(request), session_id)
+
+    @delete("/{session_id:str}", status_code=204)
+    async def remove(self, request: Request[Any, Any, Any], session_id: str) -> None:
+        """Delete a session: its frames and payload bytes are removed for good."""
+        runtime = runtime_of(request)
+        await live_session(runtime, session_id)
+        if not await runtime.store.delete_session(session_id):
+            raise ApiError(410, "gone", f"session {session_id} was deleted")

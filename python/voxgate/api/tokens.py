@@ -1,0 +1,47 @@
+"""Stream tokens (PROTOCOL section 5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, post
+
+from voxgate.api.sessions import live_session, runtime_of
+from voxgate.auth import require_api_key
+from voxgate.errors import ApiError
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ttl_s: int | None = None
+
+
+class TokenResponse(msgspec.Struct):
+    token: str
+    expires_at: datetime
+    ttl_s: int
+
+
+@post(
+    "/v1/sessions/{session_id:str}/tokens",
+    guards=[require_api_key],
+    status_code=201,
+    tags=["tokens"],
+)
+async def mint_token(
+    request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
+) -> TokenResponse:
+    """A single-use stream token bound to the session, valid for ``ttl_s`` seconds."""
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    ttl_s = settings.token_ttl_s if data is None or data.ttl_s is None else data.ttl_s
+    if not 1 <= ttl_s <= settings.token_max_ttl_s:
+        raise ApiError(
+            422,
+            "ttl_out_of_range",
+            f"ttl_s must be between 1 and {settings.token_max_ttl_s}",
+        )
+    await live_session(runtime, session_id)
+    minted = await runtime.tokens.mint(session_id, ttl_s)
+    return TokenResponse(minted.token, minted.expires_at, minted.ttl_s)

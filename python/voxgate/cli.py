@@ -1,0 +1,75 @@
+"""``voxgate`` command line: serve, stream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from voxgate.auth import ensure_api_keys
+from voxgate.settings import Settings, SettingsError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    from voxgate.runtime import WORKERS_ENV
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 2
+    # Made here, before workers start, so every worker finds the same key.
+    os.makedirs(settings.data_dir, exist_ok=True)
+    _, generated = ensure_api_keys(settings)
+    if generated is not None:
+        print(
+            f"voxgate: generated API key (stored in {settings.data_dir}/api_key): {generated}",
+            flush=True,
+        )
+    os.environ[WORKERS_ENV] = str(args.workers)
+    server = Server(
+        "voxgate.app:app_from_env",
+        address=args.host,
+        port=args.port,
+        interface=Interfaces.ASGI,
+        workers=args.workers,
+        factory=True,
+        websockets=True,
+        log_access=False,
+    )
+    server.serve()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxgate", description="Durable voice-streaming ingest")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server (settings from VOXGATE_* variables)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_serve)
+    try:
+        from voxgate.client.cli import add_stream_command
+    except ImportError:  # the client is optional at import time only while it is being built
+        pass
+    else:
+        add_stream_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.handler(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The one place where exceptions become RFC 9457 problem details."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from voxgate.store.base import StoreError
+from voxgate.tokens.base import TokenStoreError
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("voxgate.api")
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class ApiError(Exception):
+    """A client-facing error of the HTTP API: its status, a short code and a sentence."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    """A problem-details response; ``type`` is a stable URN naming the error."""
+    body: dict[str, Any] = {
+        "type": f"urn:voxgate:error:{code}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    body.update(extra or {})
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+    return problem(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
+
+
+def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        extra["errors"] = exc.extra
+    code = _TITLES.get(status, "error").lower().replace(" ", "_")
+    return problem(status, code, str(exc.detail), headers=exc.headers, extra=extra)
+
+
+def _store_error(_: Request[Any, Any, Any], exc: StoreError) -> Response[dict[str, Any]]:
+    log.error("store unavailable: %s", exc)
+    return problem(
+        503,
+        "store_unavailable",
+        "storage is unavailable, retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _token_store_error(_: Request[Any, Any, Any], exc: TokenStoreError) -> Response[dict[str, Any]]:
+    log.error("token store unavailable: %s", exc)
+    return problem(
+        503,
+        "token_store_unavailable",
+        "the token store is unavailable, retry shortly",
+        headers={"Retry-After": "2"},
+    )
+
+
+def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unexpected error", exc_info=exc)
+    return problem(500, "internal", "unexpected server error")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ApiError: _api_error,
+    HTTPException: _http_exception,
+    StoreError: _store_error,
+    TokenStoreError: _token_store_error,
+    Exception: _unexpected,
+}

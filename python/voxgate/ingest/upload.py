@@ -1,0 +1,109 @@
+"""HTTP upload of frames (PROTOCOL section 2.2), decoded incrementally as the body arrives."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, Response, post
+
+from voxgate import _native
+from voxgate.auth import bearer
+from voxgate.errors import ApiError, problem
+from voxgate.ingest.tally import Tally, precheck
+from voxgate.store.base import FrameIn, SessionState
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
+
+MEDIA_TYPE = "application/vnd.voxgate.frames"
+
+
+def _answer(tally: Tally) -> dict[str, Any]:
+    acked, duplicate = tally.take_acks()
+    rejected = [{"ranges": ranges, "reason": reason} for reason, ranges in tally.take_rejections()]
+    return {"acked": acked, "duplicate": duplicate, "rejected": rejected}
+
+
+@post(
+    "/v1/sessions/{session_id:str}/frames",
+    name="upload",
+    status_code=200,
+    request_max_body_size=None,  # checked below against VOXGATE_MAX_UPLOAD_BYTES while streaming
+)
+async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[Any]:
+    """Store the frames of a request body; answers once each is durable or rejected."""
+    runtime: Runtime = request.app.state.runtime
+    settings = runtime.settings
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != MEDIA_TYPE:
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {MEDIA_TYPE}")
+    token = bearer(request.headers.get("authorization"))
+    if token is None:
+        raise ApiError(
+            401, "unauthorized", "missing stream token: send Authorization: Bearer <token>"
+        )
+    token_session = await runtime.tokens.consume(token)
+    if token_session is None:
+        raise ApiError(401, "unauthorized", "invalid, expired or already used stream token")
+    session = await runtime.store.get_session(session_id)
+    if session is None:
+        raise ApiError(404, "not_found", f"unknown session {session_id}")
+    if session.state is SessionState.DELETED:
+        raise ApiError(410, "gone", "session deleted: it no longer accepts frames")
+    if not hmac.compare_digest(token_session, session_id):
+        raise ApiError(403, "forbidden", "stream token is for another session")
+
+    decoder = _native.StreamDecoder(settings.max_frame_bytes)
+    tally = Tally()
+    end_seq, next_seq = session.end_seq, session.next_seq
+    batch: list[FrameIn] = []
+    batch_bytes = 0
+    received = 0
+
+    async def commit() -> None:
+        nonlocal batch, batch_bytes, end_seq, next_seq
+        if not batch:
+            return
+        result = await runtime.writer.commit(batch)
+        tally.record(batch, result.outcomes)
+        progress = result.progress.get(session_id)
+        if progress is not None:
+            end_seq, next_seq = progress.end_seq, max(next_seq, progress.next_seq)
+        batch, batch_bytes = [], 0
+
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > settings.max_upload_bytes:
+                await commit()
+                return problem(
+                    413,
+                    "body_too_large",
+                    f"body above {settings.max_upload_bytes} bytes; frames before it are stored",
+                    extra=_answer(tally),
+                )
+            for seq, flags, pts_us, payload, crc, verdict in decoder.feed(chunk):
+                reason = precheck(seq, verdict, end_seq, next_seq + settings.max_seq_ahead)
+                if reason is not None:
+                    tally.reject(seq, reason)
+                    continue
+                assert payload is not None  # only too-large frames come without payload
+                batch.append(FrameIn(session_id, seq, flags, pts_us, crc, payload))
+                batch_bytes += len(payload)
+            # Bounded memory: commit as the body streams in rather than at its end.
+            if batch_bytes >= settings.window_bytes:
+                await commit()
+        decoder.finish()
+    except _native.FrameError as exc:
+        await commit()
+        return problem(
+            400,
+            exc.kind,
+            f"{exc}; frames before offset {exc.offset} were handled as reported",
+            extra=_answer(tally),
+        )
+    await commit()
+    if tally.gone:
+        raise ApiError(410, "gone", "session deleted: it no longer accepts frames")
+    return Response(_answer(tally), status_code=200)
