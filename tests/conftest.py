@@ -1,0 +1,20 @@
+"""Shared test hooks: a failing test's report shows the logs of the servers it ran against."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+from servers import RUNNING
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for server in RUNNING:
+            report.sections.append((f"server log {server.base_url}", server.log_tail()))
+    return report

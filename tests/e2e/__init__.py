@@ -1,0 +1,1 @@
+"""End-to-end tests: real ``voxgate serve`` processes driven over the wire."""
