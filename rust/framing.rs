@@ -32,7 +32,7 @@ pub enum Verdict {
 /// Why framing is broken, with what was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The first two bytes are not `VF` (bytes that were not there read as 0).
+    /// The first two bytes are not `VF`.
     BadMagic { found: [u8; 2] },
     /// Version byte is not 1.
     BadVersion { found: u8 },
@@ -117,9 +117,10 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 #[inline]
 fn check_prefix(p: &[u8]) -> Result<(), ErrorKind> {
     let n = p.len();
-    if (n >= 1 && p[0] != MAGIC[0]) || (n >= 2 && p[1] != MAGIC[1]) {
-        let found = [p[0], if n >= 2 { p[1] } else { 0 }];
-        return Err(ErrorKind::BadMagic { found });
+    if n >= 2 && p[..2] != MAGIC {
+        return Err(ErrorKind::BadMagic {
+            found: [p[0], p[1]],
+        });
     }
     if n >= 3 && p[2] != VERSION {
         return Err(ErrorKind::BadVersion { found: p[2] });
@@ -375,9 +376,14 @@ impl StreamDecoder {
         }
     }
 
-    /// Bytes held waiting for the rest of a frame.
+    /// Bytes of the partial frame held waiting for the rest of it (a
+    /// too-large frame's payload is skipped, so only its header counts).
     pub fn buffered(&self) -> usize {
-        self.header_len + self.buf.len()
+        match self.state {
+            State::Header => self.header_len,
+            State::Payload(_) => HEADER_SIZE + self.buf.len(),
+            State::Skip(..) => HEADER_SIZE,
+        }
     }
 
     /// Total bytes fed so far.
@@ -520,5 +526,452 @@ impl StreamDecoder {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a frame is, independent of how it was decoded.
+    type Seen = (u32, u8, u64, Option<Vec<u8>>, u32, Verdict);
+
+    fn seen_one_shot(msg: &[u8], max: u64) -> Result<Vec<Seen>, FrameError> {
+        Ok(decode(msg, max)?
+            .into_iter()
+            .map(|f| {
+                let payload = (f.verdict != Verdict::TooLarge).then(|| {
+                    msg[f.payload_offset..f.payload_offset + f.payload_len as usize].to_vec()
+                });
+                (f.seq, f.flags, f.pts_us, payload, f.crc32c, f.verdict)
+            })
+            .collect())
+    }
+
+    /// Feeds `chunks` in turn; returns the frames handed out and the error met, if any.
+    fn seen_streamed(chunks: &[&[u8]], max: u64) -> (Vec<Seen>, Option<FrameError>) {
+        let mut dec = StreamDecoder::new(max);
+        let mut seen = Vec::new();
+        for chunk in chunks {
+            let mut out = Vec::new();
+            let fed = dec.feed(chunk, &mut out);
+            assert!(dec.buffered() as u64 <= HEADER_SIZE as u64 + max);
+            seen.extend(out.into_iter().map(|f| {
+                let payload = f.payload.bytes().map(<[u8]>::to_vec);
+                (f.seq, f.flags, f.pts_us, payload, f.crc32c, f.verdict)
+            }));
+            if let Err(e) = fed {
+                return (seen, Some(e));
+            }
+        }
+        (seen, dec.finish().err())
+    }
+
+    /// What streaming must give for a whole stream: the frames one-shot
+    /// decoding finds, or, when framing breaks, the frames before the break and
+    /// the same error.
+    fn expected(stream: &[u8], max: u64) -> (Vec<Seen>, Option<FrameError>) {
+        match seen_one_shot(stream, max) {
+            Ok(frames) => (frames, None),
+            Err(e) if e.offset == 0 => (Vec::new(), Some(e)),
+            Err(e) => (
+                seen_one_shot(&stream[..e.offset as usize], max).expect("prefix decodes"),
+                Some(e),
+            ),
+        }
+    }
+
+    fn err(msg: &[u8]) -> FrameError {
+        decode(msg, 1 << 20).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut msg = encode_frame(0, b"first", 0, false);
+        msg.extend(encode_frame(1, &[7u8; 1000], 20_000, false));
+        msg.extend(encode_frame(u32::MAX, b"", u64::MAX, true));
+        let frames = decode(&msg, 1 << 20).unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(
+            frames[0],
+            Frame {
+                seq: 0,
+                flags: 0,
+                pts_us: 0,
+                payload_offset: 24,
+                payload_len: 5,
+                crc32c: crc::crc32c(b"first"),
+                verdict: Verdict::Ok,
+            }
+        );
+        assert_eq!(&msg[24..29], b"first");
+        assert_eq!(
+            (frames[1].seq, frames[1].pts_us, frames[1].payload_offset),
+            (1, 20_000, 53)
+        );
+        assert_eq!(frames[1].verdict, Verdict::Ok);
+        assert_eq!(
+            (frames[2].seq, frames[2].flags, frames[2].pts_us),
+            (u32::MAX, FLAG_END, u64::MAX)
+        );
+        assert_eq!(
+            (frames[2].payload_len, frames[2].crc32c, frames[2].verdict),
+            (0, 0, Verdict::Ok)
+        );
+    }
+
+    #[test]
+    fn header_layout_is_big_endian() {
+        let h = encode_header(
+            0x0102_0304,
+            0x1112_1314,
+            0x2122_2324,
+            0x3132_3334_3536_3738,
+            0x01,
+        );
+        assert_eq!(
+            h,
+            [
+                0x56, 0x46, 1, 1, 1, 2, 3, 4, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x11,
+                0x12, 0x13, 0x14, 0x21, 0x22, 0x23, 0x24
+            ]
+        );
+        let parsed = parse_header(&h).unwrap();
+        assert_eq!(parsed.seq, 0x0102_0304);
+        assert_eq!(parsed.length, 0x1112_1314);
+        assert_eq!(parsed.crc32c, 0x2122_2324);
+        assert_eq!(parsed.pts_us, 0x3132_3334_3536_3738);
+    }
+
+    #[test]
+    fn bad_crc_is_a_verdict() {
+        let mut msg = encode_frame(5, b"payload", 0, false);
+        msg[30] ^= 0xff;
+        msg.extend(encode_frame(6, b"fine", 0, false));
+        let frames = decode(&msg, 100).unwrap();
+        assert_eq!(frames[0].verdict, Verdict::BadCrc);
+        assert_eq!(frames[1].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn too_large_is_a_verdict_not_an_error() {
+        let mut msg = encode_frame(0, &[1u8; 11], 0, false);
+        msg[30] ^= 0xff; // CRC is wrong too, but not looked at
+        msg.extend(encode_frame(1, &[2u8; 10], 0, false));
+        let frames = decode(&msg, 10).unwrap();
+        assert_eq!(frames[0].verdict, Verdict::TooLarge);
+        assert_eq!(frames[0].payload_len, 11);
+        assert_eq!(frames[1].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn empty_message_is_truncated() {
+        assert_eq!(
+            err(b""),
+            FrameError {
+                kind: ErrorKind::Truncated {
+                    needed: 24,
+                    available: 0
+                },
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn bad_magic() {
+        let mut msg = encode_frame(0, b"ok", 0, false);
+        let mut bad = encode_frame(1, b"x", 0, false);
+        bad[1] = b'G';
+        msg.extend(bad);
+        let e = err(&msg);
+        assert_eq!(e.kind, ErrorKind::BadMagic { found: *b"VG" });
+        assert_eq!(e.offset, 26);
+        assert!(e.to_string().contains("byte 26"));
+    }
+
+    #[test]
+    fn bad_version() {
+        let mut msg = encode_frame(0, b"x", 0, false);
+        msg[2] = 2;
+        assert_eq!(err(&msg).kind, ErrorKind::BadVersion { found: 2 });
+    }
+
+    #[test]
+    fn reserved_flags() {
+        for bit in 1..8 {
+            let msg = [&encode_header(0, 1, 0, 0, 1 << bit)[..], b"x"].concat();
+            let e = err(&msg);
+            assert_eq!(e.kind, ErrorKind::ReservedFlags { flags: 1 << bit });
+            assert_eq!(e.kind.name(), "reserved_flags");
+        }
+    }
+
+    #[test]
+    fn empty_frame_needs_end() {
+        assert_eq!(
+            err(&encode_header(0, 0, 0, 0, 0)).kind,
+            ErrorKind::EmptyFrame
+        );
+        assert!(decode(&encode_header(0, 0, 0, 0, FLAG_END), 0).is_ok());
+    }
+
+    #[test]
+    fn truncated_header_and_payload() {
+        let frame = encode_frame(0, b"0123456789", 0, false);
+        let mut msg = encode_frame(9, b"a", 0, false);
+        msg.extend(&frame[..10]);
+        assert_eq!(
+            err(&msg),
+            FrameError {
+                kind: ErrorKind::Truncated {
+                    needed: 24,
+                    available: 10
+                },
+                offset: 25
+            }
+        );
+        assert_eq!(
+            err(&frame[..33]),
+            FrameError {
+                kind: ErrorKind::Truncated {
+                    needed: 34,
+                    available: 33
+                },
+                offset: 0
+            }
+        );
+        // A too-large frame that does not fit is still truncated.
+        assert_eq!(
+            decode(&frame[..33], 2).unwrap_err().kind.name(),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn checks_run_in_protocol_order() {
+        // Everything wrong at once: magic wins, then version, then flags, then empty.
+        let mut h = encode_header(0, 0, 0, 0, 0x80);
+        h[0] = 0;
+        h[2] = 9;
+        assert_eq!(err(&h).kind.name(), "bad_magic");
+        h[0] = MAGIC[0];
+        assert_eq!(err(&h).kind.name(), "bad_version");
+        h[2] = VERSION;
+        assert_eq!(err(&h).kind.name(), "reserved_flags");
+        h[3] = 0;
+        assert_eq!(err(&h).kind.name(), "empty_frame");
+        assert_eq!(err(&h[..20]).kind.name(), "empty_frame");
+        assert_eq!(err(&h[..19]).kind.name(), "truncated");
+    }
+
+    #[test]
+    fn stream_reassembles_and_borrows_when_it_can() {
+        let a = encode_frame(0, b"aaaa", 1, false);
+        let b = encode_frame(1, b"bbbbbb", 2, true);
+        let stream = [a.clone(), b.clone()].concat();
+        let mut dec = StreamDecoder::new(100);
+        let mut out = Vec::new();
+        dec.feed(&stream[..30], &mut out).unwrap();
+        assert!(matches!(out[0].payload, Payload::Borrowed(b"aaaa")));
+        assert_eq!(dec.buffered(), 2);
+        out.clear();
+        dec.feed(&stream[30..50], &mut out).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(dec.buffered(), 22);
+        dec.feed(&stream[50..54], &mut out).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(dec.buffered(), 24 + 2);
+        dec.feed(&stream[54..], &mut out).unwrap();
+        assert_eq!(out[0].payload, Payload::Owned(b"bbbbbb".to_vec()));
+        assert_eq!(out[0].verdict, Verdict::Ok);
+        assert_eq!((dec.buffered(), dec.consumed()), (0, stream.len() as u64));
+        dec.finish().unwrap();
+    }
+
+    #[test]
+    fn stream_skips_too_large_without_buffering() {
+        let big = encode_frame(0, &[9u8; 5000], 0, false);
+        let small = encode_frame(1, b"s", 0, false);
+        let stream = [big, small].concat();
+        let mut dec = StreamDecoder::new(100);
+        let mut seen = Vec::new();
+        for chunk in stream.chunks(7) {
+            let mut out = Vec::new();
+            dec.feed(chunk, &mut out).unwrap();
+            assert!(dec.buffered() <= 24 + 100);
+            seen.extend(
+                out.into_iter()
+                    .map(|f| (f.seq, f.verdict, f.payload.bytes().map(<[u8]>::to_vec))),
+            );
+        }
+        dec.finish().unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (0, Verdict::TooLarge, None),
+                (1, Verdict::Ok, Some(b"s".to_vec()))
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_stays_failed() {
+        let mut dec = StreamDecoder::new(100);
+        let mut out = Vec::new();
+        let e = dec.feed(b"XX", &mut out).unwrap_err();
+        assert_eq!((e.kind.name(), e.offset), ("bad_magic", 0));
+        let good = encode_frame(0, b"x", 0, false);
+        assert_eq!(dec.feed(&good, &mut out), Err(e));
+        assert_eq!(dec.finish(), Err(e));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn stream_hands_out_frames_before_an_error_then_fails() {
+        let stream = [&encode_frame(0, b"good", 0, false)[..], b"VF\x02"].concat();
+        let mut dec = StreamDecoder::new(100);
+        let mut out = Vec::new();
+        dec.feed(&stream, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        let e = dec.finish().unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::BadVersion { found: 2 }, 28));
+    }
+
+    #[test]
+    fn stream_finish_reports_partial_frames() {
+        let frame = encode_frame(0, b"0123456789", 0, false);
+        for cut in 1..frame.len() {
+            let mut dec = StreamDecoder::new(100);
+            dec.feed(&frame[..cut], &mut Vec::new()).unwrap();
+            let e = dec.finish().unwrap_err();
+            assert_eq!((e.kind.name(), e.offset), ("truncated", 0), "cut at {cut}");
+        }
+        let mut dec = StreamDecoder::new(100);
+        dec.finish().unwrap(); // an empty stream is no framing error
+    }
+
+    #[derive(Clone, Debug)]
+    struct Spec {
+        seq: u32,
+        pts_us: u64,
+        payload: Vec<u8>,
+        end: bool,
+        corrupt_crc: bool,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 0..200),
+            any::<bool>(),
+            prop::bool::weighted(0.15),
+        )
+            .prop_map(|(seq, pts_us, payload, end, corrupt_crc)| Spec {
+                seq,
+                pts_us,
+                end: end || payload.is_empty(),
+                payload,
+                corrupt_crc,
+            })
+    }
+
+    fn build(specs: &[Spec]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in specs {
+            let mut f = encode_frame(s.seq, &s.payload, s.pts_us, s.end);
+            if s.corrupt_crc {
+                f[20] ^= 0x5a;
+            }
+            out.extend(f);
+        }
+        out
+    }
+
+    /// A well-formed stream, or one broken by one byte changed or cut short.
+    fn stream() -> impl Strategy<Value = (Vec<u8>, u64)> {
+        (
+            prop::collection::vec(spec(), 1..6),
+            0u64..220,
+            prop_oneof![
+                3 => Just(None),
+                1 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Some((i, Some(b)))),
+                1 => any::<prop::sample::Index>().prop_map(|i| Some((i, None))),
+            ],
+        )
+            .prop_map(|(specs, max, damage)| {
+                let mut bytes = build(&specs);
+                match damage {
+                    Some((i, Some(b))) => {
+                        let at = i.index(bytes.len());
+                        bytes[at] = b;
+                    }
+                    Some((i, None)) => {
+                        let keep = i.index(bytes.len()).max(1);
+                        bytes.truncate(keep);
+                    }
+                    None => {}
+                }
+                (bytes, max)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn every_single_split_matches_one_shot((bytes, max) in stream()) {
+            let want = expected(&bytes, max);
+            prop_assert_eq!(seen_streamed(&[&bytes], max), want.clone());
+            for cut in 0..=bytes.len() {
+                let (a, b) = bytes.split_at(cut);
+                prop_assert_eq!(seen_streamed(&[a, b], max), want.clone(), "split at {}", cut);
+            }
+        }
+
+        #[test]
+        fn random_multi_splits_match_one_shot(
+            (bytes, max) in stream(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for p in points {
+                chunks.push(&bytes[start..p]);
+                start = p;
+            }
+            chunks.push(&bytes[start..]);
+            prop_assert_eq!(seen_streamed(&chunks, max), expected(&bytes, max));
+        }
+
+        #[test]
+        fn byte_at_a_time_matches_one_shot((bytes, max) in stream()) {
+            let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+            prop_assert_eq!(seen_streamed(&chunks, max), expected(&bytes, max));
+        }
+
+        #[test]
+        fn well_formed_streams_round_trip(specs in prop::collection::vec(spec(), 1..8)) {
+            let bytes = build(&specs);
+            let frames = decode(&bytes, u64::MAX).unwrap();
+            prop_assert_eq!(frames.len(), specs.len());
+            for (f, s) in frames.iter().zip(&specs) {
+                prop_assert_eq!((f.seq, f.pts_us, f.flags & FLAG_END != 0), (s.seq, s.pts_us, s.end));
+                let payload = &bytes[f.payload_offset..f.payload_offset + f.payload_len as usize];
+                prop_assert_eq!(payload, &s.payload[..]);
+                let want = if s.corrupt_crc { Verdict::BadCrc } else { Verdict::Ok };
+                prop_assert_eq!(f.verdict, want);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), max in 0u64..300) {
+            let _ = decode(&bytes, max);
+            let _ = seen_streamed(&[&bytes], max);
+        }
     }
 }

@@ -199,3 +199,137 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> Ledger {
+        // window 100 per stream; pressure from 250 in flight back down to 100; hard limit 300.
+        Ledger::new(100, 250, 100, 300).unwrap()
+    }
+
+    #[test]
+    fn new_stream_has_the_full_window() {
+        let mut l = ledger();
+        let h = l.open();
+        assert_eq!(l.inflight(h), Ok(0));
+        assert_eq!(l.window(h), Ok(100));
+        assert_eq!(l.stats().streams, 1);
+    }
+
+    #[test]
+    fn admit_within_the_advertised_window() {
+        let mut l = ledger();
+        let h = l.open();
+        assert_eq!(l.admit(h, 60), Ok(true));
+        assert_eq!(l.admit(h, 40), Ok(true));
+        assert_eq!(l.admit(h, 1), Ok(false));
+        assert_eq!(l.inflight(h), Ok(100));
+        assert_eq!(l.release(h, 30), Ok(false));
+        assert_eq!(l.admit(h, 30), Ok(true));
+        let s = l.stats();
+        assert_eq!(
+            (s.inflight_bytes, s.admitted_bytes, s.refused),
+            (100, 130, 1)
+        );
+    }
+
+    #[test]
+    fn global_limit_refuses_even_within_the_window() {
+        let mut l = Ledger::new(100, 150, 50, 150).unwrap();
+        let (a, b) = (l.open(), l.open());
+        assert_eq!(l.admit(a, 100), Ok(true));
+        assert_eq!(l.admit(b, 60), Ok(false));
+        assert_eq!(l.admit(b, 50), Ok(true));
+        assert_eq!(l.stats().refused, 1);
+    }
+
+    #[test]
+    fn pressure_hysteresis() {
+        let mut l = ledger();
+        let hs: Vec<Handle> = (0..3).map(|_| l.open()).collect();
+        assert_eq!(l.admit(hs[0], 100), Ok(true));
+        assert_eq!(l.admit(hs[1], 100), Ok(true));
+        assert!(!l.stats().pressure);
+        assert_eq!(l.admit(hs[2], 50), Ok(true)); // 250 >= high
+        let s = l.stats();
+        assert!(s.pressure);
+        assert_eq!(s.pressure_events, 1);
+        // Under pressure: no new credit, the window is what is already in flight.
+        assert_eq!(l.window(hs[2]), Ok(50));
+        assert_eq!(l.admit(hs[2], 1), Ok(false));
+        assert_eq!(l.window(hs[0]), Ok(100));
+        let fresh = l.open();
+        assert_eq!(l.window(fresh), Ok(0));
+        // Releasing above the low watermark keeps the pressure on.
+        assert_eq!(l.release(hs[0], 100), Ok(false)); // 150
+        assert_eq!(l.window(hs[0]), Ok(0));
+        assert!(l.stats().pressure);
+        assert_eq!(l.release(hs[1], 49), Ok(false)); // 101
+                                                     // Reaching the low watermark ends it, exactly once.
+        assert_eq!(l.release(hs[1], 1), Ok(true)); // 100
+        assert!(!l.stats().pressure);
+        assert_eq!(l.release(hs[2], 10), Ok(false));
+        assert_eq!(l.window(hs[0]), Ok(100));
+        // Climbing back to high starts a second period.
+        assert_eq!(l.admit(hs[0], 100), Ok(true)); // 190
+        assert_eq!(l.window(fresh), Ok(100));
+        assert_eq!(l.admit(fresh, 60), Ok(true)); // 250
+        assert_eq!(l.stats().pressure_events, 2);
+    }
+
+    #[test]
+    fn release_saturates() {
+        let mut l = ledger();
+        let (a, b) = (l.open(), l.open());
+        l.admit(a, 10).unwrap();
+        l.admit(b, 20).unwrap();
+        assert_eq!(l.release(a, 1000), Ok(false));
+        assert_eq!(l.inflight(a), Ok(0));
+        // Other streams' bytes stay counted.
+        assert_eq!(l.stats().inflight_bytes, 20);
+    }
+
+    #[test]
+    fn close_releases_and_can_end_pressure() {
+        let mut l = ledger();
+        let (a, b, c) = (l.open(), l.open(), l.open());
+        l.admit(a, 100).unwrap();
+        l.admit(b, 100).unwrap();
+        l.admit(c, 50).unwrap();
+        assert!(l.stats().pressure);
+        assert_eq!(l.close(a), Ok(false));
+        assert_eq!(l.close(b), Ok(true));
+        let s = l.stats();
+        assert_eq!((s.inflight_bytes, s.streams, s.pressure), (50, 1, false));
+        assert_eq!(l.inflight(a), Err(UnknownHandle(a)));
+    }
+
+    #[test]
+    fn unknown_handles_are_refused() {
+        let mut l = ledger();
+        assert_eq!(l.admit(7, 1), Err(UnknownHandle(7)));
+        assert_eq!(l.release(7, 1), Err(UnknownHandle(7)));
+        assert_eq!(l.window(7), Err(UnknownHandle(7)));
+        assert_eq!(l.close(7), Err(UnknownHandle(7)));
+        assert!(UnknownHandle(7).to_string().contains('7'));
+        let h = l.open();
+        assert_ne!(h, l.open());
+    }
+
+    #[test]
+    fn watermarks_must_be_ordered() {
+        assert!(Ledger::new(1, 10, 20, 30).is_err());
+        assert!(Ledger::new(1, 40, 20, 30).is_err());
+        assert!(Ledger::new(1, 20, 20, 20).is_ok());
+    }
+
+    #[test]
+    fn huge_admits_do_not_overflow() {
+        let mut l = Ledger::new(u64::MAX, u64::MAX, 0, u64::MAX).unwrap();
+        let h = l.open();
+        assert_eq!(l.admit(h, u64::MAX), Ok(true));
+        assert_eq!(l.admit(h, 1), Ok(false));
+    }
+}
