@@ -533,6 +533,7 @@ impl StreamDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::FileFailurePersistence;
 
     /// What a frame is, independent of how it was decoded.
     type Seen = (u32, u8, u64, Option<Vec<u8>>, u32, Verdict);
@@ -919,7 +920,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(300))]
+        #![proptest_config(ProptestConfig {
+            cases: 300,
+            // Keep failing seeds beside this file (rust/framing.regressions), not at the repo root.
+            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn every_single_split_matches_one_shot((bytes, max) in stream()) {

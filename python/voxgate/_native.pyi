@@ -58,7 +58,10 @@ class StreamDecoder:
         """Frames completed by ``chunk``: (seq, flags, pts_us, payload, crc32c, verdict).
 
         ``payload`` is None for FRAME_TOO_LARGE. Raises :class:`FrameError` on
-        broken framing; the decoder is then unusable.
+        broken framing; the decoder is then unusable. If ``chunk`` completed
+        frames before the broken one, they are returned first and the error is
+        raised by the next ``feed`` or ``finish``: the frames handed out are
+        exactly those before ``FrameError.offset``, however the body was split.
         """
 
     def finish(self) -> None:
@@ -66,7 +69,8 @@ class StreamDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held waiting for the rest of a frame."""
+        """Bytes of the partial frame held waiting for the rest of it (header
+        included; a too-large frame's skipped payload is not held)."""
 
     @property
     def consumed(self) -> int:
@@ -93,12 +97,20 @@ class Ledger:
 
     def __init__(
         self, window_bytes: int, global_high: int, global_low: int, global_limit: int
-    ) -> None: ...
+    ) -> None:
+        """Raises ValueError unless ``global_low <= global_high <= global_limit``.
+
+        Methods taking a ``handle`` raise KeyError for one not open.
+        """
+
     def open(self) -> int:
         """Register a stream; returns its handle with the full window advertised."""
 
-    def close(self, handle: int) -> None:
-        """Forget a stream, releasing whatever it still had in flight."""
+    def close(self, handle: int) -> bool:
+        """Forget a stream, releasing whatever it still had in flight.
+
+        True when that ended a pressure period, as for :meth:`release`.
+        """
 
     def admit(self, handle: int, nbytes: int) -> bool:
         """Count ``nbytes`` in flight for the stream if its credit allows."""
