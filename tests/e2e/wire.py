@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -185,9 +185,10 @@ class Stream:
         """The next control message (backlog first); fails on a binary message or a timeout."""
         if self.backlog:
             return self.backlog.pop(0)
-        return await self._recv_wire(within)
+        return await self.recv_wire(within)
 
-    async def _recv_wire(self, within: float) -> Json:
+    async def recv_wire(self, within: float) -> Json:
+        """The next control message off the wire; raises :class:`StreamClosed` on a close."""
         try:
             async with asyncio.timeout(within):
                 data = await self.ws.recv()
@@ -211,7 +212,7 @@ class Stream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
-            message = await self._recv_wire(max(0.0, deadline - loop.time()))
+            message = await self.recv_wire(max(0.0, deadline - loop.time()))
             if message["type"] == kind:
                 return message
             if message["type"] == "error":
@@ -220,7 +221,7 @@ class Stream:
 
     async def read_hello(self, within: float = 5.0) -> Json:
         """Read and check the ``hello`` that opens every stream (PROTOCOL section 3)."""
-        hello = await self._recv_wire(within)
+        hello = await self.recv_wire(within)
         assert hello["type"] == "hello", f"first message is not hello: {hello}"
         assert hello.get("protocol") == 1, hello
         assert isinstance(hello.get("session_id"), str), hello
@@ -251,7 +252,7 @@ class Stream:
                     f"within {within} s; got {answers.summary()}"
                 )
             try:
-                message = await self._recv_wire(remaining)
+                message = await self.recv_wire(remaining)
             except StreamClosed as exc:
                 raise StreamClosed(f"{exc}; answers so far {answers.summary()}") from exc
             kind = message["type"]
@@ -514,3 +515,95 @@ class Api:
         for seq, payload in payloads.items():
             await stream.send(frame(seq, payload, end=seq == end_seq))
         return await stream.collect(payloads)
+
+
+# --- a continuous sender --------------------------------------------------------
+
+
+class Sender:
+    """Streams frames as fast as the credit allows, recording every answer.
+
+    Meant for crash tests: ``acked`` only ever holds seqs the server acked (as
+    new or duplicate), whatever happens to the connection, and ``run`` ends
+    quietly when the server goes away.
+    """
+
+    def __init__(self, stream: Stream, payload: Callable[[int], bytes], batch: int = 4) -> None:
+        self.stream = stream
+        self.payload = payload
+        self.batch = batch
+        self.sent: set[int] = set()
+        self.acked: set[int] = set()
+        self.nacked: dict[str, set[int]] = {}
+        self.complete: Json | None = None
+        self.closed: str | None = None
+        self._progress = asyncio.Event()
+        self._inflight: dict[int, int] = {}
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self.stream.recv_wire(120)
+                kind = message["type"]
+                if kind == "ack":
+                    done = seqs_of(check_ranges(message["acked"])) | seqs_of(
+                        check_ranges(message["duplicate"])
+                    )
+                    self.acked |= done
+                    for seq in done:
+                        self._inflight.pop(seq, None)
+                elif kind == "nack":
+                    nacked = seqs_of(check_ranges(message["ranges"]))
+                    self.nacked.setdefault(str(message["reason"]), set()).update(nacked)
+                    for seq in nacked:
+                        self._inflight.pop(seq, None)
+                elif kind == "complete":
+                    self.complete = message
+                elif kind == "error":
+                    self.closed = f"error {message}"
+                self._progress.set()
+        except StreamClosed as exc:
+            self.closed = str(exc)
+        finally:
+            self._progress.set()
+
+    async def run(self, seqs: Iterable[int], end_seq: int | None, window: int) -> None:
+        """Send ``seqs`` in order, keeping at most half of ``window`` unacked.
+
+        Returns when every frame got an answer (and ``complete`` came, if the
+        last one is ``end_seq``), or when the connection is gone.
+        """
+        order = list(seqs)
+        reader = asyncio.create_task(self._read())
+        try:
+            for start in range(0, len(order), self.batch):
+                chunk = order[start : start + self.batch]
+                while sum(self._inflight.values()) > window // 2 and not reader.done():
+                    self._progress.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._progress.wait(), 1.0)
+                if reader.done():
+                    return
+                frames = []
+                for seq in chunk:
+                    payload = self.payload(seq)
+                    self._inflight[seq] = len(payload)
+                    frames.append(frame(seq, payload, end=seq == end_seq))
+                try:
+                    await self.stream.send(*frames)
+                except ConnectionClosed:
+                    return
+                self.sent.update(chunk)
+            # Wait for the last answers (and complete), or the connection's end.
+            want_complete = end_seq is not None and end_seq in order
+            while not reader.done() and (
+                self._inflight or (want_complete and self.complete is None)
+            ):
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), 1.0)
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
