@@ -360,6 +360,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FRAME_OK", framing::Verdict::Ok as u8)?;
     m.add("FRAME_BAD_CRC", framing::Verdict::BadCrc as u8)?;
     m.add("FRAME_TOO_LARGE", framing::Verdict::TooLarge as u8)?;
+    // The stub's type alias exists at run time too, so it can be imported.
+    m.add(
+        "DecodedFrame",
+        py.eval(c"tuple[int, int, int, int, int, int, int]", None, None)?,
+    )?;
     m.add("FrameError", py.get_type::<FrameError>())?;
     m.add_function(wrap_pyfunction!(py_crc32c, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c_combine, m)?)?;

@@ -1,7 +1,8 @@
 """voxgate's Rust core: frame codec, CRC-32C and the credit ledger (PROTOCOL sections 1 and 4)."""
 
-from collections.abc import Buffer
 from typing import Final
+
+from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
 
 HEADER_SIZE: Final[int]  # 24
 MAGIC: Final[bytes]  # b"VF"
@@ -11,7 +12,8 @@ FLAG_END: Final[int]  # 0x01
 # Per-frame verdicts in decode results.
 FRAME_OK: Final[int]  # 0: well framed, CRC matches
 FRAME_BAD_CRC: Final[int]  # 1: well framed, CRC mismatch -> nack "checksum"
-FRAME_TOO_LARGE: Final[int]  # 2: well framed, length > max_frame_bytes -> nack "too_large" (CRC not checked)
+# 2: well framed, length > max_frame_bytes -> nack "too_large" (CRC not checked)
+FRAME_TOO_LARGE: Final[int]
 
 # One decoded frame: (seq, flags, pts_us, payload_offset, payload_length, crc32c, verdict).
 # payload_offset indexes into the decoded message; crc32c is the header's value.
