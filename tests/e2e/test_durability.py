@@ -62,7 +62,7 @@ async def test_acked_frames_survive_kill_9_and_the_stream_completes(tmp_path: Pa
                     sender.run(todo, end_seq=FRAMES - 1, window=stream.hello["window_bytes"])
                 )
                 # Kill while frames are in flight.
-                await wait_for_acks(sender, task, len(acked) + 300 * (round_ + 1))
+                await wait_for_acks(sender, task, 300)
                 assert not task.done(), "the stream finished before the kill"
                 server.kill()
                 await asyncio.wait_for(task, 30)
