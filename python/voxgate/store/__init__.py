@@ -1,0 +1,1 @@
+"""Persistence: the :class:`~voxgate.store.base.Store` protocol and its implementations."""

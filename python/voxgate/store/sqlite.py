@@ -1,0 +1,1101 @@
+"""The embedded store: an SQLite index plus append-only segment files for payloads.
+
+Layout of a data dir::
+
+    voxgate.db (+ -wal, -shm)   sessions, frame index, segment registry (WAL mode)
+    segments/<ms>-<pid>-<random>.seg
+                                 payload bytes, back to back, no headers
+
+Several processes may share one data dir. SQLite serializes their write
+transactions; each process appends only to segment files it created itself and
+holds an exclusive ``flock`` on the one it is writing, so another process can
+tell a live writer's segment from a dead one's. Offsets are never reused: a new
+process always starts a new segment, and a failed commit truncates its own
+bytes away before anything else is written there.
+
+Commit order, per batch: index rows are inserted inside ``BEGIN IMMEDIATE``,
+payloads are appended with one vectored write, the segment is ``fdatasync``-ed
+(durability ``fsync`` only), then the transaction commits (``synchronous=FULL``
+for ``fsync``, ``NORMAL`` for ``process``). An index row is therefore never
+durable before its payload; bytes written past the last committed frame by a
+crashed process are never indexed and are cut off when the segment is reaped.
+
+Deleting a session records the byte ranges to erase in the same transaction
+that drops its index rows, then overwrites them with zeros and fsyncs; ranges
+still pending after a crash are erased when the next store opens. Segments
+without live frames are unlinked once nobody writes to them.
+
+All blocking work runs on one dedicated thread per store, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from voxgate._native import FLAG_END, crc32c, crc32c_combine
+from voxgate.ids import new_session_id
+from voxgate.store.base import (
+    CommitResult,
+    FrameEntry,
+    FrameIn,
+    Outcome,
+    Progress,
+    Session,
+    SessionState,
+    StoreError,
+)
+
+log = logging.getLogger("voxgate.store")
+
+T = TypeVar("T")
+
+DB_NAME = "voxgate.db"
+SEGMENTS_DIR = "segments"
+SEGMENT_SUFFIX = ".seg"
+
+# Frames and bytes read per hop to the store thread by ``read_payloads``.
+READ_BATCH_FRAMES = 256
+READ_BATCH_BYTES = 4 * 1024 * 1024
+_ZEROS = bytes(1024 * 1024)
+_MAX_SEQ = (1 << 63) - 1
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+# MIGRATIONS[i] brings the schema from ``user_version`` i to i + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY NOT NULL,
+            state TEXT NOT NULL,
+            codec TEXT,
+            sample_rate INTEGER,
+            channels INTEGER,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at INTEGER NOT NULL,           -- microseconds since the epoch, UTC
+            updated_at INTEGER NOT NULL,
+            next_seq INTEGER NOT NULL DEFAULT 0,   -- one past the highest stored seq
+            frames INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            end_seq INTEGER,
+            stream_crc32c INTEGER,
+            stream_generation INTEGER NOT NULL DEFAULT 0,
+            -- Every seq below prefix_seq is stored, prefix_seq itself is not;
+            -- prefix_crc32c is the CRC-32C of their payloads in seq order.
+            prefix_seq INTEGER NOT NULL DEFAULT 0,
+            prefix_crc32c INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        """CREATE TABLE segments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so ids name one file forever
+            name TEXT NOT NULL UNIQUE,             -- file name under segments/
+            sealed INTEGER NOT NULL DEFAULT 0,     -- 1: nothing will be appended any more
+            live INTEGER NOT NULL DEFAULT 0,       -- indexed frames stored in it
+            end_offset INTEGER NOT NULL DEFAULT 0, -- end of the last committed payload
+            pid INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE frames (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            flags INTEGER NOT NULL,
+            pts_us INTEGER NOT NULL,               -- u64 stored as two's-complement i64
+            length INTEGER NOT NULL,
+            crc32c INTEGER NOT NULL,
+            segment INTEGER NOT NULL,
+            offset INTEGER NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID""",
+        # Byte ranges of deleted frames not yet overwritten with zeros.
+        """CREATE TABLE erasures (
+            segment INTEGER NOT NULL,
+            offset INTEGER NOT NULL,
+            length INTEGER NOT NULL
+        )""",
+    ),
+)
+
+_SESSION_COLUMNS = (
+    "id, state, codec, sample_rate, channels, metadata, created_at, updated_at,"
+    " next_seq, frames, bytes, end_seq, stream_crc32c"
+)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Session:
+    return Session(
+        id=row[0],
+        state=SessionState(row[1]),
+        codec=row[2],
+        sample_rate=row[3],
+        channels=row[4],
+        metadata=json.loads(row[5]),
+        created_at=_to_datetime(row[6]),
+        updated_at=_to_datetime(row[7]),
+        next_seq=row[8],
+        frames=row[9],
+        bytes=row[10],
+        end_seq=row[11],
+        stream_crc32c=row[12],
+    )
+
+
+def _payload_len(payload: bytes | memoryview) -> int:
+    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
+
+
+def _pwrite_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
+    """Write ``buffers`` back to back at ``offset`` with as few syscalls as possible."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    i = 0
+    while i < len(views):
+        written = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "segment write made no progress")
+        offset += written
+        while written:
+            size = views[i].nbytes
+            if written >= size:
+                written -= size
+                i += 1
+            else:  # short write: continue inside this buffer
+                views[i] = views[i][written:]
+                written = 0
+    return offset
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _try_lock(path: Path) -> int | None:
+    """Open ``path`` and take its writer lock without waiting.
+
+    Returns the locked fd, or None when a live writer holds the lock.
+    Raises FileNotFoundError when the file is gone.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Segment:
+    """This process's open segment: the only file it appends to."""
+
+    __slots__ = ("fd", "id", "name", "offset")
+
+    def __init__(self, segment_id: int, name: str, fd: int) -> None:
+        self.id = segment_id
+        self.name = name
+        self.fd = fd  # holds the flock that marks the segment as being written
+        self.offset = 0
+
+
+class _Tally:
+    """One session's counters while a commit runs."""
+
+    __slots__ = (
+        "batch",
+        "bytes",
+        "changed",
+        "end_seq",
+        "frames",
+        "next_seq",
+        "prefix_crc",
+        "prefix_seq",
+        "stream_crc32c",
+    )
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        (
+            self.next_seq,
+            self.frames,
+            self.bytes,
+            self.end_seq,
+            self.stream_crc32c,
+            self.prefix_seq,
+            self.prefix_crc,
+        ) = row
+        self.batch: dict[int, tuple[int, int]] = {}  # seq -> (crc32c, length) stored now
+        self.changed = False
+
+    def store(self, seq: int, length: int, crc: int, end: bool) -> None:
+        self.batch[seq] = (crc, length)
+        self.changed = True
+        self.frames += 1
+        self.bytes += length
+        self.next_seq = max(self.next_seq, seq + 1)
+        if end:
+            self.end_seq = seq
+
+    @property
+    def complete(self) -> bool:
+        return self.end_seq is not None and self.prefix_seq == self.end_seq + 1
+
+    @property
+    def state(self) -> SessionState:
+        if self.end_seq is None:
+            return SessionState.OPEN
+        return SessionState.COMPLETE if self.complete else SessionState.ENDED
+
+    def progress(self) -> Progress:
+        return Progress(
+            next_seq=self.next_seq,
+            frames=self.frames,
+            bytes=self.bytes,
+            end_seq=self.end_seq,
+            complete=self.complete,
+            stream_crc32c=self.stream_crc32c,
+        )
+
+
+class SqliteStore:
+    """The embedded :class:`~voxgate.store.base.Store`: SQLite index, payloads in segment files.
+
+    ``durability="fsync"`` makes every commit survive power loss (segment
+    ``fdatasync`` then an SQLite commit with ``synchronous=FULL``);
+    ``"process"`` survives a killed process only (no segment sync,
+    ``synchronous=NORMAL``). Open it in the process that uses it (after any fork).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        durability: Literal["fsync", "process"] = "fsync",
+        segment_max_bytes: int = 64 * 1024 * 1024,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        if durability not in ("fsync", "process"):
+            raise ValueError(f"unknown durability {durability!r}: expected 'fsync' or 'process'")
+        if segment_max_bytes < 1:
+            raise ValueError("segment_max_bytes must be at least 1")
+        self.data_dir = Path(data_dir)
+        self.segments_dir = self.data_dir / SEGMENTS_DIR
+        self.durability = durability
+        self.segment_max_bytes = segment_max_bytes
+        self._busy_timeout_s = busy_timeout_s
+        self._fsync = durability == "fsync"
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Everything below is touched only on the store thread.
+        self._db: sqlite3.Connection | None = None
+        self._segment: _Segment | None = None
+        self._segment_names: dict[int, str] = {}
+
+    # -- plumbing ----------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        executor = self._executor
+        if executor is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(self._guard, fn, *args))
+
+    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except StoreError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.data_dir}: database error: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"sqlite store {self.data_dir}: I/O error: {exc}") from exc
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolls back on any exception."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: a consistent snapshot across statements."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    # -- open and close ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="voxgate-store"
+        )
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            executor.submit(self._close_connection)
+            executor.shutdown(wait=False)
+            raise
+
+    def _open_sync(self) -> None:
+        created = not self.segments_dir.exists()
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        if created and self._fsync:
+            _fsync_dir(self.data_dir)
+        conn = sqlite3.connect(
+            self.data_dir / DB_NAME, isolation_level=None, timeout=self._busy_timeout_s
+        )
+        self._db = conn
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        self._set_wal()
+        conn.execute(f"PRAGMA synchronous = {'FULL' if self._fsync else 'NORMAL'}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        self._migrate()
+        self._erase_pending()
+        self._reap_segments(orphans=True)
+
+    def _set_wal(self) -> None:
+        # Switching to WAL needs a moment alone with the file; another process may be opening too.
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+                continue
+            if str(mode).lower() != "wal":
+                raise StoreError(f"sqlite store {self.data_dir}: cannot enable WAL (got {mode})")
+            return
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"sqlite store {self.data_dir}: schema version {version} is newer than this "
+                    f"voxgate understands ({len(MIGRATIONS)}); upgrade voxgate"
+                )
+            for steps in MIGRATIONS[version:]:
+                for statement in steps:
+                    conn.execute(statement)
+            if version < len(MIGRATIONS):
+                conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    async def close(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await self._call(self._close_sync)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        try:
+            if self._segment is not None and self._db is not None:
+                self._seal_own()
+        finally:
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._segment is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._segment.fd)
+            self._segment = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- segments ------------------------------------------------------------------
+
+    def _segment_path(self, name: str) -> Path:
+        return self.segments_dir / name
+
+    def _segment_name(self, segment_id: int) -> str | None:
+        name = self._segment_names.get(segment_id)
+        if name is None:
+            row = self._conn.execute(
+                "SELECT name FROM segments WHERE id = ?", (segment_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            name = self._segment_names[segment_id] = str(row[0])
+        return name
+
+    def _writable_segment(self) -> _Segment:
+        segment = self._segment
+        if segment is not None and segment.offset < self.segment_max_bytes:
+            return segment
+        if segment is not None:
+            self._seal_own()
+        self._reap_segments()
+        self._segment = self._create_segment()
+        return self._segment
+
+    def _create_segment(self) -> _Segment:
+        for _ in range(100):
+            name = f"{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{secrets.token_hex(5)}"
+            name += SEGMENT_SUFFIX
+            path = self._segment_path(name)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # A reaper may have taken the brand-new, unregistered file for an
+                # orphan and unlinked it before we locked it: then start over.
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError(path)
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                if self._fsync:
+                    _fsync_dir(self.segments_dir)
+                with self._write() as conn:
+                    cursor = conn.execute(
+                        "INSERT INTO segments (name, pid, created_at) VALUES (?, ?, ?)",
+                        (name, os.getpid(), _now_us()),
+                    )
+                    segment_id = cursor.lastrowid
+                assert segment_id is not None
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                os.close(fd)
+                raise
+            self._segment_names[segment_id] = name
+            return _Segment(segment_id, name, fd)
+        raise StoreError(f"sqlite store {self.data_dir}: cannot create a segment file")
+
+    def _seal_own(self) -> None:
+        """Seal this process's segment (unlinking it if nothing in it is live) and let it go."""
+        segment = self._segment
+        assert segment is not None
+        with self._write() as conn:
+            conn.execute("UPDATE segments SET sealed = 1 WHERE id = ?", (segment.id,))
+            dropped = self._drop_if_empty(segment.id)
+        self._segment = None
+        if dropped:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._segment_path(segment.name))
+        os.close(segment.fd)
+
+    def _drop_if_empty(self, segment_id: int) -> bool:
+        """Inside a write transaction: forget the segment if it holds no live frame."""
+        conn = self._conn
+        cursor = conn.execute("DELETE FROM segments WHERE id = ? AND live = 0", (segment_id,))
+        if cursor.rowcount == 0:
+            return False
+        conn.execute("DELETE FROM erasures WHERE segment = ?", (segment_id,))
+        self._segment_names.pop(segment_id, None)
+        return True
+
+    def _retire(self, segment: _Segment) -> None:
+        """A commit failed after writing payloads: never append to this segment again.
+
+        Whether the commit landed is the index's to say (after an I/O error at
+        COMMIT it may have), so nothing is cut here: releasing the lock lets the
+        next reaper (this store's next commit, or any other process) truncate the
+        file to the ``end_offset`` the index recorded, and seal it.
+        """
+        with contextlib.suppress(OSError):
+            os.close(segment.fd)
+        if self._segment is segment:
+            self._segment = None
+
+    def _reap_segments(self, ids: Sequence[int] | None = None, *, orphans: bool = False) -> None:
+        """Seal segments whose writer is gone and unlink those without live frames.
+
+        A segment is being written while its writer holds the flock; once the
+        lock can be taken, its bytes past the last commit are garbage and are cut.
+        """
+        conn = self._conn
+        own = self._segment.id if self._segment is not None else None
+        if ids is None:
+            rows = conn.execute(
+                "SELECT id, name FROM segments WHERE sealed = 0 OR live = 0"
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT id, name FROM segments WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(ids)),),
+            ).fetchall()
+        for segment_id, name in rows:
+            if segment_id == own:
+                continue
+            path = self._segment_path(name)
+            try:
+                fd = _try_lock(path)
+                if fd is None:
+                    continue  # a live writer
+            except FileNotFoundError:
+                fd = None
+            try:
+                with self._write():
+                    row = conn.execute(
+                        "SELECT sealed, live, end_offset FROM segments WHERE id = ?", (segment_id,)
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    sealed, _, end_offset = row
+                    dropped = self._drop_if_empty(segment_id)
+                    if not dropped and not sealed:
+                        if fd is not None and os.fstat(fd).st_size > end_offset:
+                            os.ftruncate(fd, end_offset)
+                            if self._fsync:
+                                _datasync(fd)
+                        conn.execute("UPDATE segments SET sealed = 1 WHERE id = ?", (segment_id,))
+                    if dropped:
+                        log.debug("dropping empty segment %s", name)
+                if dropped:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        if orphans:
+            self._reap_orphan_files()
+
+    def _reap_orphan_files(self) -> None:
+        """Unlink segment files no row names (a crash between creating and registering them)."""
+        known = {row[0] for row in self._conn.execute("SELECT name FROM segments")}
+        for entry in os.scandir(self.segments_dir):
+            if not entry.name.endswith(SEGMENT_SUFFIX) or entry.name in known:
+                continue
+            try:
+                fd = _try_lock(Path(entry.path))
+            except FileNotFoundError:
+                continue
+            if fd is None:
+                continue
+            try:
+                registered = self._conn.execute(
+                    "SELECT 1 FROM segments WHERE name = ?", (entry.name,)
+                ).fetchone()
+                if registered is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            finally:
+                os.close(fd)
+
+    def _erase_pending(self) -> list[int]:
+        """Overwrite every recorded erasure range with zeros; returns the segments touched."""
+        conn = self._conn
+        rows = conn.execute(
+            "SELECT e.rowid, e.segment, e.offset, e.length, s.name FROM erasures e"
+            " LEFT JOIN segments s ON s.id = e.segment ORDER BY e.segment, e.offset"
+        ).fetchall()
+        if not rows:
+            return []
+        by_segment: dict[int, tuple[str | None, list[tuple[int, int]]]] = {}
+        for _, segment_id, offset, length, name in rows:
+            by_segment.setdefault(segment_id, (name, []))[1].append((offset, length))
+        for name, ranges in by_segment.values():
+            if name is None:
+                continue  # the segment is gone already
+            try:
+                fd = os.open(self._segment_path(name), os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                for offset, length in ranges:
+                    done = 0
+                    while done < length:
+                        size = min(len(_ZEROS), length - done)
+                        done += os.pwrite(fd, memoryview(_ZEROS)[:size], offset + done)
+                # Erasure is a promise to the user: always make it durable.
+                _datasync(fd)
+            finally:
+                os.close(fd)
+        with self._write():
+            conn.execute(
+                "DELETE FROM erasures WHERE rowid IN (SELECT value FROM json_each(?))",
+                (json.dumps([row[0] for row in rows]),),
+            )
+        return list(by_segment)
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        codec: str | None,
+        sample_rate: int | None,
+        channels: int | None,
+        metadata: dict[str, Any],
+    ) -> Session:
+        now = _now_us()
+        session = Session(
+            id=new_session_id(),
+            state=SessionState.OPEN,
+            created_at=_to_datetime(now),
+            updated_at=_to_datetime(now),
+            codec=codec,
+            sample_rate=sample_rate,
+            channels=channels,
+            metadata=metadata,
+        )
+        encoded = msgspec.json.encode(metadata).decode()
+        await self._call(self._create_session_sync, session, encoded, now)
+        return session
+
+    def _create_session_sync(self, session: Session, metadata: str, now: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO sessions (id, state, codec, sample_rate, channels, metadata,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.id,
+                    session.state.value,
+                    session.codec,
+                    session.sample_rate,
+                    session.channels,
+                    metadata,
+                    now,
+                    now,
+                ),
+            )
+
+    async def get_session(self, session_id: str) -> Session | None:
+        return await self._call(self._get_session_sync, session_id)
+
+    def _get_session_sync(self, session_id: str) -> Session | None:
+        row = self._conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        return None if row is None else _session_from_row(row)
+
+    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
+        if limit <= 0:
+            return []
+        return await self._call(self._list_sessions_sync, limit, after or "")
+
+    def _list_sessions_sync(self, limit: int, after: str) -> list[Session]:
+        rows = self._conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id > ? AND state != ?"
+            " ORDER BY id LIMIT ?",
+            (after, SessionState.DELETED.value, limit),
+        ).fetchall()
+        return [_session_from_row(row) for row in rows]
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Drop the session's frames and zero their payload bytes, leaving a tombstone.
+
+        The tombstone keeps id, codec, sample rate, channels and timestamps;
+        metadata and counters are cleared.
+        """
+        return await self._call(self._delete_session_sync, session_id)
+
+    def _delete_session_sync(self, session_id: str) -> bool:
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None or row[0] == SessionState.DELETED.value:
+                return False
+            ranges: list[list[int]] = []  # [segment, offset, length], adjacent ones merged
+            counts: dict[int, int] = {}
+            for segment_id, offset, length in conn.execute(
+                "SELECT segment, offset, length FROM frames WHERE session_id = ?"
+                " ORDER BY segment, offset",
+                (session_id,),
+            ):
+                counts[segment_id] = counts.get(segment_id, 0) + 1
+                if length == 0:
+                    continue
+                last = ranges[-1] if ranges else None
+                if last is not None and last[0] == segment_id and last[1] + last[2] == offset:
+                    last[2] += length
+                else:
+                    ranges.append([segment_id, offset, length])
+            conn.executemany(
+                "INSERT INTO erasures (segment, offset, length) VALUES (?, ?, ?)", ranges
+            )
+            conn.executemany(
+                "UPDATE segments SET live = live - ? WHERE id = ?",
+                [(n, segment_id) for segment_id, n in counts.items()],
+            )
+            conn.execute("DELETE FROM frames WHERE session_id = ?", (session_id,))
+            conn.execute(
+                "UPDATE sessions SET state = ?, metadata = '{}', next_seq = 0, frames = 0,"
+                " bytes = 0, end_seq = NULL, stream_crc32c = NULL, prefix_seq = 0,"
+                " prefix_crc32c = 0, updated_at = ? WHERE id = ?",
+                (SessionState.DELETED.value, _now_us(), session_id),
+            )
+        try:
+            touched = self._erase_pending()
+            self._reap_segments(touched)
+        except (OSError, sqlite3.Error) as exc:
+            # The tombstone stands; the recorded ranges are erased by the next delete or open.
+            log.warning("session %s deleted, erasing its payload bytes failed: %s", session_id, exc)
+        return True
+
+    # -- frames --------------------------------------------------------------------
+
+    async def missing(self, session_id: str) -> list[list[int]]:
+        return await self._call(self._missing_sync, session_id)
+
+    def _missing_sync(self, session_id: str) -> list[list[int]]:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT prefix_seq, next_seq FROM sessions WHERE id = ? AND state != ?",
+                (session_id, SessionState.DELETED.value),
+            ).fetchone()
+            if row is None or row[0] >= row[1]:
+                return []
+            # Below prefix_seq nothing is missing, so only frames from there on are scanned.
+            return [
+                [first, last]
+                for first, last in conn.execute(
+                    "SELECT prev + 1, seq - 1 FROM ("
+                    " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
+                    " FROM frames WHERE session_id = ?2 AND seq >= ?1"
+                    ") WHERE seq > prev + 1",
+                    (row[0], session_id),
+                )
+            ]
+
+    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
+        if not frames:
+            return CommitResult([], {})
+        return await self._call(self._commit_sync, frames)
+
+    def _commit_sync(self, frames: Sequence[FrameIn]) -> CommitResult:
+        segment = self._writable_segment()
+        conn = self._conn
+        start = segment.offset
+        wrote = False
+        outcomes = [Outcome.GONE] * len(frames)
+        session_ids = list(dict.fromkeys(frame.session_id for frame in frames))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            tallies = {
+                row[0]: _Tally(row[1:])
+                for row in conn.execute(
+                    "SELECT id, next_seq, frames, bytes, end_seq, stream_crc32c, prefix_seq,"
+                    " prefix_crc32c FROM sessions"
+                    " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?",
+                    (json.dumps(session_ids), SessionState.DELETED.value),
+                )
+            }
+            # What is stored already at the seqs asked for: (crc32c, length, flags).
+            seqs: dict[str, list[int]] = {}
+            for frame in frames:
+                if frame.session_id in tallies:
+                    seqs.setdefault(frame.session_id, []).append(frame.seq)
+            known: dict[tuple[str, int], tuple[int, int, int]] = {}
+            for session_id, wanted in seqs.items():
+                for seq, crc, length, flags in conn.execute(
+                    "SELECT seq, crc32c, length, flags FROM frames WHERE session_id = ?"
+                    " AND seq IN (SELECT value FROM json_each(?))",
+                    (session_id, json.dumps(wanted)),
+                ):
+                    known[session_id, seq] = (crc, length, flags)
+
+            rows: list[tuple[str, int, int, int, int, int, int, int]] = []
+            payloads: list[bytes | memoryview] = []
+            offset = start
+            for i, frame in enumerate(frames):
+                tally = tallies.get(frame.session_id)
+                if tally is None:
+                    continue  # GONE
+                length = _payload_len(frame.payload)
+                key = (frame.session_id, frame.seq)
+                stored = known.get(key)
+                if stored is not None:
+                    # Same payload CRC but another length or END flag is another frame.
+                    same = stored == (frame.crc32c, length, frame.flags)
+                    outcomes[i] = Outcome.DUPLICATE if same else Outcome.CONFLICT
+                    continue
+                end = bool(frame.flags & FLAG_END)
+                if (tally.end_seq is not None and frame.seq > tally.end_seq) or (
+                    end and frame.seq < tally.next_seq - 1
+                ):
+                    outcomes[i] = Outcome.SEQUENCE
+                    continue
+                outcomes[i] = Outcome.STORED
+                known[key] = (frame.crc32c, length, frame.flags)
+                pts = frame.pts_us - _U64 if frame.pts_us > _I64_MAX else frame.pts_us
+                rows.append(
+                    (
+                        frame.session_id,
+                        frame.seq,
+                        frame.flags,
+                        pts,
+                        length,
+                        frame.crc32c,
+                        segment.id,
+                        offset,
+                    )
+                )
+                if length:
+                    payloads.append(frame.payload)
+                    offset += length
+                tally.store(frame.seq, length, frame.crc32c, end)
+
+            if rows:
+                conn.executemany(
+                    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c,"
+                    " segment, offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                if payloads:
+                    wrote = True
+                    _pwrite_all(segment.fd, payloads, start)
+                    if self._fsync:
+                        _datasync(segment.fd)
+                conn.execute(
+                    "UPDATE segments SET live = live + ?, end_offset = ? WHERE id = ?",
+                    (len(rows), offset, segment.id),
+                )
+                now = _now_us()
+                updates = []
+                for session_id, tally in tallies.items():
+                    if not tally.changed:
+                        continue
+                    self._advance_prefix(session_id, tally)
+                    if tally.complete:
+                        tally.stream_crc32c = tally.prefix_crc
+                    updates.append(
+                        (
+                            tally.state.value,
+                            tally.next_seq,
+                            tally.frames,
+                            tally.bytes,
+                            tally.end_seq,
+                            tally.stream_crc32c,
+                            tally.prefix_seq,
+                            tally.prefix_crc,
+                            now,
+                            session_id,
+                        )
+                    )
+                conn.executemany(
+                    "UPDATE sessions SET state = ?, next_seq = ?, frames = ?, bytes = ?,"
+                    " end_seq = ?, stream_crc32c = ?, prefix_seq = ?, prefix_crc32c = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    updates,
+                )
+            conn.execute("COMMIT")
+            segment.offset = offset
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if wrote:
+                self._retire(segment)
+            raise
+        return CommitResult(outcomes, {sid: tally.progress() for sid, tally in tallies.items()})
+
+    def _advance_prefix(self, session_id: str, tally: _Tally) -> None:
+        """Extend the gap-free prefix and its running CRC over newly stored frames."""
+        seq, crc = tally.prefix_seq, tally.prefix_crc
+        if seq not in tally.batch:
+            return  # prefix_seq was not stored before this commit, nor is it now
+        while seq in tally.batch:
+            frame_crc, length = tally.batch[seq]
+            if length:
+                crc = crc32c_combine(crc, frame_crc, length)
+            seq += 1
+        if seq < tally.next_seq:
+            # A gap just closed: walk frames stored by earlier commits until the next gap.
+            cursor = self._conn.execute(
+                "SELECT seq, crc32c, length FROM frames WHERE session_id = ? AND seq >= ?"
+                " ORDER BY seq",
+                (session_id, seq),
+            )
+            try:
+                for stored_seq, frame_crc, length in cursor:
+                    if stored_seq != seq:
+                        break
+                    if length:
+                        crc = crc32c_combine(crc, frame_crc, length)
+                    seq += 1
+            finally:
+                cursor.close()
+        tally.prefix_seq, tally.prefix_crc = seq, crc
+
+    async def frame_index(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> list[FrameEntry]:
+        return await self._call(
+            self._frame_index_sync,
+            session_id,
+            first_seq,
+            _MAX_SEQ if last_seq is None else last_seq,
+        )
+
+    def _frame_index_sync(self, session_id: str, first: int, last: int) -> list[FrameEntry]:
+        return [
+            FrameEntry(seq, flags, pts + _U64 if pts < 0 else pts, length, crc)
+            for seq, flags, pts, length, crc in self._conn.execute(
+                "SELECT seq, flags, pts_us, length, crc32c FROM frames"
+                " WHERE session_id = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+                (session_id, first, last),
+            )
+        ]
+
+    async def read_payloads(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield ``(seq, payload)`` in seq order, at most 256 frames or 4 MiB per thread hop.
+
+        Every payload is checked against its stored CRC-32C; a mismatch raises
+        :class:`StoreError`, unless the session was deleted meanwhile, which ends
+        the iteration.
+        """
+        last = _MAX_SEQ if last_seq is None else last_seq
+        seq = first_seq
+        while seq <= last:
+            batch, more = await self._call(self._read_batch_sync, session_id, seq, last)
+            for item in batch:
+                yield item
+            if not more or not batch:
+                return
+            seq = batch[-1][0] + 1
+
+    def _read_batch_sync(
+        self, session_id: str, first: int, last: int
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        rows = self._conn.execute(
+            "SELECT seq, length, crc32c, segment, offset FROM frames"
+            " WHERE session_id = ? AND seq >= ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (session_id, first, last, READ_BATCH_FRAMES),
+        ).fetchall()
+        more = len(rows) == READ_BATCH_FRAMES
+        out: list[tuple[int, bytes]] = []
+        fds: dict[int, int] = {}
+        own = self._segment
+        try:
+            total = 0
+            for seq, length, crc, segment_id, offset in rows:
+                if out and total + length > READ_BATCH_BYTES:
+                    return out, True
+                total += length
+                if length == 0:
+                    out.append((seq, b""))
+                    continue
+                payload = self._pread(fds, own, segment_id, offset, length)
+                if payload is None or crc32c(payload) != crc:
+                    if self._frame_gone(session_id, seq):
+                        return out, False  # deleted while we read: stop here
+                    name = self._segment_name(segment_id)
+                    raise StoreError(
+                        f"sqlite store {self.data_dir}: payload of {session_id} seq {seq}"
+                        f" is corrupt in segment {name} at offset {offset}"
+                    )
+                out.append((seq, payload))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return out, more
+
+    def _pread(
+        self, fds: dict[int, int], own: _Segment | None, segment_id: int, offset: int, length: int
+    ) -> bytes | None:
+        if own is not None and own.id == segment_id:
+            fd = own.fd
+        else:
+            fd = fds.get(segment_id, -1)
+            if fd < 0:
+                name = self._segment_name(segment_id)
+                if name is None:
+                    return None
+                try:
+                    fd = fds[segment_id] = os.open(
+                        self._segment_path(name), os.O_RDONLY | os.O_CLOEXEC
+                    )
+                except FileNotFoundError:
+                    return None
+        payload = os.pread(fd, length, offset)
+        return payload if len(payload) == length else None
+
+    def _frame_gone(self, session_id: str, seq: int) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM frames WHERE session_id = ? AND seq = ?", (session_id, seq)
+        ).fetchone()
+        return row is None
+
+    # -- stream ownership ----------------------------------------------------------
+
+    async def claim_stream(self, session_id: str) -> int:
+        """Bump and return the session's stream generation; StoreError for an unknown id."""
+        return await self._call(self._claim_stream_sync, session_id)
+
+    def _claim_stream_sync(self, session_id: str) -> int:
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE sessions SET stream_generation = stream_generation + 1 WHERE id = ?"
+                " RETURNING stream_generation",
+                (session_id,),
+            ).fetchall()
+        if not rows:
+            raise StoreError(f"cannot claim the stream of unknown session {session_id}")
+        return int(rows[0][0])
+
+    async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
+        if not session_ids:
+            return {}
+        return await self._call(self._stream_generations_sync, list(session_ids))
+
+    def _stream_generations_sync(self, session_ids: list[str]) -> dict[str, int]:
+        return {
+            session_id: generation
+            for session_id, generation in self._conn.execute(
+                "SELECT id, stream_generation FROM sessions"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(session_ids),),
+            )
+        }
