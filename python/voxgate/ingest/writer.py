@@ -1,0 +1,223 @@
+"""Group commit: frames of many streams share one store transaction (and one fsync).
+
+Callers hand their frames to :meth:`Writer.commit` and wait. One background task
+runs store commits back to back: while one runs, new submissions queue up; when it
+finishes, everything queued (up to ``max_frames`` frames and ``max_bytes`` payload
+bytes) goes into the next single commit. Batches grow with load and no timer
+delays a lone frame.
+
+Memory is bounded upstream: the credit ledger caps the bytes every stream may
+have in flight, so callers cannot submit more than the ledger admitted. As a
+last line of defence the writer refuses submissions (:class:`WriterFull`) once
+the bytes it holds, queued or being committed, would exceed ``4 * max_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
+
+log = logging.getLogger("voxgate.writer")
+
+
+class WriterFull(StoreError):
+    """The writer already holds its hard limit of payload bytes; retry after acks drain."""
+
+
+class _Entry:
+    """One caller's frames waiting for a commit."""
+
+    __slots__ = ("frames", "future", "nbytes")
+
+    def __init__(self, frames: Sequence[FrameIn], nbytes: int) -> None:
+        self.frames = frames
+        self.nbytes = nbytes
+        self.future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+
+
+def _nbytes(frame: FrameIn) -> int:
+    payload = frame.payload
+    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
+
+
+class Writer:
+    """Batches concurrent :meth:`commit` calls into as few store transactions as possible."""
+
+    def __init__(self, store: Store, *, max_frames: int, max_bytes: int) -> None:
+        if max_frames < 1 or max_bytes < 1:
+            raise ValueError("max_frames and max_bytes must be at least 1")
+        self.store = store
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.limit_bytes = 4 * max_bytes
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._held_bytes = 0  # queued plus being committed
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.commits = 0  # store commits run
+        self.frames = 0  # frames handed to the store
+
+    @property
+    def held_bytes(self) -> int:
+        """Payload bytes submitted and not yet answered."""
+        return self._held_bytes
+
+    async def start(self) -> None:
+        """Start the commit task (in the running event loop)."""
+        if self._task is not None:
+            return
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="voxgate-writer")
+
+    async def stop(self) -> None:
+        """Commit everything already submitted, then stop; later commits raise StoreError."""
+        task = self._task
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.shield(task)
+        finally:
+            self._task = None
+
+    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
+        """Store ``frames`` durably as part of a group commit; answers for these frames only.
+
+        ``outcomes`` is parallel to ``frames``; ``progress`` covers their sessions.
+        Submissions above ``max_frames`` / ``max_bytes`` are split over
+        consecutive transactions. Raises :class:`WriterFull` when the writer
+        already holds ``4 * max_bytes``, and :class:`StoreError` when the writer
+        is not running or the store commit fails (frames of a failed commit
+        may or may not be stored; resending them is safe).
+        """
+        if not frames:
+            return CommitResult([], {})
+        if self._task is None or self._stopping:
+            raise StoreError("writer is not running")
+        chunks = self._split(frames)
+        total = sum(nbytes for _, nbytes in chunks)
+        if self._held_bytes + total > self.limit_bytes:
+            raise WriterFull(
+                f"writer holds {self._held_bytes} payload bytes; {total} more would pass "
+                f"its limit of {self.limit_bytes}"
+            )
+        entries = [_Entry(chunk, nbytes) for chunk, nbytes in chunks]
+        self._queue.extend(entries)
+        self._held_bytes += total
+        self._wake.set()
+        if len(entries) == 1:
+            return await entries[0].future
+        results = await asyncio.gather(*(e.future for e in entries), return_exceptions=True)
+        outcomes = []
+        progress: dict[str, Progress] = {}
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            outcomes.extend(result.outcomes)
+            progress.update(result.progress)  # later chunks carry later counters
+        return CommitResult(outcomes, progress)
+
+    def _split(self, frames: Sequence[FrameIn]) -> list[tuple[Sequence[FrameIn], int]]:
+        """Cut a submission into pieces no larger than one transaction may be."""
+        sizes = [_nbytes(frame) for frame in frames]
+        total = sum(sizes)
+        if len(frames) <= self.max_frames and total <= self.max_bytes:
+            return [(frames, total)]
+        chunks: list[tuple[Sequence[FrameIn], int]] = []
+        start = nbytes = 0
+        for i, size in enumerate(sizes):
+            if i > start and (i - start >= self.max_frames or nbytes + size > self.max_bytes):
+                chunks.append((frames[start:i], nbytes))
+                start, nbytes = i, 0
+            nbytes += size
+        chunks.append((frames[start:], nbytes))
+        return chunks
+
+    def _take_batch(self) -> list[_Entry]:
+        """Queued entries for one transaction, oldest first, within the limits."""
+        batch: list[_Entry] = []
+        frames = nbytes = 0
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if entry.future.cancelled():  # its caller gave up before it was committed
+                queue.popleft()
+                self._held_bytes -= entry.nbytes
+                continue
+            if batch and (
+                frames + len(entry.frames) > self.max_frames
+                or nbytes + entry.nbytes > self.max_bytes
+            ):
+                break
+            queue.popleft()
+            batch.append(entry)
+            frames += len(entry.frames)
+            nbytes += entry.nbytes
+        return batch
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                batch = self._take_batch()
+                if batch:
+                    await self._commit_batch(batch)
+        finally:
+            # Cancelled from outside (loop shutdown): nobody may wait forever.
+            self._stopping = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._settle(left, StoreError("writer stopped"))
+
+    async def _commit_batch(self, batch: list[_Entry]) -> None:
+        frames: list[FrameIn] = []
+        for entry in batch:
+            frames.extend(entry.frames)
+        try:
+            self.commits += 1
+            self.frames += len(frames)
+            result = await self.store.commit(frames)
+        except asyncio.CancelledError:
+            self._settle(batch, StoreError("writer stopped before the commit finished"))
+            raise
+        except Exception as exc:
+            if not isinstance(exc, StoreError):
+                log.exception("store commit failed unexpectedly")
+            self._settle(batch, exc)
+            return
+        if len(result.outcomes) != len(frames):
+            self._settle(batch, StoreError("store answered a different number of frames"))
+            return
+        start = 0
+        for entry in batch:
+            end = start + len(entry.frames)
+            mine = {frame.session_id for frame in entry.frames}
+            answer = CommitResult(
+                result.outcomes[start:end],
+                {sid: p for sid, p in result.progress.items() if sid in mine},
+            )
+            start = end
+            self._held_bytes -= entry.nbytes
+            if not entry.future.done():
+                entry.future.set_result(answer)
+
+    def _settle(self, batch: list[_Entry], exc: BaseException) -> None:
+        for entry in batch:
+            self._held_bytes -= entry.nbytes
+            if not entry.future.done():
+                entry.future.set_exception(exc)
+                # Mark retrieved: a caller that gave up must not cause "never retrieved" noise.
+                with contextlib.suppress(BaseException):
+                    entry.future.exception()

@@ -1,0 +1,1 @@
+"""Store tests: one suite for every backend, plus the embedded store's own."""

@@ -1,0 +1,83 @@
+"""Store fixtures: the same tests run against every backend kind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from voxgate._native import FLAG_END, crc32c
+from voxgate.store.base import FrameIn, Store
+from voxgate.store.sqlite import SqliteStore
+
+# Backend kinds the suite runs against; PostgreSQL joins here.
+KINDS = ["sqlite"]
+
+
+def frame(
+    session_id: str, seq: int, payload: bytes, *, end: bool = False, pts_us: int = 0
+) -> FrameIn:
+    """A frame as the ingest path hands it over: verified, with its CRC-32C."""
+    return FrameIn(session_id, seq, FLAG_END if end else 0, pts_us, crc32c(payload), payload)
+
+
+def payload_of(session_id: str, seq: int, size: int = 64) -> bytes:
+    """Distinctive, reproducible payload bytes for one frame."""
+    unit = f"<{session_id}#{seq}>".encode()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+class Backend:
+    """Opens stores of one kind over the same persistent state, and looks at their raw bytes."""
+
+    kind: str
+
+    def new_store(self) -> Store:
+        """A new, unopened store instance over this backend's state (like another process)."""
+        raise NotImplementedError
+
+    def holds_bytes(self, needle: bytes) -> bool:
+        """Whether ``needle`` appears anywhere in what the backend keeps on disk."""
+        raise NotImplementedError
+
+    async def open_store(self) -> Store:
+        store = self.new_store()
+        await store.open()
+        return store
+
+
+class SqliteBackend(Backend):
+    kind = "sqlite"
+
+    def __init__(self, data_dir: Path, *, segment_max_bytes: int = 64 * 1024) -> None:
+        self.data_dir = data_dir
+        self.segment_max_bytes = segment_max_bytes
+
+    def new_store(self) -> SqliteStore:
+        return SqliteStore(
+            self.data_dir, durability="fsync", segment_max_bytes=self.segment_max_bytes
+        )
+
+    def holds_bytes(self, needle: bytes) -> bool:
+        for root, _, files in os.walk(self.data_dir):
+            for name in files:
+                if needle in (Path(root) / name).read_bytes():
+                    return True
+        return False
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    kind = request.param
+    if kind == "sqlite":
+        return SqliteBackend(tmp_path / "data")
+    raise AssertionError(f"unknown store kind {kind}")
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    opened = await backend.open_store()
+    yield opened
+    await opened.close()
