@@ -346,6 +346,11 @@ class StreamClient:
             return last
         return await self.send(b"", end=True)
 
+    async def flush(self) -> None:
+        """Wait until the server has acked every frame sent so far; raises the stream's failure."""
+        self.start()
+        await self._wait(lambda: not self._frames or self._completion is not None)
+
     async def wait_complete(self, timeout_s: float | None = None) -> Completion:
         """Wait for the server's ``complete`` and check it end to end.
 
