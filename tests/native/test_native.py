@@ -202,6 +202,8 @@ def test_decode_large_message() -> None:
 def test_decode_rejects_what_is_not_a_buffer() -> None:
     with pytest.raises(TypeError):
         decode("text", MAX)  # type: ignore[arg-type]
+    with pytest.raises(BufferError):
+        decode(memoryview(encode_frame(0, b"abcd") * 2)[::2], MAX)
 
 
 # Incremental decoding
@@ -357,6 +359,20 @@ def test_crc32c_combine() -> None:
 @given(a=st.binary(max_size=500), b=st.binary(max_size=500))
 def test_crc32c_combine_equals_concatenation(a: bytes, b: bytes) -> None:
     assert crc32c_combine(crc32c(a), crc32c(b), len(b)) == crc32c(a + b)
+
+
+@pytest.mark.parametrize(
+    ("crc1", "crc2", "len2", "whole"),
+    [
+        # A = b"hello world, some prefix", B = len2 bytes of 0x07, computed independently.
+        (0x2C2FC5E9, 0xA5BF3350, 1_073_741_827, 0xF5EEA4F8),
+        (0x2C2FC5E9, 0x5FC6DA7C, 4_294_967_296, 0x5C5340BB),
+        (0x2C2FC5E9, 0x45D48E06, 8_589_946_937, 0x685632FA),
+    ],
+)
+def test_crc32c_combine_beyond_32_bit_lengths(crc1: int, crc2: int, len2: int, whole: int) -> None:
+    assert crc32c(b"hello world, some prefix") == crc1
+    assert crc32c_combine(crc1, crc2, len2) == whole
 
 
 def test_stream_crc_from_per_frame_crcs() -> None:
