@@ -335,6 +335,9 @@ impl<'a> StreamFrame<'a> {
     }
 }
 
+/// Most payload space reserved before the bytes arrive.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 #[derive(Clone, Copy, Debug)]
 enum State {
     /// Collecting a header into `StreamDecoder::header`.
@@ -494,7 +497,9 @@ impl StreamDecoder {
                         ));
                         self.complete(&header);
                     } else {
-                        self.buf.reserve_exact(len);
+                        // Grow with the data beyond 1 MiB: a header alone must not
+                        // make us allocate up to max_frame_bytes ahead of any payload.
+                        self.buf.reserve_exact(len.min(RESERVE_AHEAD));
                         self.state = State::Payload(header);
                     }
                 }
@@ -815,6 +820,26 @@ mod tests {
                 (1, Verdict::Ok, Some(b"s".to_vec()))
             ]
         );
+    }
+
+    #[test]
+    fn stream_assembles_frames_beyond_the_reserve() {
+        let payload: Vec<u8> = (0..3 * RESERVE_AHEAD + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let stream = encode_frame(4, &payload, 0, true);
+        let mut dec = StreamDecoder::new(4 * RESERVE_AHEAD as u64);
+        let mut seen = Vec::new();
+        for chunk in stream.chunks(100_000) {
+            let mut out = Vec::new();
+            dec.feed(chunk, &mut out).unwrap();
+            seen.extend(
+                out.into_iter()
+                    .map(|f| (f.verdict, f.payload.bytes().map(<[u8]>::to_vec))),
+            );
+        }
+        dec.finish().unwrap();
+        assert_eq!(seen, vec![(Verdict::Ok, Some(payload))]);
     }
 
     #[test]
