@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 import orjson
 from litestar import WebSocket, websocket
+from litestar.types import WebSocketSendEvent
 
 from voxgate import _native
 from voxgate.auth import bearer
@@ -150,6 +151,7 @@ class StreamConnection:
         self._seq_ahead = settings.max_seq_ahead
         self._ledger = runtime.ledger
         self._handle = runtime.ledger.open()
+        self._ledger_open = True  # commits may finish after the stream closed its account
         self._next_seq = next_seq
         self._end_seq = end_seq
         self._tally = Tally()
@@ -233,10 +235,12 @@ class StreamConnection:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
             self.runtime.streams.unregister(self)
-            self._ledger.close(self._handle)
+            self._ledger_open = False
+            if self._ledger.close(self._handle):
+                self.runtime.streams.pressure_relieved()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self.socket.send({"type": "websocket.send", "text": orjson.dumps(message).decode()})
+        await self.socket.send(_text_event(message))
 
     async def _send_close(self, close: Close) -> None:
         if close.code >= 4000:
@@ -279,11 +283,11 @@ class StreamConnection:
                 self._wake.set()
                 return
             self._last_rx = time.monotonic()
-            data = message.get("bytes")
+            data = cast("bytes | None", message.get("bytes"))
             if data is not None:
                 self._on_binary(data)
             else:
-                self._on_text(message.get("text") or "")
+                self._on_text(cast("str | None", message.get("text")) or "")
             if self._tally.pending_rejections() > _MAX_PENDING_REJECTIONS:
                 self._drained.clear()
                 self._wake.set()
@@ -339,7 +343,7 @@ class StreamConnection:
         self, future: asyncio.Future[CommitResult], batch: list[FrameIn], nbytes: int
     ) -> None:
         self._commits.discard(future)
-        if self._ledger.release(self._handle, nbytes):
+        if self._ledger_open and self._ledger.release(self._handle, nbytes):
             self.runtime.streams.pressure_relieved()
         if future.cancelled():
             return
@@ -367,6 +371,10 @@ class StreamConnection:
         self._wake.set()
 
 
+def _text_event(message: dict[str, Any]) -> WebSocketSendEvent:
+    return {"type": "websocket.send", "text": orjson.dumps(message).decode(), "bytes": None}
+
+
 # -- the handshake ----------------------------------------------------------------
 
 
@@ -386,8 +394,9 @@ def _credentials(socket: WebSocket[Any, Any, Any]) -> tuple[str | None, bool]:
 
 async def _reject(socket: WebSocket[Any, Any, Any], close: Close) -> None:
     with contextlib.suppress(OSError, Exception):
-        message = {"type": "error", "code": close.error, "message": close.message}
-        await socket.send({"type": "websocket.send", "text": orjson.dumps(message).decode()})
+        await socket.send(
+            _text_event({"type": "error", "code": close.error, "message": close.message})
+        )
         await socket.close(close.code, close.message.encode()[:123].decode(errors="ignore"))
 
 
