@@ -1,0 +1,222 @@
+"""The group-commit writer over a real embedded store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from voxgate._native import FLAG_END, crc32c
+from voxgate.ingest.writer import Writer, WriterFull
+from voxgate.store.base import CommitResult, FrameIn, Outcome, StoreError
+from voxgate.store.sqlite import SqliteStore
+
+
+def frame(session_id: str, seq: int, payload: bytes, *, end: bool = False) -> FrameIn:
+    return FrameIn(session_id, seq, FLAG_END if end else 0, 0, crc32c(payload), payload)
+
+
+class CountingStore(SqliteStore):
+    """The real store, counting its commits; ``gate`` (when set) holds each commit until opened."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, durability="fsync", segment_max_bytes=1 << 20)
+        self.batches: list[list[FrameIn]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_with: BaseException | None = None
+
+    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
+        self.batches.append(list(frames))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return await super().commit(frames)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+    opened = CountingStore(tmp_path / "data")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def new_sessions(store: SqliteStore, n: int) -> list[str]:
+    return [
+        (await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})).id
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture
+async def writer(store: CountingStore) -> AsyncIterator[Writer]:
+    started = Writer(store, max_frames=4096, max_bytes=1 << 20)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+async def test_concurrent_streams_share_transactions(store: CountingStore, writer: Writer) -> None:
+    sessions = await new_sessions(store, 40)
+    rounds = 5
+
+    async def stream(sid: str) -> list[CommitResult]:
+        results = []
+        for r in range(rounds):
+            batch = [frame(sid, r * 3 + i, f"{sid}/{r}/{i}".encode()) for i in range(3)]
+            results.append(await writer.commit(batch))
+        return results
+
+    answers = await asyncio.gather(*(stream(sid) for sid in sessions))
+    calls = len(sessions) * rounds
+    assert len(store.batches) <= calls // 5, f"{len(store.batches)} commits for {calls} calls"
+    assert max(len({f.session_id for f in b}) for b in store.batches) > 10
+    for sid, results in zip(sessions, answers, strict=True):
+        for result in results:
+            assert result.outcomes == [Outcome.STORED] * 3
+            assert set(result.progress) == {sid}, "a caller sees only its own sessions"
+        assert results[-1].progress[sid].next_seq == rounds * 3
+    assert writer.commits == len(store.batches)
+
+
+async def test_outcomes_are_sliced_per_caller(store: CountingStore, writer: Writer) -> None:
+    a, b = await new_sessions(store, 2)
+    await writer.commit([frame(a, 0, b"a0")])
+    first, second = await asyncio.gather(
+        writer.commit([frame(a, 0, b"a0"), frame(a, 1, b"a1"), frame("ses_nobody", 0, b"?")]),
+        writer.commit([frame(b, 0, b"b0"), frame(a, 1, b"other")]),
+    )
+    assert len(store.batches) == 2  # the gathered pair went in one transaction
+    assert first.outcomes == [Outcome.DUPLICATE, Outcome.STORED, Outcome.GONE]
+    assert second.outcomes == [Outcome.STORED, Outcome.CONFLICT]
+    assert set(first.progress) == {a}
+    assert set(second.progress) == {a, b}
+
+
+async def test_transactions_respect_frame_and_byte_limits(store: CountingStore) -> None:
+    writer = Writer(store, max_frames=5, max_bytes=1000)
+    await writer.start()
+    try:
+        sessions = await new_sessions(store, 12)
+        results = await asyncio.gather(
+            *(writer.commit([frame(sid, 0, b"x" * 300), frame(sid, 1, b"y")]) for sid in sessions)
+        )
+        assert all(r.outcomes == [Outcome.STORED, Outcome.STORED] for r in results)
+        for batch in store.batches:
+            assert len(batch) <= 5
+            assert sum(len(f.payload) for f in batch) <= 1000
+    finally:
+        await writer.stop()
+
+
+async def test_large_submission_is_split(store: CountingStore) -> None:
+    writer = Writer(store, max_frames=4, max_bytes=100)
+    await writer.start()
+    try:
+        (sid,) = await new_sessions(store, 1)
+        frames = [frame(sid, seq, bytes([seq]) * 30, end=seq == 10) for seq in range(11)]
+        result = await writer.commit(frames)
+        assert result.outcomes == [Outcome.STORED] * 11
+        assert result.progress[sid].complete, "progress comes from the last piece"
+        assert len(store.batches) >= 4
+        assert all(len(b) <= 4 and sum(len(f.payload) for f in b) <= 100 for b in store.batches)
+    finally:
+        await writer.stop()
+
+
+async def test_store_error_reaches_every_waiter_of_the_batch(
+    store: CountingStore, writer: Writer
+) -> None:
+    sessions = await new_sessions(store, 5)
+    store.fail_with = StoreError("disk on fire")
+    results = await asyncio.gather(
+        *(writer.commit([frame(sid, 0, b"p")]) for sid in sessions), return_exceptions=True
+    )
+    assert len(store.batches) == 1
+    assert all(isinstance(r, StoreError) and "disk on fire" in str(r) for r in results)
+    assert writer.held_bytes == 0
+
+    store.fail_with = None  # the writer keeps going after a failed commit
+    result = await writer.commit([frame(sessions[0], 0, b"p")])
+    assert result.outcomes == [Outcome.STORED]
+
+
+async def test_unexpected_error_reaches_waiters_too(store: CountingStore, writer: Writer) -> None:
+    (sid,) = await new_sessions(store, 1)
+    store.fail_with = RuntimeError("bug")
+    with pytest.raises(RuntimeError, match="bug"):
+        await writer.commit([frame(sid, 0, b"p")])
+    store.fail_with = None
+    assert (await writer.commit([frame(sid, 0, b"p")])).outcomes == [Outcome.STORED]
+
+
+async def test_held_bytes_are_capped(store: CountingStore) -> None:
+    writer = Writer(store, max_frames=100, max_bytes=1000)  # hard limit 4000 bytes
+    await writer.start()
+    try:
+        (sid,) = await new_sessions(store, 1)
+        store.gate = asyncio.Event()
+        pending = [asyncio.ensure_future(writer.commit([frame(sid, 0, b"a" * 1000)]))]
+        await asyncio.sleep(0)  # the first one is now being committed (held at the gate)
+        pending += [
+            asyncio.ensure_future(writer.commit([frame(sid, seq, b"b" * 1000)]))
+            for seq in (1, 2, 3)
+        ]
+        await asyncio.sleep(0)
+        assert writer.held_bytes == 4000
+        with pytest.raises(WriterFull):
+            await writer.commit([frame(sid, 4, b"c")])
+        assert isinstance(WriterFull("x"), StoreError)
+        store.gate.set()
+        results = await asyncio.gather(*pending)
+        assert [r.outcomes for r in results] == [[Outcome.STORED]] * 4
+        assert writer.held_bytes == 0
+        assert (await writer.commit([frame(sid, 4, b"c")])).outcomes == [Outcome.STORED]
+    finally:
+        await writer.stop()
+
+
+async def test_stop_commits_what_was_submitted(store: CountingStore) -> None:
+    writer = Writer(store, max_frames=2, max_bytes=1 << 20)
+    await writer.start()
+    (sid,) = await new_sessions(store, 1)
+    store.gate = asyncio.Event()
+    pending = [asyncio.ensure_future(writer.commit([frame(sid, seq, b"s")])) for seq in range(6)]
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(writer.stop())
+    await asyncio.sleep(0)
+    with pytest.raises(StoreError, match="not running"):
+        await writer.commit([frame(sid, 9, b"late")])
+    store.gate.set()
+    await stopping
+    assert [r.outcomes for r in await asyncio.gather(*pending)] == [[Outcome.STORED]] * 6
+    assert (await store.get_session(sid)).frames == 6  # type: ignore[union-attr]
+
+
+async def test_cancelled_caller_is_skipped_while_queued(
+    store: CountingStore, writer: Writer
+) -> None:
+    a, b = await new_sessions(store, 2)
+    store.gate = asyncio.Event()
+    first = asyncio.ensure_future(writer.commit([frame(a, 0, b"first")]))
+    await asyncio.sleep(0)  # being committed
+    gone = asyncio.ensure_future(writer.commit([frame(b, 0, b"abandoned")]))
+    await asyncio.sleep(0)
+    gone.cancel()
+    store.gate.set()
+    assert (await first).outcomes == [Outcome.STORED]
+    assert (await writer.commit([frame(a, 1, b"next")])).outcomes == [Outcome.STORED]
+    assert all(f.session_id != b for batch in store.batches for f in batch)
+    assert writer.held_bytes == 0
+
+
+async def test_commit_needs_a_running_writer(store: CountingStore) -> None:
+    writer = Writer(store, max_frames=10, max_bytes=100)
+    with pytest.raises(StoreError, match="not running"):
+        await writer.commit([frame("ses_x", 0, b"p")])
+    assert (await writer.commit([])).outcomes == []
+    with pytest.raises(ValueError, match="at least 1"):
+        Writer(store, max_frames=0, max_bytes=100)
