@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 from pathlib import Path
 
 from voxgate import _native
@@ -54,16 +56,48 @@ class Runtime:
         )
         self.streams = StreamRegistry()
         self.draining = False
+        self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.open()
         await self.writer.start()
         self.streams.start(self)
+        self._take_over_signals()
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    def _take_over_signals(self) -> None:
+        # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
+        # the lifespan shutdown runs. Drain first (close streams with 1001 after
+        # their acks), then hand the signal to Granian's own handler. asyncio keeps
+        # that handler in a private table; without it, Granian's default stands.
+        loop = asyncio.get_running_loop()
+        handlers = getattr(loop, "_signal_handlers", None)
+        if not isinstance(handlers, dict):
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = handlers.get(sig)
+            if isinstance(previous, asyncio.Handle):
+                loop.add_signal_handler(sig, self._on_signal, previous)
+
+    def _on_signal(self, previous: asyncio.Handle) -> None:
+        if self._drain is not None:
+            return
+
+        async def drain_then_stop() -> None:
+            log.info(
+                "draining: closing streams with 1001 within %gs", self.settings.shutdown_grace_s
+            )
+            try:
+                self.draining = True
+                await self.streams.close_all(self.settings.shutdown_grace_s)
+            finally:
+                previous._run()  # Granian's handler: stop serving, then lifespan shutdown
+
+        self._drain = asyncio.get_running_loop().create_task(drain_then_stop())
+
+    async def stop(self) -> None:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
-        await self.streams.close_all(grace_s)
+        await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.tokens.close()
         await self.store.close()

@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     token_max_ttl_s: int = 3600
 
     idle_timeout_s: float = 60.0
+    # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
+    shutdown_grace_s: float = 10.0
 
     # Group commit: the most frames and bytes one transaction takes.
     commit_max_frames: int = 4096
@@ -65,9 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.window_bytes < self.max_frame_bytes:
             raise SettingsError("VOXGATE_WINDOW_BYTES must be at least VOXGATE_MAX_FRAME_BYTES")
         if not 0 <= self.global_low_bytes < self.global_high_bytes:
-            raise SettingsError(
-                "VOXGATE_GLOBAL_LOW_BYTES must be below VOXGATE_GLOBAL_HIGH_BYTES"
-            )
+            raise SettingsError("VOXGATE_GLOBAL_LOW_BYTES must be below VOXGATE_GLOBAL_HIGH_BYTES")
         if not 1 <= self.token_ttl_s <= self.token_max_ttl_s:
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:

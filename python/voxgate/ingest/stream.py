@@ -222,6 +222,8 @@ class StreamConnection:
                 await self._flush()
                 if self._close is not None or self._disconnected:
                     break
+            # Granian drops a close while a receive is pending: stop the reader first.
+            await _stop(reader)
             if self._close is not None and not self._disconnected:
                 if self._commits:  # ack what becomes durable before closing
                     await asyncio.wait(list(self._commits), timeout=_CLOSE_FLUSH_S)
@@ -230,10 +232,7 @@ class StreamConnection:
         except OSError:  # the peer vanished mid-send
             pass
         finally:
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+            await _stop(reader)
             self.runtime.streams.unregister(self)
             self._ledger_open = False
             if self._ledger.close(self._handle):
@@ -369,6 +368,13 @@ class StreamConnection:
                     progress.end_seq, progress.frames, progress.bytes, progress.stream_crc32c or 0
                 )
         self._wake.set()
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def _text_event(message: dict[str, Any]) -> WebSocketSendEvent:
