@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from voxgate.auth import ensure_api_keys
+from voxgate.client.cli import add_stream_command
 from voxgate.settings import Settings, SettingsError
 
 
@@ -54,12 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
-    try:
-        from voxgate.client.cli import add_stream_command
-    except ImportError:  # the client is optional at import time only while it is being built
-        pass
-    else:
-        add_stream_command(commands)
+    add_stream_command(commands)
     return parser
 
 

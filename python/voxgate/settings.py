@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     token_max_ttl_s: int = 3600
 
     idle_timeout_s: float = 60.0
+    # Open streams one worker process serves at once; more are refused with 4429.
+    max_streams: int = 10_000
     # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
     shutdown_grace_s: float = 10.0
 

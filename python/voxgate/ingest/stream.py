@@ -423,6 +423,8 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             raise Close(4403, "origin", "Origin not allowed")
         if token is None:
             raise Close(4401, "unauthorized", "missing stream token")
+        if len(runtime.streams) >= runtime.settings.max_streams:
+            raise Close(4429, "too_many_streams", "too many open streams, retry later")
         try:
             token_session = await runtime.tokens.consume(token)
         except TokenStoreError as exc:
