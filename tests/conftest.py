@@ -8,6 +8,9 @@ import pytest
 
 from servers import RUNNING
 
+# Real Redis and PostgreSQL servers, started on demand by the tests that ask for them.
+from services import postgres_server, redis_server  # noqa: F401
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
