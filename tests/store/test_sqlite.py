@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -238,6 +238,62 @@ async def test_live_writers_segment_is_left_alone(data_dir: Path) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+async def test_delete_erases_bytes_in_another_writers_segment(data_dir: Path) -> None:
+    writer = SqliteStore(data_dir, durability="fsync", segment_max_bytes=1 << 20)
+    deleter = SqliteStore(data_dir, durability="fsync", segment_max_bytes=1 << 20)
+    await writer.open()
+    await deleter.open()
+    try:
+        sid = await new_session_id(writer)
+        await writer.commit([frame(sid, s, b"OTHER-PROCESS-SECRET-%d" % s) for s in range(30)])
+        assert await deleter.delete_session(sid)
+        for path in (data_dir / SEGMENTS_DIR).iterdir():
+            assert b"OTHER-PROCESS-SECRET" not in path.read_bytes()
+        # The writer's segment stays (it is being written) and keeps taking frames.
+        other = await new_session_id(writer)
+        assert (await writer.commit([frame(other, 0, b"fine")])).outcomes == [Outcome.STORED]
+        assert (await writer.commit([frame(sid, 30, b"late")])).outcomes == [Outcome.GONE]
+    finally:
+        await writer.close()
+        await deleter.close()
+
+
+async def test_reading_a_session_deleted_meanwhile_just_ends(data_dir: Path) -> None:
+    reader = SqliteStore(data_dir, durability="process", segment_max_bytes=1 << 20)
+    deleter = SqliteStore(data_dir, durability="process", segment_max_bytes=1 << 20)
+    await reader.open()
+    await deleter.open()
+    try:
+        sid = await new_session_id(reader)
+        await reader.commit([frame(sid, s, payload_of(sid, s)) for s in range(1000)])
+        seen = []
+        async for seq, data in reader.read_payloads(sid):
+            if seq == 0:
+                assert await deleter.delete_session(sid)
+            assert data == payload_of(sid, seq)
+            seen.append(seq)
+        assert 0 < len(seen) < 1000
+    finally:
+        await reader.close()
+        await deleter.close()
+
+
+async def test_payload_erased_between_index_and_read_ends_the_read(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = await new_session_id(store)
+    await store.commit([frame(sid, s, payload_of(sid, s)) for s in range(10)])
+    original = SqliteStore._pread
+
+    def delete_then_read(self: SqliteStore, *args: Any) -> bytes | None:
+        if self._get_session_sync(sid).state is not SessionState.DELETED:  # type: ignore[union-attr]
+            self._delete_session_sync(sid)  # zeroes the bytes the index just pointed at
+        return original(self, *args)
+
+    monkeypatch.setattr(SqliteStore, "_pread", delete_then_read)
+    assert await read_all(store, sid) == []
 
 
 async def test_orphan_segment_file_is_removed_on_open(data_dir: Path) -> None:

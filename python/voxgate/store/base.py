@@ -52,8 +52,8 @@ class FrameIn(msgspec.Struct, array_like=True):
 
 class Outcome(enum.IntEnum):
     STORED = 0  # newly durable: ack
-    DUPLICATE = 1  # already stored with the same CRC: ack as duplicate
-    CONFLICT = 2  # already stored with another CRC: nack "conflict"
+    DUPLICATE = 1  # already stored with the same CRC (and length and flags): ack as duplicate
+    CONFLICT = 2  # already stored with another CRC, length or END flag: nack "conflict"
     SEQUENCE = 3  # after the stored END (or an END below stored frames): nack "sequence"
     GONE = 4  # session unknown or deleted: the stream closes 4410
 
@@ -118,18 +118,22 @@ class Store(Protocol):
     async def delete_session(self, session_id: str) -> bool:
         """Remove every frame and payload byte of the session, leaving a tombstone.
 
-        Returns False when the session does not exist or is already deleted.
+        The tombstone keeps id, codec, sample rate, channels and timestamps;
+        metadata and counters are cleared. Returns False when the session does
+        not exist or is already deleted.
         """
 
     async def missing(self, session_id: str) -> list[list[int]]:
-        """Inclusive ``[first, last]`` gaps below the session's ``next_seq``."""
+        """Inclusive ``[first, last]`` gaps below the session's ``next_seq`` ([] if unknown)."""
 
     async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
         """Store ``frames`` (from any number of sessions) in one transaction.
 
         Durable per the configured durability before it returns: with ``fsync``
         payloads and index survive power loss, with ``process`` a killed process.
-        A seq already stored is never overwritten (DUPLICATE or CONFLICT).
+        A seq already stored is never overwritten (DUPLICATE or CONFLICT); the
+        same seq twice in one batch is answered as if the batch came in order.
+        Unknown sessions get GONE and no ``progress`` entry.
         When a session's last gap closes, it becomes COMPLETE and its
         ``stream_crc32c`` is computed in the same transaction.
         """
@@ -148,7 +152,8 @@ class Store(Protocol):
         """Take over the session's stream: bump and return its stream generation.
 
         A connection holding an older generation is superseded (close 4409),
-        whichever process or instance holds it.
+        whichever process or instance holds it. Raises :class:`StoreError` for
+        a session that was never created.
         """
 
     async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
