@@ -312,3 +312,23 @@ async def test_send_rejects_empty_payload_without_end() -> None:
     with pytest.raises(ValueError, match="empty payload"):
         await client.send(b"")
     await client.close()
+
+
+async def test_rerun_over_a_complete_session_sends_nothing_and_verifies() -> None:
+    data = payloads(30)
+    fake = FakeVoxgate()
+    async with running(fake):
+        await stream_all(fake, data, frames_per_message=4)
+        client, _ = await stream_all(fake, data)
+    assert len(fake.conns) == 2
+    assert fake.conns[1].received == []
+    assert client.stats.reconnects == 0
+
+
+async def test_rerun_with_other_content_over_a_complete_session_fails() -> None:
+    fake = FakeVoxgate()
+    async with running(fake):
+        await stream_all(fake, payloads(30))
+        client = StreamClient(fake.url, fake.session_id, Tokens(), backoff=FAST)
+        with pytest.raises(IntegrityError):
+            await run_to_completion(client, payloads(31))
