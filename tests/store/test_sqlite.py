@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ import pytest
 
 from voxgate._native import crc32c
 from voxgate.store.base import Outcome, SessionState, StoreError
-from voxgate.store.sqlite import DB_NAME, MIGRATIONS, SEGMENTS_DIR, SqliteStore
+from voxgate.store.sqlite import DB_NAME, MIGRATIONS, SEGMENTS_DIR, SqliteStore, _pwrite_all
 
 from .conftest import frame, payload_of
 from .crash_child import payload as child_payload
@@ -357,6 +357,23 @@ async def test_failed_commit_leaves_no_trace(
     assert await read_all(store, sid) == [(0, b"before"), (1, b"after")]
     for path in (data_dir / SEGMENTS_DIR).iterdir():
         assert b"NEVER-ACKED" not in path.read_bytes()
+
+
+def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def stingy_pwritev(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        return real_pwrite(fd, bytes(buffers[0])[:3], offset)  # at most 3 bytes per call
+
+    monkeypatch.setattr(os, "pwritev", stingy_pwritev)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        parts: list[bytes | memoryview] = [b"hello", memoryview(b"..world..")[2:7], b"", b"!"]
+        assert _pwrite_all(fd, parts, 2) == 2 + 11
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\0\0helloworld!"
 
 
 # -- several processes and crashes ------------------------------------------------------

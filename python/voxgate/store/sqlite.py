@@ -171,20 +171,23 @@ def _payload_len(payload: bytes | memoryview) -> int:
 
 def _pwrite_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
     """Write ``buffers`` back to back at ``offset`` with as few syscalls as possible."""
-    views = [memoryview(b).cast("B") for b in buffers]
+    pending = list(buffers)
     i = 0
-    while i < len(views):
-        written = os.pwritev(fd, views[i : i + _IOV_MAX], offset)
+    while i < len(pending):
+        if not _payload_len(pending[i]):
+            i += 1
+            continue
+        written = os.pwritev(fd, pending[i : i + _IOV_MAX], offset)
         if written <= 0:
             raise OSError(errno.EIO, "segment write made no progress")
         offset += written
         while written:
-            size = views[i].nbytes
+            size = _payload_len(pending[i])
             if written >= size:
                 written -= size
                 i += 1
-            else:  # short write: continue inside this buffer
-                views[i] = views[i][written:]
+            else:  # short write: go on from inside this buffer
+                pending[i] = memoryview(pending[i]).cast("B")[written:]
                 written = 0
     return offset
 
@@ -260,7 +263,8 @@ class _Tally:
         self.changed = True
         self.frames += 1
         self.bytes += length
-        self.next_seq = max(self.next_seq, seq + 1)
+        if seq >= self.next_seq:
+            self.next_seq = seq + 1
         if end:
             self.end_seq = seq
 
