@@ -78,7 +78,17 @@ _MAX_SEQ = (1 << 63) - 1
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def _iov_max() -> int:
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        return 1024
+    return min(limit, 1024) if limit > 0 else 1024
+
+
+_IOV_MAX = _iov_max()
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 # MIGRATIONS[i] brings the schema from ``user_version`` i to i + 1.
