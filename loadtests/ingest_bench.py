@@ -64,6 +64,7 @@ class LoadSpec:
     frames_per_message: int
     duration_s: float
     verify: bool  # end each stream and check complete's CRC (voxgate only)
+    driver: str = "raw"  # "raw": the lean loop below; "client": voxgate.client.StreamClient
 
 
 @dataclass
@@ -236,6 +237,70 @@ class StreamLoad:
         )
 
 
+async def _client_stream(
+    spec: LoadSpec, index: int, payload: bytes, start_at: float, result: LoadResult
+) -> list[float]:
+    """One stream driven by the real :class:`StreamClient`; returns its in-window samples."""
+    from voxgate.client import Backoff, StreamClient
+
+    tokens = iter([spec.tokens[index]])
+
+    async def token() -> str:
+        return next(tokens)  # one pre-minted token: a reconnect fails the stream
+
+    http_base = spec.ws_base.replace("ws://", "http://", 1)
+    client = StreamClient(
+        http_base,
+        spec.session_ids[index],
+        token,
+        frames_per_message=spec.frames_per_message,
+        backoff=Backoff(max_attempts=1),
+        keepalive_s=None,
+    )
+    async with client:
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+        stop_at = start_at + spec.duration_s
+        while time.perf_counter() < stop_at:
+            await client.send(payload, 0)
+        stats = client.stats
+        acked, samples = stats.frames_acked + stats.duplicates, list(stats.ack_latency_s)
+        result.frames_acked += acked
+        result.messages_sent += stats.messages_sent
+        for reason, count in stats.nacks.items():
+            result.nacks[reason] = result.nacks.get(reason, 0) + count
+        if spec.verify:
+            await client.end()
+            await client.wait_complete(COMPLETE_TIMEOUT_S)
+            result.streams_verified += 1
+        else:
+            await asyncio.wait_for(client.flush(), DRAIN_TIMEOUT_S)
+    return samples
+
+
+async def _generate_with_client(spec: LoadSpec) -> LoadResult:
+    payload = os.urandom(spec.frame_bytes)
+    result = LoadResult(
+        target=spec.target, streams=len(spec.session_ids), duration_s=spec.duration_s
+    )
+    # Connections open during the first second; the clock starts after it.
+    start_at = time.perf_counter() + 1.0
+    outcomes = await asyncio.gather(
+        *(_client_stream(spec, i, payload, start_at, result) for i in range(result.streams)),
+        return_exceptions=True,
+    )
+    samples: list[float] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            result.errors.append(repr(outcome))
+        else:
+            samples += outcome
+    result.bytes_acked = result.frames_acked * spec.frame_bytes
+    result.frames_per_s = round(result.frames_acked / spec.duration_s, 1)
+    result.mb_per_s = round(result.bytes_acked / spec.duration_s / 1e6, 3)
+    result.latency_ms = _percentiles(samples)
+    return result
+
+
 def _percentiles(samples: list[float]) -> dict[str, float]:
     if not samples:
         return {}
@@ -292,7 +357,8 @@ async def _generate(spec: LoadSpec) -> LoadResult:
 def _generator_process(conn: Connection, spec: LoadSpec) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     try:
-        result = asyncio.run(_generate(spec))
+        generate = _generate_with_client if spec.driver == "client" else _generate
+        result = asyncio.run(generate(spec))
     except BaseException as exc:  # report, never hang the parent
         result = LoadResult(spec.target, len(spec.session_ids), spec.duration_s, errors=[repr(exc)])
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -480,7 +546,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     print(
         f"streams={args.streams} frame_bytes={args.frame_bytes} "
         f"frames_per_message={args.frames_per_message} duration={args.duration}s "
-        f"workers={args.workers} durability={args.durability} "
+        f"workers={args.workers} durability={args.durability} driver={args.driver} "
         f"window_bytes={args.window_bytes or 'default'} cpus={os.cpu_count()}"
     )
     print(
@@ -523,6 +589,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
             "workers": args.workers,
             "durability": args.durability,
             "window_bytes": args.window_bytes,
+            "driver": args.driver,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -548,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--servers", default="voxgate,baseline", help="comma-separated: voxgate, baseline"
+    )
+    parser.add_argument(
+        "--driver",
+        choices=("raw", "client"),
+        default="raw",
+        help="load loop: a lean protocol loop (raw) or voxgate.client.StreamClient (client)",
     )
     parser.add_argument("--data-root", default=None, help="parent dir of the temp data dir")
     parser.add_argument("--json", dest="json_out", default=None, help="write results here")
@@ -582,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                     frames_per_message=args.frames_per_message,
                     duration_s=args.duration,
                     verify=name == "voxgate",
+                    driver=args.driver,
                 )
                 print(f"running {name} for {args.duration:g} s ...", flush=True)
                 results[name] = run_load(spec, server)
