@@ -428,3 +428,80 @@ async def test_two_store_instances_commit_concurrently(backend: Backend) -> None
     finally:
         await one.close()
         await two.close()
+
+
+# -- against a model ---------------------------------------------------------------
+
+
+class Model:
+    """What one session should hold after a series of commits, frame by frame."""
+
+    def __init__(self) -> None:
+        self.stored: dict[int, FrameIn] = {}
+        self.end: int | None = None
+
+    def apply(self, item: FrameIn) -> Outcome:
+        old = self.stored.get(item.seq)
+        if old is not None:
+            same = (old.crc32c, len(old.payload), old.flags) == (
+                item.crc32c,
+                len(item.payload),
+                item.flags,
+            )
+            return Outcome.DUPLICATE if same else Outcome.CONFLICT
+        if self.end is not None and item.seq > self.end:
+            return Outcome.SEQUENCE
+        if item.flags & 1 and self.stored and item.seq < max(self.stored):
+            return Outcome.SEQUENCE
+        self.stored[item.seq] = item
+        if item.flags & 1:
+            self.end = item.seq
+        return Outcome.STORED
+
+    def missing(self) -> list[list[int]]:
+        top = max(self.stored, default=-1)
+        gaps: list[list[int]] = []
+        for seq in range(top):
+            if seq not in self.stored:
+                if gaps and gaps[-1][1] == seq - 1:
+                    gaps[-1][1] = seq
+                else:
+                    gaps.append([seq, seq])
+        return gaps
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None and len(self.stored) == self.end + 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_commits_match_the_model(store: Store, seed: int) -> None:
+    rng = random.Random(seed)
+    sessions = [(await new_session(store)).id for _ in range(3)]
+    models = {sid: Model() for sid in sessions}
+    length = rng.randint(20, 60)
+    for _ in range(60):
+        batch = []
+        for _ in range(rng.randint(1, 12)):
+            sid = rng.choice(sessions)
+            seq = rng.randint(0, length + 3)
+            variant = rng.choice([b"", b"", b"", b"~"])  # mostly the canonical payload
+            payload = payload_of(sid, seq, 10 + seq % 7) + variant
+            batch.append(frame(sid, seq, payload, end=seq >= length and rng.random() < 0.5))
+        result = await store.commit(batch)
+        expected = [models[item.session_id].apply(item) for item in batch]
+        assert result.outcomes == expected
+        for sid in {item.session_id for item in batch}:
+            model, progress = models[sid], result.progress[sid]
+            assert progress.next_seq == max(model.stored, default=-1) + 1
+            assert progress.frames == len(model.stored)
+            assert progress.bytes == sum(len(f.payload) for f in model.stored.values())
+            assert progress.end_seq == model.end
+            assert progress.complete == model.complete
+            if model.complete:
+                data = b"".join(model.stored[s].payload for s in sorted(model.stored))
+                assert progress.stream_crc32c == crc32c(data)
+    for sid, model in models.items():
+        assert await store.missing(sid) == model.missing()
+        got = await read_all(store, sid)
+        assert got == [(s, bytes(model.stored[s].payload)) for s in sorted(model.stored)]
