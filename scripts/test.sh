@@ -3,6 +3,7 @@
 # stopping at the first one that fails:
 #   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test
 #   Python: ruff check, mypy --strict, pytest (unit and end-to-end)
+# Arguments go to pytest, e.g. `./scripts/test.sh tests/e2e -k resume`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -58,6 +59,6 @@ pytest_run() {
     fi
     return "$rc"
 }
-check "pytest" pytest_run
+check "pytest" pytest_run "$@"
 
 printf '\ntest.sh: all checks passed\n'
