@@ -12,8 +12,10 @@ from litestar.openapi import OpenAPIConfig
 
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health
+from voxgate.api.listen import events, listen, listener_stats, mint_listen_token
 from voxgate.api.sessions import SessionController
 from voxgate.api.tokens import mint_token
+from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.stream import stream
 from voxgate.ingest.upload import upload
@@ -38,7 +40,11 @@ def create_app(settings: Settings) -> Litestar:
             await runtime.stop()
 
     return Litestar(
-        route_handlers=[health, SessionController, mint_token, missing, audio, upload, stream],
+        route_handlers=[
+            *(health, SessionController, mint_token, missing, audio, upload, stream),
+            *(post_transcript, list_transcripts, relay_transcript),
+            *(events, listen, mint_listen_token, listener_stats),
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),

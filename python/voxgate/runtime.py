@@ -10,6 +10,7 @@ from pathlib import Path
 
 from voxgate import _native
 from voxgate.auth import ensure_api_keys
+from voxgate.fanout.hub import Hub
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
 from voxgate.settings import Settings
@@ -55,12 +56,15 @@ class Runtime:
             2 * settings.global_high_bytes,
         )
         self.streams = StreamRegistry()
+        self.hub = Hub(settings, self.store, self.streams)
+        self.writer.on_commit = self.hub.committed
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.open()
         await self.writer.start()
+        await self.hub.start()
         self.streams.start(self)
         self._take_over_signals()
 
@@ -88,6 +92,7 @@ class Runtime:
             )
             try:
                 self.draining = True
+                self.hub.close_listeners()
                 await self.streams.close_all(self.settings.shutdown_grace_s)
             finally:
                 previous._run()  # Granian's handler: stop serving, then lifespan shutdown
@@ -97,7 +102,9 @@ class Runtime:
     async def stop(self) -> None:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
+        self.hub.close_listeners()
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
+        await self.hub.stop(self.settings.shutdown_grace_s)
         await self.tokens.close()
         await self.store.close()

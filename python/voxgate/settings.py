@@ -56,6 +56,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_max_bytes: int = 32 * 1024 * 1024
     segment_max_bytes: int = 64 * 1024 * 1024
 
+    # Listeners and fan-out (docs/api.md "Listeners"). With a Redis URL, events cross
+    # instances through Redis pub/sub; without one they stay in this process.
+    redis_url: str = ""
+    # Open listeners one worker process serves at once; more are refused (429 / 4429).
+    max_listeners: int = 10_000
+    # Transcript and state events queued per listener; past it the listener re-reads the store.
+    listen_buffer_events: int = 1024
+    # An audio listener this many frames behind the live edge is closed with a resume point.
+    listen_max_lag_frames: int = 3000
+    # A send to a listener that makes no progress this long drops the connection.
+    listen_stall_timeout_s: float = 30.0
+    # How often feeds re-read the store; 0: only with several workers and no Redis (0.25 s).
+    listen_poll_s: float = 0.0
+
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -74,6 +88,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if self.listen_buffer_events < 1 or self.listen_max_lag_frames < 1:
+            raise SettingsError(
+                "VOXGATE_LISTEN_BUFFER_EVENTS and VOXGATE_LISTEN_MAX_LAG_FRAMES must be at least 1"
+            )
+        if self.listen_stall_timeout_s <= 0:
+            raise SettingsError("VOXGATE_LISTEN_STALL_TIMEOUT_S must be positive")
+        if self.listen_poll_s < 0:
+            raise SettingsError("VOXGATE_LISTEN_POLL_S must not be negative")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

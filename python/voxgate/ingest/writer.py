@@ -18,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
 
@@ -60,6 +60,8 @@ class Writer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Called after each store commit with all its frames and its result (live fan-out).
+        self.on_commit: Callable[[Sequence[FrameIn], CommitResult], None] | None = None
         self.commits = 0  # store commits run
         self.frames = 0  # frames handed to the store
 
@@ -212,6 +214,8 @@ class Writer:
             self._held_bytes -= entry.nbytes
             if not entry.future.done():
                 entry.future.set_result(answer)
+        if self.on_commit is not None:
+            self.on_commit(frames, result)
 
     def _settle(self, batch: list[_Entry], exc: BaseException) -> None:
         for entry in batch:

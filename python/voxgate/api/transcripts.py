@@ -1,0 +1,129 @@
+"""Transcripts: post, list with paging, and the relay alias existing clients use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.params import Parameter
+
+from voxgate.api.sessions import live_session, runtime_of
+from voxgate.auth import require_api_key
+from voxgate.errors import ApiError
+from voxgate.store.base import Transcript, TranscriptIn, TranscriptOutcome
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
+
+# Route option naming the rate limit that applies to posting transcripts.
+RATE_LIMIT_OPT = {"rate_limit": "transcript_relay"}
+
+Role = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=65_536)]
+Timestamp = int | float | Annotated[str, msgspec.Meta(max_length=64)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+
+
+class TranscriptPost(msgspec.Struct, forbid_unknown_fields=True):
+    role: Role
+    text: Text
+    is_final: bool
+    timestamp: Timestamp
+    seq: Seq | None = None
+
+
+class RelayPost(msgspec.Struct):
+    """The relay alias's body; fields voxgate does not know are ignored."""
+
+    session_id: str
+    role: Role
+    text: Text
+    is_final: bool
+    timestamp: Timestamp
+
+
+class TranscriptPage(msgspec.Struct):
+    transcripts: list[Transcript]
+    next: int | None
+
+
+async def add_transcript(runtime: Runtime, session_id: str, entry: TranscriptIn) -> Response[Any]:
+    """Store ``entry``: 201 and publish it, 200 for a repeat, 409 for a conflicting final."""
+    result = await runtime.store.add_transcript(session_id, entry)
+    outcome, transcript = result.outcome, result.transcript
+    if outcome is TranscriptOutcome.GONE or transcript is None:
+        await live_session(runtime, session_id)  # 404 or 410
+        raise ApiError(410, "gone", f"session {session_id} was deleted")
+    if outcome is TranscriptOutcome.CONFLICT:
+        raise ApiError(
+            409,
+            "transcript_conflict",
+            f"the final transcript of role {entry.role!r} seq {entry.seq} is stored with"
+            " another text; finals are never replaced",
+            extra={"transcript": msgspec.to_builtins(transcript)},
+        )
+    if outcome is TranscriptOutcome.STORED:
+        runtime.hub.transcript_added(transcript)
+        return Response(transcript, status_code=201)
+    return Response(transcript, status_code=200)  # DUPLICATE or STALE: the stored final
+
+
+@post(
+    "/v1/sessions/{session_id:str}/transcripts",
+    guards=[require_api_key],
+    status_code=201,
+    opt=RATE_LIMIT_OPT,
+    tags=["transcripts"],
+)
+async def post_transcript(
+    request: Request[Any, Any, Any], session_id: str, data: TranscriptPost
+) -> Response[Any]:
+    """Append a transcript; an interim is superseded by the next entry of its key."""
+    entry = TranscriptIn(
+        role=data.role,
+        text=data.text,
+        is_final=data.is_final,
+        timestamp=data.timestamp,
+        seq=data.seq,
+    )
+    return await add_transcript(runtime_of(request), session_id, entry)
+
+
+@get("/v1/sessions/{session_id:str}/transcripts", guards=[require_api_key], tags=["transcripts"])
+async def list_transcripts(
+    request: Request[Any, Any, Any],
+    session_id: str,
+    after: int = Parameter(default=0, ge=0),
+    limit: int = Parameter(default=100, ge=1, le=1000),
+) -> TranscriptPage:
+    """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""
+    runtime = runtime_of(request)
+    await live_session(runtime, session_id)
+    items = await runtime.store.list_transcripts(session_id, after=after, limit=limit + 1)
+    more = len(items) > limit
+    items = items[:limit]
+    return TranscriptPage(items, items[-1].id if more and items else None)
+
+
+@post(
+    "/voice/transcript/relay/{session_id:str}",
+    guards=[require_api_key],
+    status_code=201,
+    opt=RATE_LIMIT_OPT,
+    tags=["transcripts"],
+)
+async def relay_transcript(
+    request: Request[Any, Any, Any], session_id: str, data: RelayPost
+) -> Response[Any]:
+    """The relay endpoint of existing clients: the same as posting a transcript without seq."""
+    if data.session_id != session_id:
+        raise ApiError(
+            422,
+            "session_mismatch",
+            f"body session_id {data.session_id!r} does not match the path's {session_id!r}",
+        )
+    entry = TranscriptIn(
+        role=data.role, text=data.text, is_final=data.is_final, timestamp=data.timestamp
+    )
+    return await add_transcript(runtime_of(request), session_id, entry)
