@@ -334,7 +334,7 @@ class RedisBus:
         prefix = len(self._prefix)
         pinged = False
         while True:
-            response = await conn.read_response(timeout=_PING_INTERVAL_S)
+            response = await conn.read_response(timeout=_PING_INTERVAL_S, push_request=True)
             if response is None:
                 if pinged:
                     raise redis.exceptions.ConnectionError("Redis did not answer PING")
