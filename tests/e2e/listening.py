@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -131,8 +132,13 @@ class WsListener:
         last_event_id: int | None = None,
         max_queue: int | None = 64,
         read_hello: bool = True,
+        rcvbuf: int | None = None,
     ) -> WsListener:
-        """Connect with the API key (default) or ``token``; reads ``hello`` unless told not to."""
+        """Connect with the API key (default) or ``token``; reads ``hello`` unless told not to.
+
+        ``rcvbuf`` shrinks the client socket's receive buffer, so that a listener
+        reading slowly makes the server's sends wait sooner.
+        """
         headers: dict[str, str] = {}
         subprotocols: list[Subprotocol] | None = None
         query_token = None
@@ -146,6 +152,12 @@ class WsListener:
         query = listen_query(
             audio=audio, from_seq=from_seq, last_event_id=last_event_id, token=query_token
         )
+        extra: dict[str, Any] = {}
+        if rcvbuf is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.connect(("127.0.0.1", server.port))
+            extra["sock"] = sock
         ws = await connect(
             f"{server.ws_url}/v1/sessions/{session_id}/listen{query}",
             additional_headers=headers,
@@ -156,6 +168,7 @@ class WsListener:
             open_timeout=10,
             close_timeout=5,
             compression=None,
+            **extra,
         )
         listener = cls(ws, Heard((from_seq or 0) if audio else None, last_event_id or 0))
         if read_hello:
