@@ -122,7 +122,7 @@ async def test_slow_listeners_do_not_hold_up_ingest(api: Api, server: Server) ->
 
     def dispatched(listener: WsListener) -> int:
         progress = listener.heard.progress
-        return len(progress) + sum(event.get("dropped", 0) for event in progress)
+        return len(progress) + sum(int(event.get("dropped", 0)) for event in progress)
 
     dropped = dispatched(slow_events) - len(slow_events.heard.progress)
     print(
