@@ -136,9 +136,12 @@ def _storable(session_id: str) -> bool:
 
 def _text_key(value: str) -> str:
     """``value`` as PostgreSQL text that sorts against ids as ``value`` does (for ``after``)."""
-    # Ids hold no control characters: whatever follows a NUL cannot change the order.
+    # Ids are printable ASCII: whatever follows a NUL cannot change the order, and any
+    # character above ASCII (a lone surrogate too) sorts after every id character.
     value = value.split("\x00", 1)[0]
-    return value.encode("utf-8", "replace").decode("utf-8")
+    if value.isascii():
+        return value
+    return "".join("\ue000" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
 
 def redact(dsn: str) -> str:
