@@ -1,4 +1,4 @@
-"""``voxgate`` command line: serve, stream."""
+"""``voxgate`` command line: serve, stream, db."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
 from voxgate.settings import Settings, SettingsError
+from voxgate.store.cli import add_db_command
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
     add_stream_command(commands)
+    add_db_command(commands)
     return parser
 
 
