@@ -1,28 +1,29 @@
-"""The group-commit writer over a real embedded store."""
+"""The group-commit writer over a real store: the embedded one and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate._native import FLAG_END, crc32c
 from voxgate.ingest.writer import Writer, WriterFull
-from voxgate.store.base import CommitResult, FrameIn, Outcome, StoreError
-from voxgate.store.sqlite import SqliteStore
+from voxgate.store.base import CommitResult, FrameIn, Outcome, Session, Store, StoreError
 
 
 def frame(session_id: str, seq: int, payload: bytes, *, end: bool = False) -> FrameIn:
     return FrameIn(session_id, seq, FLAG_END if end else 0, 0, crc32c(payload), payload)
 
 
-class CountingStore(SqliteStore):
-    """The real store, counting its commits; ``gate`` (when set) holds each commit until opened."""
+class CountingStore:
+    """A real store of either kind, counting its commits; ``gate`` (when set) holds each commit."""
 
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir, durability="fsync", segment_max_bytes=1 << 20)
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
         self.batches: list[list[FrameIn]] = []
         self.gate: asyncio.Event | None = None
         self.fail_with: BaseException | None = None
@@ -33,18 +34,30 @@ class CountingStore(SqliteStore):
             await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
-        return await super().commit(frames)
+        return await self.inner.commit(frames)
+
+    async def create_session(self, **fields: Any) -> Session:
+        return await self.inner.create_session(**fields)
+
+    async def get_session(self, session_id: str) -> Session | None:
+        return await self.inner.get_session(session_id)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    opened = CountingStore(tmp_path / "data")
-    await opened.open()
-    yield opened
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CountingStore]:
+    backend: Backend
+    if request.param == "sqlite":
+        backend = SqliteBackend(tmp_path / "data", segment_max_bytes=1 << 20)
+    else:
+        pg = PostgresBackend(request.getfixturevalue("store_database"))
+        await pg.reset()
+        backend = pg
+    opened = await backend.open_store()
+    yield CountingStore(opened)
     await opened.close()
 
 
-async def new_sessions(store: SqliteStore, n: int) -> list[str]:
+async def new_sessions(store: CountingStore, n: int) -> list[str]:
     return [
         (await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})).id
         for _ in range(n)

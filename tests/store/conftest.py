@@ -9,7 +9,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services import PostgresServer
 from voxgate._native import FLAG_END, crc32c
 from voxgate.store import migrations
 from voxgate.store.base import FrameIn, Store
@@ -104,12 +103,6 @@ class PostgresBackend(Backend):
             return found
         finally:
             await conn.close()
-
-
-@pytest.fixture(scope="session")
-def store_database(postgres_server: PostgresServer) -> str:
-    """The DSN of the database the store suite runs in."""
-    return postgres_server.create_database("store_suite")
 
 
 @pytest.fixture(params=KINDS)

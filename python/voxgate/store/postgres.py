@@ -216,11 +216,14 @@ class PostgresStore:
         if pool is None:
             raise StoreError("store is not open")
         for attempt in (1, 2):
+            acquired = False
             try:
                 async with pool.acquire(timeout=self.timeout_s) as conn:
+                    acquired = True
                     return await op(conn, *args)
             except _RETRY as exc:
-                if attempt == 2:
+                # No connection to be had (server down, refused): no point in retrying.
+                if attempt == 2 or not acquired:
                     raise self._error(exc) from exc
                 if isinstance(exc, _BROKEN):
                     # The server likely restarted: every idle connection is stale too.
