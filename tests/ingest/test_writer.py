@@ -12,7 +12,15 @@ import pytest
 from store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate._native import FLAG_END, crc32c
 from voxgate.ingest.writer import Writer, WriterFull
-from voxgate.store.base import CommitResult, FrameIn, Outcome, Session, Store, StoreError
+from voxgate.store.base import (
+    CommitResult,
+    FrameEntry,
+    FrameIn,
+    Outcome,
+    Session,
+    Store,
+    StoreError,
+)
 
 
 def frame(session_id: str, seq: int, payload: bytes, *, end: bool = False) -> FrameIn:
@@ -36,11 +44,53 @@ class CountingStore:
             raise self.fail_with
         return await self.inner.commit(frames)
 
-    async def create_session(self, **fields: Any) -> Session:
-        return await self.inner.create_session(**fields)
+    # The rest of the Store protocol, as the inner store answers it.
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def create_session(
+        self,
+        *,
+        codec: str | None,
+        sample_rate: int | None,
+        channels: int | None,
+        metadata: dict[str, Any],
+    ) -> Session:
+        return await self.inner.create_session(
+            codec=codec, sample_rate=sample_rate, channels=channels, metadata=metadata
+        )
 
     async def get_session(self, session_id: str) -> Session | None:
         return await self.inner.get_session(session_id)
+
+    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
+        return await self.inner.list_sessions(limit=limit, after=after)
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self.inner.delete_session(session_id)
+
+    async def missing(self, session_id: str) -> list[list[int]]:
+        return await self.inner.missing(session_id)
+
+    async def frame_index(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> list[FrameEntry]:
+        return await self.inner.frame_index(session_id, first_seq, last_seq)
+
+    def read_payloads(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        return self.inner.read_payloads(session_id, first_seq, last_seq)
+
+    async def claim_stream(self, session_id: str) -> int:
+        return await self.inner.claim_stream(session_id)
+
+    async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
+        return await self.inner.stream_generations(session_ids)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
