@@ -231,6 +231,14 @@ async def test_an_interrupted_copy_is_finished_by_running_it_again(
             await asyncio.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(proc.wait(), 10)
+        # A COMMIT already sent is still carried out by its backend: wait until it is gone.
+        while await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        ):
+            assert time.monotonic() < deadline + 30
+            await asyncio.sleep(0.01)
         copied = await conn.fetchval("SELECT count(*) FROM sessions")
         frames = await conn.fetchval("SELECT count(*) FROM frames")
     finally:
