@@ -46,7 +46,7 @@ from e2e.test_sessions import (  # noqa: F401
 )
 from e2e.test_upload import test_upload_reports_duplicates_and_rejections  # noqa: F401
 from e2e.wire import Api, frame, payload_for, stream_crc
-from servers import Server, start_server
+from servers import Server, ServerError, start_server
 from services import PostgresServer
 from voxgate.client import Api as ClientApi
 from voxgate.client import Backoff, StreamClient
@@ -175,3 +175,16 @@ async def test_a_stream_survives_postgresql_going_away(
         await conn.close()
     assert row is not None
     assert tuple(row) == (frames, frames, frames - 1, 640 * frames)
+
+
+def test_serve_stops_with_a_clear_message_when_the_database_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    env = {"VOXGATE_DATABASE_URL": "postgresql://voxgate:hunter2@127.0.0.1:9/voxgate"}
+    with pytest.raises(ServerError) as failure:
+        start_server(tmp_path, env=env)
+    message = str(failure.value)
+    assert "exited with 1" in message, message
+    assert "postgresql://voxgate:***@127.0.0.1:9/voxgate" in message, message
+    assert "hunter2" not in message
+    assert "Traceback" not in message, message

@@ -11,7 +11,7 @@ import asyncpg
 from voxgate.settings import Settings, SettingsError
 from voxgate.store import migrations
 from voxgate.store.base import StoreError
-from voxgate.store.postgres import redact
+from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.transfer import copy_sqlite_to_postgres
 
 
@@ -46,6 +46,24 @@ def add_db_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     copy.add_argument("--quiet", action="store_true", help="print the summary only")
     copy.set_defaults(handler=run_migrate_from_sqlite)
+
+
+async def check_database(settings: Settings) -> None:
+    """Before ``voxgate serve`` starts workers: reach the database and migrate (or check) it.
+
+    Raises StoreError with a message fit for the operator.
+    """
+    if not settings.database_url:
+        return
+    store = PostgresStore(
+        settings.database_url,
+        pool_min=0,
+        pool_max=1,
+        migrate=settings.database_migrate,
+        timeout_s=settings.database_timeout_s,
+    )
+    await store.open()
+    await store.close()
 
 
 def _database_url(args: argparse.Namespace) -> str | None:
