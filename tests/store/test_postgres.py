@@ -109,6 +109,27 @@ async def test_payload_column_is_stored_uncompressed_out_of_line(dsn: str) -> No
     assert storage == "e"  # EXTERNAL
 
 
+async def test_commits_wait_for_the_wal_flush_even_where_the_default_says_off(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"ALTER DATABASE {dsn.rsplit('/', 1)[1]} SET synchronous_commit = off")
+    finally:
+        await conn.close()
+    assert await fetchval(dsn, "SHOW synchronous_commit") == "off"
+    store = PostgresStore(dsn, pool_min=2, pool_max=2)
+    await store.open()
+    try:
+
+        async def setting(conn: asyncpg.Connection[asyncpg.Record]) -> object:
+            return await conn.fetchval("SHOW synchronous_commit")
+
+        # Every pooled connection, including after the pool reset a used one.
+        for _ in range(4):
+            assert await store._run(setting) == "on"
+    finally:
+        await store.close()
+
+
 # -- errors and recovery -----------------------------------------------------------
 
 

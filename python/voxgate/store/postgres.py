@@ -235,21 +235,24 @@ class PostgresStore:
 
     # -- open and close ------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect the pool and apply (or check) migrations; StoreError when that fails."""
-        if self._pool is not None:
-            return
+    async def _create_pool(self, settings: dict[str, str]) -> asyncpg.Pool[asyncpg.Record]:
         try:
-            pool = await asyncpg.create_pool(
+            return await asyncpg.create_pool(
                 self.dsn,
                 min_size=self.pool_min,
                 max_size=self.pool_max,
                 timeout=self.timeout_s,
                 command_timeout=self.timeout_s,
-                server_settings={"application_name": "voxgate"},
+                server_settings={"application_name": "voxgate", **settings},
             )
         except (*_FAILURE, ValueError) as exc:
             raise self._error(exc) from exc
+
+    async def open(self) -> None:
+        """Connect the pool and apply (or check) migrations; StoreError when that fails."""
+        if self._pool is not None:
+            return
+        pool = await self._create_pool({})
         try:
             async with pool.acquire(timeout=self.timeout_s) as conn:
                 if self.migrate:
@@ -263,11 +266,21 @@ class PostgresStore:
                         )
                 else:
                     await migrations.check(conn)
+                synchronous_commit = await conn.fetchval("SHOW synchronous_commit")
         except BaseException as exc:
             pool.terminate()
             if isinstance(exc, _FAILURE):
                 raise self._error(exc) from exc
             raise
+        if synchronous_commit == "off":
+            # An ack promises durability: a commit must not return before its WAL is flushed.
+            # Any other value (local, remote_write, on, remote_apply) flushes locally at least.
+            log.warning(
+                "%s has synchronous_commit=off; voxgate's connections set it on",
+                redact(self.dsn),
+            )
+            pool.terminate()
+            pool = await self._create_pool({"synchronous_commit": "on"})
         self._pool = pool
 
     async def close(self) -> None:
