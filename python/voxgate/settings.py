@@ -56,6 +56,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_max_bytes: int = 32 * 1024 * 1024
     segment_max_bytes: int = 64 * 1024 * 1024
 
+    # PostgreSQL store: with a URL, sessions and payloads live in PostgreSQL (no segment
+    # files). Pool sizes are per worker process; migrations are applied at start unless
+    # database_migrate is false (then `voxgate db migrate` must have run).
+    database_url: str | None = None
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+    database_migrate: bool = True
+    # Bounds connecting, waiting for a pooled connection and each statement.
+    database_timeout_s: float = 30.0
+
     # Listeners and fan-out (docs/api.md "Listeners"). With a Redis URL, events cross
     # instances through Redis pub/sub; without one they stay in this process.
     redis_url: str = ""
@@ -88,6 +98,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if not 0 <= self.database_pool_min <= self.database_pool_max or self.database_pool_max < 1:
+            raise SettingsError(
+                "VOXGATE_DATABASE_POOL_MIN and _MAX need 0 <= min <= max and max >= 1"
+            )
+        if self.database_timeout_s <= 0:
+            raise SettingsError("VOXGATE_DATABASE_TIMEOUT_S must be positive")
         if self.listen_buffer_events < 1 or self.listen_max_lag_frames < 1:
             raise SettingsError(
                 "VOXGATE_LISTEN_BUFFER_EVENTS and VOXGATE_LISTEN_MAX_LAG_FRAMES must be at least 1"

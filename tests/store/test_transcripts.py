@@ -185,7 +185,7 @@ async def test_unknown_and_deleted_sessions_are_gone(store: Store, backend: Back
     assert await store.delete_session(sid)
     assert await store.list_transcripts(sid) == []
     assert await add(store, sid, "user", "late", final=True) == (TranscriptOutcome.GONE, None)
-    assert not backend.holds_bytes(secret.encode()), "deleted transcript text is still stored"
+    assert not await backend.holds_bytes(secret.encode()), "deleted transcript text is stored"
 
 
 async def test_transcripts_survive_reopen_and_are_shared_between_instances(
