@@ -1,7 +1,8 @@
 """Two instances sharing Redis and a store: what is ingested on A is heard on B.
 
-Both servers are real ``voxgate serve`` processes over one data dir (the
-embedded store copes with several processes) and one real Redis.
+Both servers are real ``voxgate serve`` processes over one store (a data dir
+the embedded store shares between processes, or one PostgreSQL database) and
+one real Redis.
 """
 
 from __future__ import annotations
@@ -17,21 +18,24 @@ import redis
 from e2e.listening import SseListener, WsListener
 from e2e.wire import Api, frame, payload_for, stream_crc
 from servers import Server
-from services import RedisServer
+from services import PostgresServer, RedisServer
 
 FRAMES = 1500
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def pair(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
 ) -> Iterator[tuple[Server, Server]]:
-    shared = tmp_path_factory.mktemp("shared") / "data"
-    env = {
-        "VOXGATE_DATA_DIR": str(shared),
-        "VOXGATE_REDIS_URL": redis_server.url,
-        "VOXGATE_DURABILITY": "process",
-    }
+    """Two servers on one store: a shared data dir, or one PostgreSQL database."""
+    env = {"VOXGATE_REDIS_URL": redis_server.url, "VOXGATE_DURABILITY": "process"}
+    if request.param == "sqlite":
+        env["VOXGATE_DATA_DIR"] = str(tmp_path_factory.mktemp("shared") / "data")
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        env["VOXGATE_DATABASE_URL"] = postgres.create_database("fanout_pair")
     root = tmp_path_factory.mktemp("pair")
     with Server(root / "a", env=env) as a, Server(root / "b", env=env) as b:
         yield a, b
