@@ -130,6 +130,9 @@ async def test_bad_bodies_are_refused(api: Api, http: httpx.AsyncClient) -> None
         {**good, "timestamp": "t" * 65},
         {**good, "seq": -1},
         {**good, "unknown": 1},
+        {**good, "text": "nul \u0000 inside"},
+        {**good, "role": "us\u0000er"},
+        {**good, "timestamp": "\u0000"},
         [good],
     ]
     for body in bad_bodies:

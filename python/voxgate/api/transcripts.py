@@ -25,12 +25,21 @@ Timestamp = int | float | Annotated[str, msgspec.Meta(max_length=64)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 
+def _no_nul(role: str, text: str, timestamp: object) -> None:
+    # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+    if "\x00" in role or "\x00" in text or (isinstance(timestamp, str) and "\x00" in timestamp):
+        raise ValueError("role, text and timestamp must not contain NUL characters")
+
+
 class TranscriptPost(msgspec.Struct, forbid_unknown_fields=True):
     role: Role
     text: Text
     is_final: bool
     timestamp: Timestamp
     seq: Seq | None = None
+
+    def __post_init__(self) -> None:
+        _no_nul(self.role, self.text, self.timestamp)
 
 
 class RelayPost(msgspec.Struct):
@@ -41,6 +50,9 @@ class RelayPost(msgspec.Struct):
     text: Text
     is_final: bool
     timestamp: Timestamp
+
+    def __post_init__(self) -> None:
+        _no_nul(self.role, self.text, self.timestamp)
 
 
 class TranscriptPage(msgspec.Struct):

@@ -46,7 +46,7 @@ Resync = Callable[[Sequence[str] | None], None]
 _SUBSCRIBE_TIMEOUT_S = 5.0
 _PING_INTERVAL_S = 5.0
 _PUBLISH_BATCH = 512
-_OUTBOX_LIMIT = 65_536
+OUTBOX_LIMIT = 65_536
 _WARN_EVERY_S = 10.0
 
 
@@ -197,7 +197,7 @@ class RedisBus:
     # -- publishing --------------------------------------------------------------------
 
     def publish(self, session_id: str, message: bytes) -> None:
-        if len(self._outbox) >= _OUTBOX_LIMIT:
+        if len(self._outbox) >= OUTBOX_LIMIT:
             lost, _ = self._outbox.popleft()
             self._lost.add(lost)
             self.dropped += 1

@@ -143,6 +143,7 @@ class Listener:
         self._queue = collections.deque(q for q in self._queue if q.kind == TRANSCRIPT)
         self._progress, self._events = 0, len(self._queue)
         self.start_edge = feed.audio_edge
+        deleted = feed.deleted  # the hello says so; a later deletion comes as an event
         yield event_out(
             HELLO,
             session_id=self.session_id,
@@ -154,7 +155,7 @@ class Listener:
             stream_crc32c=feed.stream_crc32c,
             **feed.progress_fields(),
         )
-        if feed.deleted:
+        if deleted:
             self.finish(End(4410, "gone", "session deleted"))
         while True:
             if self.end is not None:
