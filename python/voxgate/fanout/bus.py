@@ -31,6 +31,7 @@ import orjson
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
 
 log = logging.getLogger("voxgate.fanout")
 
@@ -43,6 +44,8 @@ Deliver = Callable[[str, bytes], None]
 # Called with the sessions whose messages may have been lost (None: all of them).
 Resync = Callable[[Sequence[str] | None], None]
 
+# Publishes ARGV[i] on channel KEYS[i], for every i.
+_PUBLISH_SCRIPT = "for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) end"
 _SUBSCRIBE_TIMEOUT_S = 5.0
 _PING_INTERVAL_S = 5.0
 _PUBLISH_BATCH = 512
@@ -130,6 +133,7 @@ class RedisBus:
         self._url = url
         self._prefix = prefix
         self._client: redis.asyncio.Redis | None = None
+        self._script: AsyncScript | None = None
         self._deliver: Deliver | None = None
         self._resync: Resync | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,6 +162,7 @@ class RedisBus:
         self._deliver = deliver
         self._resync = resync
         self._client = redis_client(self._url)
+        self._script = self._client.register_script(_PUBLISH_SCRIPT)
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="voxgate-bus-publish"),
             asyncio.create_task(self._subscribe_loop(), name="voxgate-bus-subscribe"),
@@ -185,6 +190,10 @@ class RedisBus:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
+
+    async def drained(self) -> None:
+        """Return once everything published so far was handed to Redis (or dropped)."""
+        await self._outbox_empty.wait()
 
     def stats(self) -> dict[str, int]:
         return {
@@ -216,13 +225,11 @@ class RedisBus:
                 while self._outbox and len(batch) < _PUBLISH_BATCH:
                     batch.append(self._outbox.popleft())
                 hints = list(self._lost)
+                channels = [self._prefix + sid for sid, _ in batch]
+                channels += [self._prefix + sid for sid in hints]
+                messages = [message for _, message in batch] + [RESYNC_MESSAGE] * len(hints)
                 try:
-                    pipe = client.pipeline(transaction=False)
-                    for session_id, message in batch:
-                        pipe.publish(self._prefix + session_id, message)
-                    for session_id in hints:
-                        pipe.publish(self._prefix + session_id, RESYNC_MESSAGE)
-                    await pipe.execute()
+                    await self._send_batch(client, channels, messages)
                 except (redis.exceptions.RedisError, OSError) as exc:
                     self.dropped += len(batch)
                     self._lost.update(session_id for session_id, _ in batch)
@@ -232,6 +239,22 @@ class RedisBus:
                 self.published += len(batch)
                 self._lost.difference_update(hints)
             self._outbox_empty.set()
+
+    async def _send_batch(
+        self, client: redis.asyncio.Redis, channels: list[str], messages: list[bytes]
+    ) -> None:
+        # One EVALSHA publishes the whole batch: a third of the client CPU of a pipeline.
+        if self._script is not None:
+            try:
+                await self._script(keys=channels, args=messages)
+                return
+            except redis.exceptions.ResponseError as exc:
+                log.warning("event bus: Redis refused the publish script (%s): pipelining", exc)
+                self._script = None
+        pipe = client.pipeline(transaction=False)
+        for channel, message in zip(channels, messages, strict=True):
+            pipe.publish(channel, message)
+        await pipe.execute()
 
     def _warn(self, message: str, exc: BaseException) -> None:
         now = time.monotonic()

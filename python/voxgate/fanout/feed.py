@@ -155,12 +155,18 @@ class Feed:
     ) -> None:
         if self.deleted:
             return
-        known = complement(self.missing, self.next_seq)
-        acked = subtract(stored, known)
-        if acked:
-            known = union(known, acked)
-            self.next_seq = max(self.next_seq, known[-1][1] + 1)
-            self.missing = complement(known, self.next_seq)
+        if len(stored) == 1 and stored[0][0] == self.next_seq and not self.missing:
+            acked = stored  # the usual case: frames right after the ones known, no gaps
+            self.next_seq = stored[0][1] + 1
+            known_count = self.next_seq
+        else:
+            known = complement(self.missing, self.next_seq)
+            acked = subtract(stored, known)
+            if acked:
+                known = union(known, acked)
+                self.next_seq = max(self.next_seq, known[-1][1] + 1)
+                self.missing = complement(known, self.next_seq)
+            known_count = count(known)
         changed = bool(acked)
         if frames > self.frames:
             self.frames, self.bytes = frames, nbytes
@@ -174,7 +180,7 @@ class Feed:
         if completed:
             self.complete = True
             self.stream_crc32c = stream_crc32c
-        if self.frames > count(known):
+        if self.frames > known_count:
             self.request_sync()  # acks of some commit never reached us
         if not self.ready.is_set():
             return  # listeners start from the snapshot in their hello
