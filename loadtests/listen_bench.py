@@ -185,14 +185,20 @@ async def audio_paths(root: Path, redis_url: str | None, megabytes: int) -> dict
             await store.commit(
                 commit_batch([sid], first, min(1000, total_frames - first), frame_bytes)
             )
+        # What a listener does: read from the store by seq range, frame, hand to the socket.
+        hub = Hub(Settings(listen_max_lag_frames=total_frames), store, StreamRegistry())
+        await hub.start()
+        listener = Listener(hub, sid, audio=True, from_seq=0, last_event_id=0)
+        await hub.join(listener)
         started, wall = cpu_s(), time.perf_counter()
-        seq = 0
-        while seq < total_frames:
-            frames = await store.read_frames(
-                sid, seq, total_frames - 1, max_frames=per_commit, max_bytes=1 << 20
-            )
-            seq = frames[-1].seq + 1
+        run = listener.run()
+        async for item in run:
+            if isinstance(item, Out) and item.kind == "audio" and listener.cursor == total_frames:
+                break
         out["store re-read"] = _rate(megabytes, cpu_s() - started, time.perf_counter() - wall)
+        await run.aclose()
+        hub.leave(listener)
+        await hub.stop(1.0)
     finally:
         await store.close()
     if redis_url is None:
@@ -365,7 +371,8 @@ def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
     where = "on a second instance via Redis" if args.redis else "on the same instance"
     print(f"\ningest of {args.streams} streams, listeners {where}:")
     print(
-        f"{'listeners':>9} {'frames/s':>11} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'heard MB':>9}"
+        f"{'listeners':>9} {'frames/s':>11} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'heard MB':>9} {'A CPU us/frame':>15} {'other CPU s':>11}"
     )
     for count, result in results.items():
         load, heard = result["load"], result["listeners"]
@@ -374,6 +381,8 @@ def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
             f"{count:>9} {load['frames_per_s']:>11,.0f} {load['mb_per_s']:>7.2f} "
             f"{lat.get('p50', float('nan')):>7.2f} {lat.get('p99', float('nan')):>7.2f} "
             f"{heard.get('bytes', 0) / 2**20:>9.1f}"
+            f" {1e6 * load['server_cpu_s'] / max(1, load['frames_acked']):>15.1f}"
+            f" {load['other_cpu_s']:>11.1f}"
         )
         if load["errors"]:
             print(f"  errors: {load['errors'][:3]}")

@@ -27,6 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 from voxgate import _native
+from voxgate._native import HEADER_SIZE
 from voxgate.fanout.events import (
     AUDIO,
     HELLO,
@@ -240,19 +241,20 @@ class Listener:
         )
         parts: list[bytes] = []
         size = 0
+        encode_header = _native.encode_header
         for frame in frames:
             if frame.seq != self.cursor:
                 # The feed thought this seq stored; it is not (yet): ask the store again.
                 feed.request_sync()
                 break
-            encoded = _native.encode_frame(
-                frame.seq, frame.payload, pts_us=frame.pts_us, end=bool(frame.flags & 1)
-            )
-            if parts and size + len(encoded) > _AUDIO_MESSAGE_BYTES:
+            length = len(frame.payload)
+            if parts and size + HEADER_SIZE + length > _AUDIO_MESSAGE_BYTES:
                 yield Out(AUDIO, b"".join(parts))
                 parts, size = [], 0
-            parts.append(encoded)
-            size += len(encoded)
+            # The store checked the payload against this CRC as it read it.
+            parts.append(encode_header(frame.seq, length, frame.crc32c, frame.pts_us, frame.flags))
+            parts.append(frame.payload)
+            size += HEADER_SIZE + length
             self.cursor = frame.seq + 1
         if parts:
             yield Out(AUDIO, b"".join(parts))

@@ -1272,29 +1272,46 @@ def _read_frames_sync(
         " WHERE f.session_id = ? AND f.seq >= ? AND f.seq <= ? ORDER BY f.seq LIMIT ?",
         (session_id, first, last, max_frames),
     ).fetchall()
+    total = 0
+    for i, row in enumerate(rows):
+        if i and total + row[3] > max_bytes:
+            del rows[i:]
+            break
+        total += row[3]
     out: list[StoredFrame] = []
     fds: dict[str, int] = {}
-    total = 0
     try:
-        for seq, flags, pts, length, crc, offset, name in rows:
-            if out and total + length > max_bytes:
-                break
-            payload = b""
-            if length:
-                read = _pread_named(fds, segments_dir, name, offset, length)
-                if read is None or crc32c(read) != crc:
-                    gone = conn.execute(
-                        "SELECT 1 FROM frames WHERE session_id = ? AND seq = ?", (session_id, seq)
-                    ).fetchone()
-                    if gone is None:
-                        break  # deleted while we read: stop here
-                    raise StoreError(
-                        f"payload of {session_id} seq {seq} is corrupt in segment {name}"
-                        f" at offset {offset}"
-                    )
-                payload = read
-            total += length
-            out.append(StoredFrame(seq, flags, pts + _U64 if pts < 0 else pts, crc, payload))
+        # Frames of one message lie back to back in a segment: one pread per such run.
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while (
+                end < len(rows)
+                and rows[end][6] == rows[start][6]
+                and rows[end][5] == rows[end - 1][5] + rows[end - 1][3]
+            ):
+                end += 1
+            run = rows[start:end]
+            offset, size = run[0][5], run[-1][5] + run[-1][3] - run[0][5]
+            data = _pread_named(fds, segments_dir, run[0][6], offset, size) if size else b""
+            for seq, flags, pts, length, crc, frame_offset, name in run:
+                payload = b""
+                if length:
+                    at = frame_offset - offset
+                    payload = b"" if data is None else data[at : at + length]
+                    if len(payload) != length or crc32c(payload) != crc:
+                        gone = conn.execute(
+                            "SELECT 1 FROM frames WHERE session_id = ? AND seq = ?",
+                            (session_id, seq),
+                        ).fetchone()
+                        if gone is None:
+                            return out  # deleted while we read: stop here
+                        raise StoreError(
+                            f"payload of {session_id} seq {seq} is corrupt in segment {name}"
+                            f" at offset {frame_offset}"
+                        )
+                out.append(StoredFrame(seq, flags, pts + _U64 if pts < 0 else pts, crc, payload))
+            start = end
     finally:
         for fd in fds.values():
             os.close(fd)
