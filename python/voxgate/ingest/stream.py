@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
@@ -37,8 +38,6 @@ TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
 # Above this many unsent nack seqs the reader waits for the handler to flush,
 # so a client ignoring nacks cannot grow the outbox without bound.
 _MAX_PENDING_REJECTIONS = 65_536
-# How often this process asks the store whether another process took over one of its streams.
-_SUPERSEDE_POLL_S = 0.25
 # How long a closing stream waits for its in-flight commits so their acks go out.
 _CLOSE_FLUSH_S = 2.0
 
@@ -60,6 +59,9 @@ class StreamRegistry:
         self._by_session: dict[str, StreamConnection] = {}
         self._poller: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
+        # Tells other instances at once that this one claimed a stream (Redis pub/sub);
+        # None without Redis: the store poll alone carries takeovers across processes.
+        self.announce: Callable[[str, int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_session)
@@ -73,6 +75,8 @@ class StreamRegistry:
             )
         if old is None or old.generation < conn.generation:
             self._by_session[conn.session_id] = conn
+            if self.announce is not None:
+                self.announce(conn.session_id, conn.generation)
         else:
             conn.fail(
                 Close(4409, "superseded", "a newer connection took over this session's stream")
@@ -92,10 +96,18 @@ class StreamRegistry:
     def start(self, runtime: Runtime) -> None:
         self._poller = asyncio.create_task(self._poll_generations(runtime))
 
+    def supersede(self, session_id: str, generation: int) -> None:
+        """A connection somewhere claimed ``generation``: close an older one held here."""
+        conn = self._by_session.get(session_id)
+        if conn is not None and conn.generation < generation:
+            conn.fail(
+                Close(4409, "superseded", "a newer connection took over this session's stream")
+            )
+
     async def _poll_generations(self, runtime: Runtime) -> None:
         # Streams of other processes or instances claim sessions through the store.
         while True:
-            await asyncio.sleep(_SUPERSEDE_POLL_S)
+            await asyncio.sleep(runtime.settings.supersede_poll_s)
             if not self._by_session:
                 continue
             try:
@@ -104,13 +116,7 @@ class StreamRegistry:
                 log.warning("cannot check stream generations: %s", exc)
                 continue
             for session_id, generation in current.items():
-                conn = self._by_session.get(session_id)
-                if conn is not None and conn.generation < generation:
-                    conn.fail(
-                        Close(
-                            4409, "superseded", "a newer connection took over this session's stream"
-                        )
-                    )
+                self.supersede(session_id, generation)
 
     async def close_all(self, grace_s: float) -> None:
         """Close every stream with 1001 (going away) and wait up to ``grace_s`` for them."""
