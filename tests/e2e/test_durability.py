@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-from e2e.wire import Api, Sender, frame, payload_for, stream_crc
-from servers import Server, start_server
+from e2e.wire import Sender, api_for, frame, payload_for, stream_crc, wait_for_acks
+from servers import start_server
 
 FRAMES = 4000
 SIZE = 1500
-
-
-@asynccontextmanager
-async def api_for(server: Server) -> AsyncIterator[Api]:
-    """A fresh client (old keep-alive connections die with the server)."""
-    async with httpx.AsyncClient(
-        base_url=server.base_url,
-        headers={"Authorization": f"Bearer {server.api_key}"},
-        timeout=30.0,
-    ) as client:
-        api = Api(server, client)
-        try:
-            yield api
-        finally:
-            await api.close_streams()
-
-
-async def wait_for_acks(sender: Sender, task: asyncio.Task[None], count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(sender.acked) < count and not task.done():
-        assert loop.time() < deadline, f"only {len(sender.acked)} acks in 30 s"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("durability", ["fsync", "process"])

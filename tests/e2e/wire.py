@@ -12,6 +12,7 @@ import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -607,3 +608,28 @@ class Sender:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+
+
+async def wait_for_acks(sender: Sender, task: asyncio.Task[None], count: int) -> None:
+    """Wait until ``sender`` has ``count`` acks (or its run ended); fails after 30 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(sender.acked) < count and not task.done():
+        assert loop.time() < deadline, f"only {len(sender.acked)} acks in 30 s"
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def api_for(server: Server) -> AsyncIterator[Api]:
+    """An :class:`Api` on ``server`` with a fresh HTTP client (old keep-alive connections
+    die with a restarted server); closes its streams at exit."""
+    async with httpx.AsyncClient(
+        base_url=server.base_url,
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=30.0,
+    ) as client:
+        api = Api(server, client)
+        try:
+            yield api
+        finally:
+            await api.close_streams()
