@@ -80,6 +80,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError("VOXGATE_SHUTDOWN_GRACE_S must not be negative")
         if self.supersede_poll_s <= 0:
             raise SettingsError("VOXGATE_SUPERSEDE_POLL_S must be positive")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
