@@ -62,6 +62,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_max_bytes: int = 32 * 1024 * 1024
     segment_max_bytes: int = 64 * 1024 * 1024
 
+    # PostgreSQL store: with a URL, sessions and payloads live in PostgreSQL (no segment
+    # files). Pool sizes are per worker process; migrations are applied at start unless
+    # database_migrate is false (then `voxgate db migrate` must have run).
+    database_url: str | None = None
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+    database_migrate: bool = True
+    # Bounds connecting, waiting for a pooled connection and each statement.
+    database_timeout_s: float = 30.0
+
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -86,6 +96,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_SUPERSEDE_POLL_S must be positive")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("VOXGATE_REDIS_URL must start with redis://, rediss:// or unix://")
+        if not 0 <= self.database_pool_min <= self.database_pool_max or self.database_pool_max < 1:
+            raise SettingsError(
+                "VOXGATE_DATABASE_POOL_MIN and _MAX need 0 <= min <= max and max >= 1"
+            )
+        if self.database_timeout_s <= 0:
+            raise SettingsError("VOXGATE_DATABASE_TIMEOUT_S must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

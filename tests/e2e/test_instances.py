@@ -1,9 +1,10 @@
 """Two ``voxgate serve`` instances sharing one Redis and one store.
 
 Instance A and instance B are separate server processes on their own ports,
-as two hosts behind a load balancer would be. They share the store (the
-embedded store's data dir, which several processes may open at once) and a
-real Redis for tokens and takeover notices.
+as two hosts behind a load balancer would be. They share the store (every
+test runs twice: on the embedded store's data dir, which several processes
+may open at once, and on one PostgreSQL database) and a real Redis for tokens
+and takeover notices.
 
 The store poll that also catches takeovers is set to an hour here, so a
 superseded connection on the other instance can only be closed promptly by
@@ -33,25 +34,17 @@ from e2e.wire import (
 from servers import Server
 from services import RedisServer
 
-# Stores the instances can share; PostgreSQL joins here.
-STORES = ["sqlite"]
 POLL_DISABLED = "3600"
-
-
-@pytest.fixture(scope="module", params=STORES)
-def store_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Json:
-    """Environment that points an instance at the shared store."""
-    assert request.param == "sqlite"
-    shared = tmp_path_factory.mktemp("shared-store")
-    return {"VOXGATE_DATA_DIR": str(shared / "data")}
 
 
 @pytest.fixture(scope="module")
 def instances(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, store_env: Json
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    shared_store_env: dict[str, str],
 ) -> Iterator[tuple[Server, Server]]:
     env = {
-        **store_env,
+        **shared_store_env,
         "VOXGATE_REDIS_URL": redis_server.url,
         "VOXGATE_SUPERSEDE_POLL_S": POLL_DISABLED,
     }

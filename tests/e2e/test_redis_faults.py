@@ -1,7 +1,7 @@
 """Redis going away and coming back under two running instances.
 
 The instances use a Redis of this module alone (stopped and started here) and
-share the embedded store. Redis runs without persistence, as a cache would:
+share a store (the embedded one, then PostgreSQL). Redis runs without persistence, as a cache would:
 tokens minted before its restart are gone afterwards, which is the documented
 behaviour (with AOF, as deploy/compose.yaml runs it, they survive a restart).
 The store poll for takeovers is off, so the takeover after the outage proves
@@ -32,11 +32,12 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 @pytest.fixture(scope="module")
 def instances(
-    tmp_path_factory: pytest.TempPathFactory, own_redis: RedisServer
+    tmp_path_factory: pytest.TempPathFactory,
+    own_redis: RedisServer,
+    shared_store_env: dict[str, str],
 ) -> Iterator[tuple[Server, Server]]:
-    shared = tmp_path_factory.mktemp("shared-store") / "data"
     env = {
-        "VOXGATE_DATA_DIR": str(shared),
+        **shared_store_env,
         "VOXGATE_REDIS_URL": own_redis.url,
         "VOXGATE_SUPERSEDE_POLL_S": "3600",
     }
