@@ -1,7 +1,9 @@
-"""``/health`` and ``/ready``, and what ``voxgate serve`` says at start about its token store."""
+"""``/health`` and ``/ready`` (store and Redis), and what ``voxgate serve`` says at start."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from servers import Server, free_port, start_server
-from services import RedisServer
+from services import PostgresServer, RedisServer
 
 SINGLE_INSTANCE_WARNING = "single-instance only"
 
@@ -113,3 +115,29 @@ def test_unreachable_redis_at_start_is_not_fatal_and_never_falls_back(tmp_path: 
         assert minted.status_code == 503, minted.text
         assert minted.headers["Retry-After"].isdigit()
         assert SINGLE_INSTANCE_WARNING not in server.log_text()
+
+
+def test_ready_names_the_store_while_postgresql_is_down(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    database = postgres_server.create_database(f"ready_{uuid.uuid4().hex[:12]}")
+    with start_server(tmp_path, env={"VOXGATE_DATABASE_URL": database}) as server:
+        status, body = ready(server)
+        assert status == 200, body
+        postgres_server.stop()
+        try:
+            status, body = ready(server)
+            assert status == 503, body
+            assert (body["status"], body["failing"]) == ("unavailable", ["store"]), body
+            store = component(body, "store")
+            assert store["status"] == "down", body
+            assert isinstance(store["error"], str), body
+            assert httpx.get(f"{server.base_url}/health").status_code == 200
+        finally:
+            postgres_server.start()
+        for _ in range(100):
+            status, body = ready(server)
+            if status == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200, f"not ready 10 s after PostgreSQL came back: {body}"
