@@ -52,6 +52,7 @@ from voxgate.ingest.stream import StreamRegistry
 from voxgate.settings import Settings
 from voxgate.store.base import FrameIn
 from voxgate.store.sqlite import SqliteStore
+from voxgate.tokens.redis import redis_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest_bench  # the load generator and server helpers
@@ -130,8 +131,8 @@ async def publish_cost(
         modes.append("redis, no local listeners")
     try:
         for mode in modes:
-            settings = Settings(redis_url=(redis_url or "") if mode.startswith("redis") else "")
-            hub = Hub(settings, store, StreamRegistry())
+            client = redis_client(redis_url) if redis_url and mode.startswith("redis") else None
+            hub = Hub(Settings(), store, StreamRegistry(), client)
             await hub.start()
             ids = [
                 (
@@ -165,6 +166,8 @@ async def publish_cost(
             for counter in counters:
                 hub.leave(counter)
             await hub.stop(1.0)
+            if client is not None:
+                await client.aclose()
     finally:
         await store.close()
     return results

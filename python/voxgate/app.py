@@ -11,7 +11,7 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
 from voxgate.api.audio import audio, missing
-from voxgate.api.health import health
+from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, listener_stats, mint_listen_token
 from voxgate.api.sessions import SessionController
 from voxgate.api.tokens import mint_token
@@ -41,7 +41,14 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            *(health, SessionController, mint_token, missing, audio, upload, stream),
+            health,
+            ready,
+            SessionController,
+            mint_token,
+            missing,
+            audio,
+            upload,
+            stream,
             *(post_transcript, list_transcripts, relay_transcript),
             *(events, listen, mint_listen_token, listener_stats),
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -11,6 +12,7 @@ import redis
 
 from services import RedisServer
 from voxgate.fanout.bus import OUTBOX_LIMIT, RESYNC_MESSAGE, BusError, LocalBus, RedisBus
+from voxgate.tokens.redis import redis_client
 
 
 class Inbox:
@@ -34,15 +36,26 @@ class Inbox:
                 await self.changed.wait()
 
 
+@contextlib.asynccontextmanager
+async def started_bus(url: str, prefix: str, inbox: Inbox) -> AsyncIterator[RedisBus]:
+    """A bus on a client made as the server makes it, started; stopped and closed after."""
+    client = redis_client(url)
+    bus = RedisBus(client, prefix=prefix)
+    await bus.start(inbox.deliver, inbox.resync)
+    try:
+        yield bus
+    finally:
+        await bus.stop()
+        await client.aclose()
+
+
 @pytest.fixture
 async def buses(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBus, Inbox, str]]:
     """A started bus with its own channel prefix, its inbox, and that prefix."""
     prefix = f"voxgate:test:{uuid.uuid4().hex[:8]}:"
     inbox = Inbox()
-    bus = RedisBus(redis_server.url, prefix=prefix)
-    await bus.start(inbox.deliver, inbox.resync)
-    yield bus, inbox, prefix
-    await bus.stop()
+    async with started_bus(redis_server.url, prefix, inbox) as bus:
+        yield bus, inbox, prefix
 
 
 def subscribers(redis_server: RedisServer, channel: str) -> int:
@@ -122,11 +135,10 @@ async def test_an_overflowing_outbox_drops_the_oldest_and_leaves_a_hint(
 async def test_publishing_while_redis_is_down_never_blocks(redis_server: RedisServer) -> None:
     prefix = f"voxgate:test:{uuid.uuid4().hex[:8]}:"
     listening, publishing = Inbox(), Inbox()
-    receiver = RedisBus(redis_server.url, prefix=prefix)
-    sender = RedisBus(redis_server.url, prefix=prefix)
-    await receiver.start(listening.deliver, listening.resync)
-    await sender.start(publishing.deliver, publishing.resync)
-    try:
+    async with (
+        started_bus(redis_server.url, prefix, listening) as receiver,
+        started_bus(redis_server.url, prefix, publishing) as sender,
+    ):
         await receiver.subscribe("ses_a")
         redis_server.stop()
         sender.publish("ses_a", b"lost")
@@ -141,21 +153,13 @@ async def test_publishing_while_redis_is_down_never_blocks(redis_server: RedisSe
         sender.publish("ses_a", b"back")
         await listening.until(lambda: ("ses_a", b"back") in listening.messages)
         assert ("ses_a", b"lost") not in listening.messages
-    finally:
-        await receiver.stop()
-        await sender.stop()
 
 
 async def test_subscribing_without_redis_fails_in_bounded_time() -> None:
-    bus = RedisBus("redis://127.0.0.1:1/0")
-    inbox = Inbox()
-    await bus.start(inbox.deliver, inbox.resync)
-    try:
+    async with started_bus("redis://127.0.0.1:1/0", "voxgate:events:", Inbox()) as bus:
         with pytest.raises(BusError):
             await bus.subscribe("ses_a")
         bus.publish("ses_a", b"nowhere")  # never blocks, never raises
-    finally:
-        await bus.stop()
 
 
 async def test_the_local_bus_delivers_subscribed_sessions_only() -> None:

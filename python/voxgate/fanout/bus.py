@@ -117,22 +117,16 @@ class LocalBus:
         return {"subscriptions": len(self._subscribed), "published": self.published, "dropped": 0}
 
 
-def redis_client(url: str) -> redis.asyncio.Redis:
-    """A Redis client for ``VOXGATE_REDIS_URL`` (``redis://``, ``rediss://``, ``unix://``)."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_connect_timeout=5.0, socket_keepalive=True, health_check_interval=0
-    )
-
-
 class RedisBus:
     """Redis pub/sub: one channel per session, one subscriber connection per process."""
 
     broadcast = True
 
-    def __init__(self, url: str, *, prefix: str = CHANNEL_PREFIX) -> None:
-        self._url = url
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = CHANNEL_PREFIX) -> None:
+        """Publish through ``client`` (shared; its owner closes it); subscribe on a
+        connection of its own made with the client's connection settings."""
         self._prefix = prefix
-        self._client: redis.asyncio.Redis | None = None
+        self._client: redis.asyncio.Redis | None = client
         self._script: AsyncScript | None = None
         self._deliver: Deliver | None = None
         self._resync: Resync | None = None
@@ -161,7 +155,7 @@ class RedisBus:
     async def start(self, deliver: Deliver, resync: Resync) -> None:
         self._deliver = deliver
         self._resync = resync
-        self._client = redis_client(self._url)
+        assert self._client is not None
         self._script = self._client.register_script(_PUBLISH_SCRIPT)
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="voxgate-bus-publish"),
@@ -186,10 +180,6 @@ class RedisBus:
                 waiter.cancel()
         self._channels.clear()
         self._pending.clear()
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
-            self._client = None
 
     async def drained(self) -> None:
         """Return once everything published so far was handed to Redis (or dropped)."""

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import orjson
+from redis.asyncio import Redis
 
 from voxgate.fanout.bus import EventBus, LocalBus, RedisBus
 from voxgate.fanout.events import DELETED_MESSAGE, End, progress_message, transcript_message
@@ -44,18 +45,24 @@ _WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
 class Hub:
     """Feeds by session, the listeners on them, and the bus between instances."""
 
-    def __init__(self, settings: Settings, store: Store, streams: StreamRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        streams: StreamRegistry,
+        redis: Redis | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.streams = streams
-        self.bus: EventBus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
+        self.bus: EventBus = RedisBus(redis) if redis is not None else LocalBus()
         self.feeds: dict[str, Feed] = {}
         self.listeners: set[Listener] = set()
         self._committed: list[tuple[Sequence[FrameIn], CommitResult]] = []
         self._flush: asyncio.Handle | None = None
         workers = int(os.environ.get(_WORKERS_ENV, "1"))
         poll = settings.listen_poll_s
-        if not poll and workers > 1 and not settings.redis_url:
+        if not poll and workers > 1 and redis is None:
             poll = _WORKERS_POLL_S  # other workers' commits reach us only through the store
         self.poll_s = poll
         self._poller: asyncio.Task[None] | None = None
