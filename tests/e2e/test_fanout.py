@@ -184,3 +184,17 @@ async def test_listener_counts_on_both_instances_return_to_zero(
                 break
             await asyncio.sleep(0.05)
         assert (stats["listeners"], stats["feeds"], stats["bus"]["subscriptions"]) == (0, 0, 0)
+
+
+async def test_a_listen_token_minted_on_a_opens_a_listener_on_b(apis: tuple[Api, Api]) -> None:
+    api_a, api_b = apis
+    sid = await api_a.new_session()
+    response = await api_a.http.post(f"/v1/sessions/{sid}/listen-tokens")
+    assert response.status_code == 201, response.text
+    token = response.json()["token"]
+    listener = await WsListener.open(api_b.server, sid, token=token, via="query")
+    await post_transcript(api_a, sid, "hello B", True, 0)
+    await listener.until(lambda h: [t["text"] for t in h.transcripts] == ["hello B"])
+    await listener.close()
+    again = await WsListener.open(api_a.server, sid, token=token, read_hello=False)
+    assert await again.until_closed() == 4401, "single use across instances"
