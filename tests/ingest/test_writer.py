@@ -16,6 +16,7 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     Outcome,
     Session,
     Store,
@@ -106,6 +107,9 @@ class CountingStore:
 
     async def last_transcript_id(self, session_id: str) -> int:
         return await self.inner.last_transcript_id(session_id)
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        return await self.inner.listen_snapshot(session_id)
 
     async def read_frames(
         self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int

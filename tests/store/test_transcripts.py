@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from voxgate._native import FLAG_END
 from voxgate.store.base import (
+    ListenSnapshot,
     Store,
     StoredFrame,
     Transcript,
@@ -294,3 +295,15 @@ async def test_read_frames_sees_commits_of_another_instance(backend: Backend) ->
     finally:
         await one.close()
         await two.close()
+
+
+async def test_listen_snapshot(store: Store) -> None:
+    assert await store.listen_snapshot(UNKNOWN) == ListenSnapshot(None, [], 0)
+    sid = await new_session_id(store)
+    await store.commit([frame(sid, seq, b"x") for seq in (0, 1, 4, 7)])
+    await add(store, sid, "user", "a", final=False)
+    await add(store, sid, "user", "b", final=True)
+    snapshot = await store.listen_snapshot(sid)
+    assert snapshot.session == await store.get_session(sid)
+    assert snapshot.missing == [[2, 3], [5, 6]]
+    assert snapshot.last_transcript_id == 2

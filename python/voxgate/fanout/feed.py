@@ -236,24 +236,21 @@ class Feed:
 
     async def _sync(self, *, initial: bool) -> None:
         store = self.hub.store
-        session = await store.get_session(self.session_id)
+        snapshot = await store.listen_snapshot(self.session_id)
+        session = snapshot.session
         if session is None or session.state is SessionState.DELETED:
             self._mark_deleted()
             return
-        gaps = await store.missing(self.session_id)
-        # missing() reads later than get_session(): its gaps may reach above next_seq.
-        next_seq = max(session.next_seq, gaps[-1][1] + 1 if gaps else 0)
         self._merge(
-            complement(gaps, next_seq),
+            complement(snapshot.missing, session.next_seq),
             frames=session.frames,
             nbytes=session.bytes,
             end_seq=session.end_seq,
             complete=session.state is SessionState.COMPLETE,
             stream_crc32c=session.stream_crc32c,
         )
-        if initial:
-            mark = await store.last_transcript_id(self.session_id)
-            self.transcript_mark = max(self.transcript_mark, mark)
+        if initial or snapshot.last_transcript_id <= self.transcript_mark:
+            self.transcript_mark = max(self.transcript_mark, snapshot.last_transcript_id)
             return
         while True:
             page = await store.list_transcripts(

@@ -158,6 +158,8 @@ class Listener:
         )
         if deleted:
             self.finish(End(4410, "gone", "session deleted"))
+        if self.last_id >= feed.transcript_mark:
+            self.behind = False  # nothing stored after it; what comes next comes live
         while True:
             if self.end is not None:
                 yield self.end

@@ -183,6 +183,9 @@ class Store(Protocol):
     async def last_transcript_id(self, session_id: str) -> int:
         """The highest transcript id the session ever used (0 when none or unknown)."""
 
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        """The session, its gaps and its last transcript id, as of one moment."""
+
     async def read_frames(
         self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
     ) -> list[StoredFrame]:
@@ -238,6 +241,14 @@ class TranscriptResult(msgspec.Struct):
 
     outcome: TranscriptOutcome
     transcript: Transcript | None
+
+
+class ListenSnapshot(msgspec.Struct):
+    """Where a session stands for a new listener: read in one consistent snapshot."""
+
+    session: Session | None  # None: never created
+    missing: list[list[int]]  # as ``Store.missing``
+    last_transcript_id: int  # as ``Store.last_transcript_id``
 
 
 class StoredFrame(msgspec.Struct, array_like=True):

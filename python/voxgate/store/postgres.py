@@ -41,6 +41,7 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     Outcome,
     Session,
     SessionState,
@@ -694,6 +695,27 @@ class PostgresStore:
             return value
 
         return await self._run(op) or 0
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        if not _storable(session_id):
+            return ListenSnapshot(None, [], 0)
+
+        async def op(conn: Connection) -> ListenSnapshot:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = $1", session_id
+                )
+                gaps = await conn.fetch(_MISSING, session_id)
+                last = await conn.fetchval(
+                    "SELECT last_id FROM transcript_heads WHERE session_id = $1", session_id
+                )
+            return ListenSnapshot(
+                None if row is None else _session_from_row(row),
+                [[first, end] for first, end in gaps],
+                last or 0,
+            )
+
+        return await self._run(op)
 
     async def read_frames(
         self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int

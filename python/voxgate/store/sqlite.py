@@ -55,6 +55,7 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     Outcome,
     Session,
     SessionState,
@@ -779,23 +780,7 @@ class SqliteStore:
 
     def _missing_sync(self, session_id: str) -> list[list[int]]:
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT prefix_seq, next_seq FROM sessions WHERE id = ? AND state != ?",
-                (session_id, SessionState.DELETED.value),
-            ).fetchone()
-            if row is None or row[0] >= row[1]:
-                return []
-            # Below prefix_seq nothing is missing, so only frames from there on are scanned.
-            return [
-                [first, last]
-                for first, last in conn.execute(
-                    "SELECT prev + 1, seq - 1 FROM ("
-                    " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
-                    " FROM frames WHERE session_id = ?2 AND seq >= ?1"
-                    ") WHERE seq > prev + 1",
-                    (row[0], session_id),
-                )
-            ]
+            return _gaps(conn, session_id)
 
     async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
         if not frames:
@@ -1152,6 +1137,9 @@ class SqliteStore:
     async def last_transcript_id(self, session_id: str) -> int:
         return await self._reads().call(_last_transcript_id_sync, session_id)
 
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        return await self._reads().call(_listen_snapshot_sync, session_id)
+
     async def read_frames(
         self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
     ) -> list[StoredFrame]:
@@ -1248,6 +1236,42 @@ def _list_transcripts_sync(
             (session_id, after, limit),
         )
     ]
+
+
+def _gaps(conn: sqlite3.Connection, session_id: str) -> list[list[int]]:
+    """Inclusive gaps below the session's next_seq (inside the caller's read transaction)."""
+    row = conn.execute(
+        "SELECT prefix_seq, next_seq FROM sessions WHERE id = ? AND state != ?",
+        (session_id, SessionState.DELETED.value),
+    ).fetchone()
+    if row is None or row[0] >= row[1]:
+        return []
+    # Below prefix_seq nothing is missing, so only frames from there on are scanned.
+    return [
+        [first, last]
+        for first, last in conn.execute(
+            "SELECT prev + 1, seq - 1 FROM ("
+            " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
+            " FROM frames WHERE session_id = ?2 AND seq >= ?1"
+            ") WHERE seq > prev + 1",
+            (row[0], session_id),
+        )
+    ]
+
+
+def _listen_snapshot_sync(conn: sqlite3.Connection, session_id: str) -> ListenSnapshot:
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        return ListenSnapshot(
+            None if row is None else _session_from_row(row),
+            _gaps(conn, session_id),
+            _last_transcript_id_sync(conn, session_id),
+        )
+    finally:
+        conn.execute("COMMIT")
 
 
 def _last_transcript_id_sync(conn: sqlite3.Connection, session_id: str) -> int:
