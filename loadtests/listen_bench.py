@@ -156,7 +156,8 @@ async def publish_cost(
             started = cpu_s()
             for frames, result in committed:
                 hub.committed(frames, result)
-                await asyncio.sleep(0)  # the turn in which the hub publishes
+                await asyncio.sleep(0)  # the turns in which the hub publishes
+                await asyncio.sleep(0)
             if isinstance(hub.bus, RedisBus):
                 await hub.bus.drained()
             elapsed = cpu_s() - started

@@ -25,6 +25,7 @@ async def test_commits_of_one_turn_make_one_message_per_session(
     hub.committed(second, results[1])
     assert recorder.seen == [], "nothing is published before the next turn"
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
     progress = [e for e in recorder.seen if e["type"] == "progress"]
     assert len(progress) == 1
     assert progress[0]["acked"] == [[0, 1], [3, 3]]
@@ -42,8 +43,10 @@ async def test_duplicates_alone_publish_nothing(hub: Hub, store: SqliteStore) ->
     frames = [frame(sid, 0)]
     hub.committed(frames, await store.commit(frames))
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
     assert len(recorder.seen) == 1
     hub.committed(frames, await store.commit(frames))  # the same frame again: duplicate
+    await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert len(recorder.seen) == 1
 

@@ -2,8 +2,8 @@
 
 Publishing is cheap and off the ingest path: the writer calls :meth:`Hub.committed`
 after each store commit (after durability), which only keeps a reference; one
-callback per event-loop turn turns everything committed meanwhile into at most
-one progress message per session. Without Redis and without a local listener
+callback, after the woken streams sent their acks, turns everything committed
+meanwhile into at most one progress message per session. Without Redis and without a local listener
 of a session, nothing is built for it at all.
 
 Receiving: the bus delivers messages of the sessions this process subscribed
@@ -110,7 +110,9 @@ class Hub:
             return
         self._committed.append((frames, result))
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self._publish_committed)
+            # Two hops: the streams woken by this commit send their acks first.
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_soon(loop.call_soon, self._publish_committed)
 
     def _publish_committed(self) -> None:
         self._flush = None
