@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
@@ -17,6 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
+    from voxgate.logs import dict_config
     from voxgate.runtime import WORKERS_ENV
 
     try:
@@ -33,6 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     os.environ[WORKERS_ENV] = str(args.workers)
+    if args.workers > 1:
+        _share_metrics(Path(settings.data_dir) / "metrics")
     server = Server(
         "voxgate.app:app_from_env",
         address=args.host,
@@ -41,10 +46,22 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         factory=True,
         websockets=True,
-        log_access=False,
+        log_access=False,  # it would log query strings, and ?token= is one
+        log_dictconfig=dict_config(settings.log_level),
     )
     server.serve()
     return 0
+
+
+def _share_metrics(directory: Path) -> None:
+    """Multiprocess metrics: every worker writes its values under ``directory``.
+
+    Set before any worker imports prometheus_client; emptied first so values of
+    a previous run do not count.
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # voxgate.metrics.MULTIPROC_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,13 +10,16 @@ from pathlib import Path
 
 from voxgate import _native
 from voxgate.auth import ensure_api_keys
+from voxgate.clientip import parse_networks
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
+from voxgate.limits import Limits
 from voxgate.settings import Settings
 from voxgate.store.base import Store
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
+from voxgate.tokens.metered import MeteredTokenStore
 from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
@@ -32,7 +35,7 @@ class Runtime:
         self.settings = settings
         self.api_keys, generated = ensure_api_keys(settings)
         if generated is not None:
-            log.warning("generated API key (kept in %s/api_key): %s", settings.data_dir, generated)
+            log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store: Store = SqliteStore(
@@ -44,6 +47,9 @@ class Runtime:
             self.tokens = SqliteTokenStore(data_dir / "tokens.db")
         else:
             self.tokens = MemoryTokenStore()
+        self.tokens = MeteredTokenStore(self.tokens)
+        self.limits = Limits(settings)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.writer = Writer(
             self.store, max_frames=settings.commit_max_frames, max_bytes=settings.commit_max_bytes
         )
@@ -100,4 +106,5 @@ class Runtime:
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.tokens.close()
+        await self.limits.close()
         await self.store.close()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
 
-from voxgate import _native
+from voxgate import _native, metrics
 from voxgate.auth import bearer
 from voxgate.errors import ApiError, problem
 from voxgate.ingest.tally import Tally, precheck
@@ -21,7 +21,11 @@ MEDIA_TYPE = "application/vnd.voxgate.frames"
 
 def _answer(tally: Tally) -> dict[str, Any]:
     acked, duplicate = tally.take_acks()
-    rejected = [{"ranges": ranges, "reason": reason} for reason, ranges in tally.take_rejections()]
+    rejections = tally.take_rejections()
+    metrics.record_acks("http", acked, duplicate)
+    for reason, ranges in rejections:
+        metrics.record_nack("http", reason, ranges)
+    rejected = [{"ranges": ranges, "reason": reason} for reason, ranges in rejections]
     return {"acked": acked, "duplicate": duplicate, "rejected": rejected}
 
 
@@ -66,6 +70,7 @@ async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[A
         if not batch:
             return
         result = await runtime.writer.commit(batch)
+        metrics.BYTES_INGESTED.labels("http").inc(batch_bytes)
         tally.record(batch, result.outcomes)
         progress = result.progress.get(session_id)
         if progress is not None:
