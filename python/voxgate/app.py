@@ -15,6 +15,7 @@ from voxgate import logs, metrics
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health
 from voxgate.api.metrics import prometheus_metrics
+from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
 from voxgate.api.tokens import mint_token
 from voxgate.errors import EXCEPTION_HANDLERS
@@ -45,7 +46,7 @@ def create_app(settings: Settings) -> Litestar:
             await runtime.stop()
             metrics.worker_exited()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             prometheus_metrics,
@@ -63,6 +64,8 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=1024 * 1024,
         logging_config=None,  # voxgate.logs configures logging: JSON lines
     )
+    complete_schema(app, settings)
+    return app
 
 
 def app_from_env() -> Observed:

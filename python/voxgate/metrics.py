@@ -24,8 +24,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     disable_created_metrics,
+    generate_latest,
     multiprocess,
 )
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-disable_created_metrics()  # *_created series only double the output
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (

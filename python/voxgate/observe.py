@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
+from litestar.routes import HTTPRoute
 
 from voxgate import limits, logs, metrics
 from voxgate.clientip import client_ip, parse_networks
@@ -61,6 +62,13 @@ class Observed:
         self._app: Callable[[Scope, Receive, Send], Awaitable[None]] = app  # type: ignore[assignment]
         self.trusted = parse_networks(settings.trusted_proxies)
         self.ip_streams = ConnectionCounter(settings.max_streams_per_ip)
+        # Litestar's automatic OPTIONS answer lists only the methods of the first
+        # handler registered for a path; the right list, by route template:
+        self._allow = {
+            route.path_format: ", ".join(sorted(route.methods))
+            for route in app.routes
+            if isinstance(route, HTTPRoute)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -83,6 +91,12 @@ class Observed:
                 status = message["status"]
                 headers = list(message.get("headers") or ())
                 headers.append((REQUEST_ID_HEADER, rid.encode()))
+                if scope["method"] == "OPTIONS":
+                    allow = self._allow.get(scope.get("path_template") or "")
+                    if allow is not None:
+                        headers = [
+                            (k, allow.encode() if k.lower() == b"allow" else v) for k, v in headers
+                        ]
                 decision = scope.get(limits.SCOPE_KEY)
                 if isinstance(decision, limits.Decision) and decision.allowed:
                     headers.extend(

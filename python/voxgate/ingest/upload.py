@@ -9,7 +9,7 @@ from litestar import Request, Response, post
 
 from voxgate import _native, metrics
 from voxgate.auth import bearer
-from voxgate.errors import ApiError, problem
+from voxgate.errors import ApiError, problem, problem_responses
 from voxgate.ingest.tally import Tally, precheck
 from voxgate.store.base import FrameIn, SessionState
 
@@ -34,19 +34,22 @@ def _answer(tally: Tally) -> dict[str, Any]:
     name="upload",
     status_code=200,
     request_max_body_size=None,  # checked below against VOXGATE_MAX_UPLOAD_BYTES while streaming
+    tags=["frames"],
+    responses=problem_responses(400, 401, 403, 404, 410, 413, 415, 503),
 )
 async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[Any]:
     """Store the frames of a request body; answers once each is durable or rejected."""
     runtime: Runtime = request.app.state.runtime
     settings = runtime.settings
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != MEDIA_TYPE:
-        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {MEDIA_TYPE}")
     token = bearer(request.headers.get("authorization"))
     if token is None:
         raise ApiError(
             401, "unauthorized", "missing stream token: send Authorization: Bearer <token>"
         )
+    # Checked before the token is used up, so a wrong Content-Type does not cost one.
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != MEDIA_TYPE:
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {MEDIA_TYPE}")
     token_session = await runtime.tokens.consume(token)
     if token_session is None:
         raise ApiError(401, "unauthorized", "invalid, expired or already used stream token")
