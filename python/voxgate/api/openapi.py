@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar
+
 # The plugin caches the schema dict it serves; finishing that dict finishes what is served.
 from litestar._openapi.plugin import OpenAPIPlugin
 
