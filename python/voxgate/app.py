@@ -59,7 +59,18 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            # Browsers may read these: the request id, and what a 429 says about retrying.
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "RateLimit-Policy",
+            ],
+        ),
         openapi_config=OpenAPIConfig(title="voxgate", version="1"),
         request_max_body_size=1024 * 1024,
         logging_config=None,  # voxgate.logs configures logging: JSON lines
