@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from e2e.wire import FRAMES_CONTENT_TYPE, Api, frame, raw_frame
-from servers import Server, start_server
+from servers import Server
 
 API_KEY = "logscan-" + uuid.uuid4().hex
 SENTINEL = b"PAYLOAD-SENTINEL-" + uuid.uuid4().hex.encode()
@@ -151,7 +151,8 @@ async def test_a_full_scenario_logs_json_with_request_ids_and_no_secret(tmp_path
             assert line.get("client_ip") == "127.0.0.1", line
     created = [ln for ln in lines if ln.get("request_id") == "req-scenario-1"]
     assert [ln["message"] for ln in created] == ["http.request"]
-    assert created[0]["path"] == "/v1/sessions" and created[0]["status"] == 201
+    assert created[0]["path"] == "/v1/sessions"
+    assert created[0]["status"] == 201
 
     # The WebSocket lifecycle: open with the resume point, close with code, frames and bytes.
     opens = [ln for ln in lines if ln["message"] == "stream.open" and ln["session_id"] == sid]
@@ -173,7 +174,8 @@ async def test_a_full_scenario_logs_json_with_request_ids_and_no_secret(tmp_path
     refusals = [(ln["code"], ln["error"]) for ln in lines if ln["message"] == "stream.refused"]
     assert (4401, "unauthorized") in refusals
     malformed = [ln for ln in lines if ln["message"] == "stream.close" and ln["code"] == 4400]
-    assert malformed and malformed[0]["by"] == "server"
+    assert malformed
+    assert malformed[0]["by"] == "server"
 
 
 async def test_request_ids_come_back_and_bad_ones_are_replaced(api: Api) -> None:

@@ -61,18 +61,18 @@ async def test_an_allow_list_admits_its_origins_only(listed: Server) -> None:
     refused = preflight(listed, "https://evil.example")
     assert refused.status_code == 400
     assert "Access-Control-Allow-Origin" not in refused.headers
-    plain = httpx.get(f"{listed.base_url}/health", headers={"Origin": "https://evil.example"})
-    assert "Access-Control-Allow-Origin" not in plain.headers
-
     headers = {"Authorization": f"Bearer {listed.api_key}"}
     async with httpx.AsyncClient(base_url=listed.base_url, headers=headers) as http:
+        plain = await http.get("/health", headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in plain.headers
         api = Api(listed, http)
         sid = await api.new_session()
         for origin in ("https://evil.example", "null", "https://app.example.evil.test"):
             refused_ws = await api.connect(sid, origin=origin)
             await refused_ws.expect_close(4403)
-        for origin in (ALLOWED, "https://other.example", None):
-            stream = await api.stream(sid, origin=origin)
+        allowed: list[str | None] = [ALLOWED, "https://other.example", None]
+        for maybe in allowed:
+            stream = await api.stream(sid, origin=maybe)
             await stream.close()
         await api.close_streams()
 
