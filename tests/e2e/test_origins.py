@@ -70,8 +70,8 @@ async def test_an_allow_list_admits_its_origins_only(listed: Server) -> None:
         for origin in ("https://evil.example", "null", "https://app.example.evil.test"):
             refused_ws = await api.connect(sid, origin=origin)
             await refused_ws.expect_close(4403)
-        allowed: list[str | None] = [ALLOWED, "https://other.example", None]
-        for maybe in allowed:
+        origins: list[str | None] = [ALLOWED, "https://other.example", None]
+        for maybe in origins:
             stream = await api.stream(sid, origin=maybe)
             await stream.close()
         await api.close_streams()
