@@ -20,7 +20,6 @@ def _serve(args: argparse.Namespace) -> int:
     from granian.server import Server
 
     from voxgate.logs import dict_config
-    from voxgate.runtime import WORKERS_ENV
 
     try:
         settings = Settings.from_env()
@@ -35,9 +34,12 @@ def _serve(args: argparse.Namespace) -> int:
             f"voxgate: generated API key (stored in {settings.data_dir}/api_key): {generated}",
             flush=True,
         )
-    os.environ[WORKERS_ENV] = str(args.workers)
     if args.workers > 1:
         _share_metrics(Path(settings.data_dir) / "metrics")
+    # Imported only now: it loads prometheus_client, which must see the directory above.
+    from voxgate.runtime import WORKERS_ENV
+
+    os.environ[WORKERS_ENV] = str(args.workers)
     server = Server(
         "voxgate.app:app_from_env",
         address=args.host,
