@@ -12,6 +12,8 @@ per-route metrics. WebSockets are counted per client IP and refused with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -44,6 +46,9 @@ REQUEST_ID_HEADER = b"x-request-id"
 _GOOD_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # Routes polled by machines: their access lines are debug, not info.
 _QUIET = frozenset({"/health", "/metrics", "/ready"})
+# After a 413, at most this much of the rest of the body is read and dropped.
+_DRAIN_BYTES = 8 * 1024 * 1024
+_DRAIN_S = 5.0
 
 
 def request_id(scope: Scope) -> str:
@@ -84,6 +89,14 @@ class Observed:
         ip = client_ip(scope, self.trusted)
         started = time.perf_counter()
         status = 500
+        body_done = False
+
+        async def receive_body() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -107,7 +120,9 @@ class Observed:
 
         with structlog.contextvars.bound_contextvars(request_id=rid, client_ip=ip):
             try:
-                await self._app(scope, receive, send_with_headers)
+                await self._app(scope, receive_body, send_with_headers)
+                if status == 413 and not body_done:
+                    await _drain(receive)
             finally:
                 elapsed = time.perf_counter() - started
                 method = scope["method"]
@@ -143,6 +158,19 @@ class Observed:
                 await self._app(scope, receive, send_with_id)
             finally:
                 self.ip_streams.release(ip)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop what is left of a refused body (bounded), so closing the connection
+    does not reset it under the 413 the client has yet to read."""
+    left = _DRAIN_BYTES
+    with contextlib.suppress(TimeoutError, OSError, RuntimeError):
+        async with asyncio.timeout(_DRAIN_S):
+            while left > 0:
+                message = await receive()
+                left -= len(message.get("body") or b"")
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, rid: str, cap: int) -> None:

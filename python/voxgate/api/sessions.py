@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
@@ -17,6 +17,8 @@ from voxgate.store.base import Session, SessionState
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
+T = TypeVar("T")
+
 Codec = Literal["pcm_s16le", "opus", "webm", "mulaw", "alaw", "flac", "mp3", "aac", "wav", "other"]
 
 
@@ -30,6 +32,23 @@ class SessionCreate(msgspec.Struct, forbid_unknown_fields=True):
 class SessionPage(msgspec.Struct):
     sessions: list[Session]
     next: str | None
+
+
+async def strict_body(request: Request[Any, Any, Any], kind: type[T]) -> T | None:
+    """The JSON body decoded with JSON's own types: ``"2"`` is not a number here.
+
+    Litestar converts bodies leniently (as it must for query strings); the
+    management API refuses wrong types with 400 instead of guessing.
+    """
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return msgspec.json.decode(raw, type=kind | None)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_body", f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
 
 
 def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
@@ -62,7 +81,7 @@ class SessionController(Controller):
         self, request: Request[Any, Any, Any], data: SessionCreate | None = None
     ) -> Session:
         """Create an open session."""
-        body = data or SessionCreate()
+        body = await strict_body(request, SessionCreate) or SessionCreate()
         return await runtime_of(request).store.create_session(
             codec=body.codec,
             sample_rate=body.sample_rate,
