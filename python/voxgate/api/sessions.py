@@ -106,9 +106,7 @@ class SessionController(Controller):
     async def read(self, request: Request[Any, Any, Any], session_id: str) -> Session:
         return await live_session(runtime_of(request), session_id)
 
-    @delete(
-        "/{session_id:str}", status_code=204, responses=problem_responses(401, 404, 410, 503)
-    )
+    @delete("/{session_id:str}", status_code=204, responses=problem_responses(401, 404, 410, 503))
     async def remove(self, request: Request[Any, Any, Any], session_id: str) -> None:
         """Delete a session: its frames and payload bytes are removed for good."""
         runtime = runtime_of(request)
