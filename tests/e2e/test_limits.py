@@ -176,3 +176,16 @@ async def test_limits_are_shared_by_two_instances_through_redis(
                 response = await client.post(f"{instance.base_url}/v1/sessions", json={})
                 statuses.append(response.status_code)
         assert statuses == [201, 201, 201, 201, 429, 429]
+
+
+async def test_streams_per_process_are_capped_with_4429(tmp_path: Path) -> None:
+    with start_server(tmp_path, env={"VOXGATE_MAX_STREAMS": "1"}) as capped:
+        headers = {"Authorization": f"Bearer {capped.api_key}"}
+        async with httpx.AsyncClient(base_url=capped.base_url, headers=headers) as http:
+            api = Api(capped, http)
+            first = await api.stream(await api.new_session())
+            refused = await api.connect(await api.new_session())
+            messages = await refused.expect_close(4429)
+            assert messages[-1]["code"] == "too_many_streams"
+            await first.close()
+            await api.close_streams()
