@@ -46,7 +46,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 _GOOD_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # Routes polled by machines: their access lines are debug, not info.
 _QUIET = frozenset({"/health", "/metrics", "/ready"})
-# After a 413, at most this much of the rest of the body is read and dropped.
+# After an answer given before the body was read, at most this much of it is dropped.
 _DRAIN_BYTES = 8 * 1024 * 1024
 _DRAIN_S = 5.0
 
@@ -121,7 +121,7 @@ class Observed:
         with structlog.contextvars.bound_contextvars(request_id=rid, client_ip=ip):
             try:
                 await self._app(scope, receive_body, send_with_headers)
-                if status == 413 and not body_done:
+                if not body_done and _has_body(scope):
                     await _drain(receive)
             finally:
                 elapsed = time.perf_counter() - started
@@ -160,9 +160,18 @@ class Observed:
                 self.ip_streams.release(ip)
 
 
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers") or ():
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
 async def _drain(receive: Receive) -> None:
-    """Read and drop what is left of a refused body (bounded), so closing the connection
-    does not reset it under the 413 the client has yet to read."""
+    """Read and drop what is left of a body answered before it was read (a 413, a 400 for
+    broken framing, a 401), bounded, so that closing the connection does not reset it
+    under the answer the client has yet to read."""
     left = _DRAIN_BYTES
     with contextlib.suppress(TimeoutError, OSError, RuntimeError):
         async with asyncio.timeout(_DRAIN_S):

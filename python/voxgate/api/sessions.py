@@ -44,11 +44,18 @@ async def strict_body(request: Request[Any, Any, Any], kind: type[T]) -> T | Non
     if not raw.strip():
         return None
     try:
-        return msgspec.json.decode(raw, type=kind | None)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_body", f"invalid request body: {exc}") from None
+        value = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    if isinstance(value, dict):
+        # JSON Schema counts 16000.0 as an integer; so do we, for the top-level fields.
+        value = {
+            k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in value.items()
+        }
+    try:
+        return msgspec.convert(value, type=kind | None, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_body", f"invalid request body: {exc}") from None
 
 
 def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
