@@ -388,7 +388,7 @@ class StreamConnection:
         self._tally.record(batch, result.outcomes)
         self.frames += len(batch)
         self.bytes += nbytes
-        metrics.BYTES_INGESTED.labels("websocket").inc(nbytes)
+        metrics.INGESTED_BYTES["websocket"].inc(nbytes)
         if self._ack_since is None or rx < self._ack_since:
             self._ack_since = rx
         progress = result.progress.get(self.session_id)

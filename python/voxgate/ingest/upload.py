@@ -73,7 +73,7 @@ async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[A
         if not batch:
             return
         result = await runtime.writer.commit(batch)
-        metrics.BYTES_INGESTED.labels("http").inc(batch_bytes)
+        metrics.INGESTED_BYTES["http"].inc(batch_bytes)
         tally.record(batch, result.outcomes)
         progress = result.progress.get(session_id)
         if progress is not None:
