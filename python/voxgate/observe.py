@@ -90,6 +90,18 @@ class Observed:
         started = time.perf_counter()
         status = 500
         body_done = False
+        elapsed: float | None = None
+
+        def record() -> float:
+            # Counted before the last body byte goes out, so that a client that has read
+            # its answer finds it counted.
+            nonlocal elapsed
+            if elapsed is None:
+                elapsed = time.perf_counter() - started
+                method, route = scope["method"], str(scope.get("path_template") or "unmatched")
+                metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+                metrics.HTTP_DURATION.labels(method, route).observe(elapsed)
+            return elapsed
 
         async def receive_body() -> Message:
             nonlocal body_done
@@ -116,6 +128,8 @@ class Observed:
                         (k.lower().encode(), v.encode()) for k, v in decision.headers().items()
                     )
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=rid, client_ip=ip):
@@ -124,19 +138,15 @@ class Observed:
                 if not body_done and _has_body(scope):
                     await _drain(receive)
             finally:
-                elapsed = time.perf_counter() - started
-                method = scope["method"]
-                route = str(scope.get("path_template") or "unmatched")
-                metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-                metrics.HTTP_DURATION.labels(method, route).observe(elapsed)
+                duration = record()
                 line = log.debug if scope["path"] in _QUIET else log.info
                 line(
                     "http.request",
-                    method=method,
+                    method=scope["method"],
                     path=scope["path"],
-                    route=route,
+                    route=str(scope.get("path_template") or "unmatched"),
                     status=status,
-                    duration_ms=round(elapsed * 1000, 3),
+                    duration_ms=round(duration * 1000, 3),
                 )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -105,6 +106,12 @@ async def test_ingest_refusals_tokens_limits_and_http_are_counted(api: Api, serv
     during = samples(scrape_text(server.base_url))
     assert value(during, "voxgate_active_streams") == value(before, "voxgate_active_streams") + 1
     await stream.close()
+    # The server finishes its side of the close after ours: wait until it has counted it.
+    for _ in range(100):
+        now = samples(scrape_text(server.base_url))
+        if value(now, "voxgate_active_streams") == value(before, "voxgate_active_streams"):
+            break
+        await asyncio.sleep(0.05)
 
     upload = await api.upload(sid, frame(20, b"up" * 10) + frame(21, b"load" * 10))
     assert upload.status_code == 200, upload.text
