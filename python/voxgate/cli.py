@@ -1,4 +1,4 @@
-"""``voxgate`` command line: serve, stream."""
+"""``voxgate`` command line: serve, stream, db."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
 from voxgate.settings import Settings, SettingsError
+from voxgate.store.base import StoreError
+from voxgate.store.cli import add_db_command, check_database
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,6 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return 2
+    try:
+        asyncio.run(check_database(settings))
+    except StoreError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 1
     # Made here, before workers start, so every worker finds the same key.
     os.makedirs(settings.data_dir, exist_ok=True)
     _, generated = ensure_api_keys(settings)
@@ -75,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
     add_stream_command(commands)
+    add_db_command(commands)
     return parser
 
 

@@ -16,6 +16,7 @@ from voxgate.ingest.writer import Writer
 from voxgate.limits import Limits
 from voxgate.settings import Settings
 from voxgate.store.base import Store
+from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
@@ -38,9 +39,22 @@ class Runtime:
             log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store: Store = SqliteStore(
-            data_dir, durability=settings.durability, segment_max_bytes=settings.segment_max_bytes
-        )
+        self.store: Store
+        if settings.database_url:
+            # PostgreSQL's commit is the durability point at either durability level.
+            self.store = PostgresStore(
+                settings.database_url,
+                pool_min=settings.database_pool_min,
+                pool_max=settings.database_pool_max,
+                migrate=settings.database_migrate,
+                timeout_s=settings.database_timeout_s,
+            )
+        else:
+            self.store = SqliteStore(
+                data_dir,
+                durability=settings.durability,
+                segment_max_bytes=settings.segment_max_bytes,
+            )
         self.tokens: TokenStore
         if int(os.environ.get(WORKERS_ENV, "1")) > 1:
             # Worker processes must share tokens: a file every worker of this host sees.
