@@ -87,7 +87,13 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     ]
     result = subprocess.run(
         # Run where its cache directory (.schemathesis) can be left behind.
-        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+        command,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
