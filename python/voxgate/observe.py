@@ -88,7 +88,7 @@ class Observed:
         rid = request_id(scope)
         ip = client_ip(scope, self.trusted)
         started = time.perf_counter()
-        status = 500
+        status = 499  # no answer sent: the client went away first (as nginx counts it)
         body_done = False
         elapsed: float | None = None
 
