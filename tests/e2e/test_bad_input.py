@@ -2,6 +2,10 @@
 oversize bodies and unknown ids, and every header field of PROTOCOL section 1 with each
 bad value. Each answers its documented error and stores nothing.
 
+Missing fields: every member of the JSON bodies is optional (PROTOCOL 2.3), so there
+is no missing-field error to give; missing headers are a missing Content-Type (415) and
+a missing credential (401, test_upload.py and test_sessions.py).
+
 (Cases already covered elsewhere are not repeated: see test_sessions.py for three bad
 create bodies and list limits, test_conformance.py for malformed WebSocket messages,
 test_upload.py for truncated bodies and missing tokens.)
