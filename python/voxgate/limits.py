@@ -3,9 +3,10 @@
 Rates use GCRA (the generic cell rate algorithm): a limit of ``COUNT/PERIOD``
 lets a client make ``COUNT`` requests at once, then one more every
 ``PERIOD / COUNT``; a client that stays quiet for ``PERIOD`` has all of them
-back. One timestamp per key, updated atomically: in process memory, or in
-Redis through one Lua script when ``VOXGATE_REDIS_URL`` is set, so every
-instance sharing that Redis shares the limits.
+back. One timestamp per key, updated atomically: in process memory, in a
+SQLite file the workers of one host share, or in Redis through one Lua
+script when ``VOXGATE_REDIS_URL`` is set, so every instance sharing that
+Redis shares the limits.
 
 Refusals are ``429`` problem details with ``Retry-After`` and the IETF draft
 headers ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset``
@@ -15,10 +16,13 @@ carry the same three headers. WebSocket refusals close with 4429.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from litestar.connection import ASGIConnection
@@ -172,19 +176,85 @@ class RedisRateLimiter:
         await self._redis.aclose()
 
 
-class Limits:
-    """The configured rates of this server and the limiter that keeps count."""
+class SqliteRateLimiter:
+    """GCRA in a SQLite file: shared by the worker processes of one host.
 
-    def __init__(self, settings: Settings, limiter: RateLimiter | None = None) -> None:
+    ``voxgate serve --workers N`` without Redis keeps its counts here, in the
+    data dir, so a client gets one allowance per host rather than one per
+    worker. Fails open like :class:`RedisRateLimiter`.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA synchronous=OFF")  # counts need not survive a power cut
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS rate_limits (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
+        )
+        self._next_purge = 0.0
+
+    def _hit(self, key: str, rate: Rate) -> Decision:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # one writer at a time: the check and update are atomic
+        try:
+            now = self._clock()
+            row = db.execute("SELECT tat FROM rate_limits WHERE key = ?", (key,)).fetchone()
+            decision, tat = gcra(float(row[0]) if row else now, now, rate)
+            if decision.allowed:
+                db.execute(
+                    "INSERT OR REPLACE INTO rate_limits (key, tat) VALUES (?, ?)", (key, tat)
+                )
+            if now >= self._next_purge:
+                db.execute("DELETE FROM rate_limits WHERE tat <= ?", (now,))
+                self._next_purge = now + 60.0
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return decision
+
+    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(self._hit, f"{name}:{key}", rate)
+            except sqlite3.Error as exc:
+                metrics.RATE_LIMIT_ERRORS.inc()
+                log.warning("rate limit check failed, allowing: %s", exc)
+                return Decision(True, rate, rate.requests, 0.0, 0.0)
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+class Limits:
+    """The configured rates of this server and the limiter that keeps count.
+
+    The limiter: Redis when ``VOXGATE_REDIS_URL`` is set (every instance
+    shares it), else ``shared_file`` when given (every worker of this host
+    shares it), else this process's memory.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        limiter: RateLimiter | None = None,
+        *,
+        shared_file: Path | None = None,
+    ) -> None:
         self.rates: Mapping[str, Rate | None] = {
             name: parse_rate(getattr(settings, f"rate_limit_{name}")) for name in RATE_NAMES
         }
         if limiter is None:
-            limiter = (
-                RedisRateLimiter.from_url(settings.redis_url)
-                if settings.redis_url
-                else MemoryRateLimiter()
-            )
+            if settings.redis_url:
+                limiter = RedisRateLimiter.from_url(settings.redis_url)
+            elif shared_file is not None:
+                limiter = SqliteRateLimiter(shared_file)
+            else:
+                limiter = MemoryRateLimiter()
         self.limiter = limiter
 
     async def check(self, name: str, key: str) -> Decision | None:

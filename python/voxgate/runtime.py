@@ -62,7 +62,8 @@ class Runtime:
         else:
             self.tokens = MemoryTokenStore()
         self.tokens = MeteredTokenStore(self.tokens)
-        self.limits = Limits(settings)
+        workers = int(os.environ.get(WORKERS_ENV, "1"))
+        self.limits = Limits(settings, shared_file=data_dir / "limits.db" if workers > 1 else None)
         self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.writer = Writer(
             self.store, max_frames=settings.commit_max_frames, max_bytes=settings.commit_max_bytes

@@ -200,3 +200,14 @@ async def test_streams_per_process_are_capped_with_4429(tmp_path: Path) -> None:
             assert messages[-1]["code"] == "too_many_streams"
             await first.close()
             await api.close_streams()
+
+
+async def test_workers_of_one_host_share_limits_without_redis(tmp_path: Path) -> None:
+    env = {"VOXGATE_RATE_LIMIT_SESSIONS": "3/1m"}
+    with start_server(tmp_path, env=env, workers=2) as server:
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        statuses = []
+        for _ in range(8):  # a connection each, so both workers take some
+            async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
+                statuses.append((await client.post("/v1/sessions", json={})).status_code)
+        assert statuses == [201] * 3 + [429] * 5

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 
 from services import RedisServer
-from voxgate.limits import Decision, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from voxgate.limits import (
+    Decision,
+    Limits,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    SqliteRateLimiter,
+)
 from voxgate.rates import Rate, parse_rate
 from voxgate.settings import Settings, SettingsError
 
@@ -129,3 +137,30 @@ async def test_redis_limiter_fails_open_when_redis_is_down() -> None:
         assert all(d.allowed for d in decisions)
     finally:
         await limiter.close()
+
+
+async def test_sqlite_limiter_is_shared_through_its_file(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first = SqliteRateLimiter(tmp_path / "limits.db", clock)
+    second = SqliteRateLimiter(tmp_path / "limits.db", clock)
+    rate = Rate(4, 60.0)
+    try:
+        a = await burst(first, "1.2.3.4", rate, 2)
+        b = await burst(second, "1.2.3.4", rate, 3)
+        assert [d.allowed for d in a + b] == [True] * 4 + [False]
+        assert b[-1].retry_after_s == pytest.approx(15.0)
+        assert (await first.hit("test", "5.6.7.8", rate)).allowed
+        clock.now += 15.0
+        assert (await second.hit("test", "1.2.3.4", rate)).allowed
+        assert not (await first.hit("test", "1.2.3.4", rate)).allowed
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_limits_pick_redis_then_the_shared_file_then_memory(tmp_path: Path) -> None:
+    shared = tmp_path / "limits.db"
+    assert isinstance(Limits(Settings()).limiter, MemoryRateLimiter)
+    assert isinstance(Limits(Settings(), shared_file=shared).limiter, SqliteRateLimiter)
+    with_redis = Settings(redis_url="redis://127.0.0.1:1/0")
+    assert isinstance(Limits(with_redis, shared_file=shared).limiter, RedisRateLimiter)
