@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 
 from voxgate import logs, metrics
 from voxgate.api.audio import audio, missing
-from voxgate.api.health import health
+from voxgate.api.health import health, ready
 from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[
             health,
+            ready,
             prometheus_metrics,
             SessionController,
             mint_token,

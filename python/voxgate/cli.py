@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import sys
@@ -15,6 +16,9 @@ from voxgate.client.cli import add_stream_command
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.base import StoreError
 from voxgate.store.cli import add_db_command, check_database
+
+# Seconds after VOXGATE_SHUTDOWN_GRACE_S for commits already submitted to finish.
+KILL_AFTER_GRACE_S = 10
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -57,6 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
         websockets=True,
         log_access=False,  # it would log query strings, and ?token= is one
         log_dictconfig=dict_config(settings.log_level),
+        # A worker still alive this long after SIGTERM is killed: exit is bounded even
+        # if a commit hangs (acks follow durability, so nothing acked is lost).
+        workers_kill_timeout=math.ceil(settings.shutdown_grace_s) + KILL_AFTER_GRACE_S,
     )
     server.serve()
     return 0

@@ -36,14 +36,18 @@ from voxgate.rates import (
     Rate,
     parse_rate,
 )
+from voxgate.tokens.redis import REDIS_ERRORS, redis_client
 
 if TYPE_CHECKING:
-    import redis.asyncio
+    from redis.asyncio import Redis
 
     from voxgate.runtime import Runtime
     from voxgate.settings import Settings
 
 log = logging.getLogger("voxgate.limits")
+
+# A Redis check that fails with any of these is allowed (limits fail open).
+_CHECK_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, ValueError, TypeError)
 
 # Where a guard leaves its decision for the response headers (see voxgate.observe).
 SCOPE_KEY = "voxgate.rate_limit"
@@ -144,36 +148,35 @@ class RedisRateLimiter:
     counts it.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, prefix: str = "voxgate:rl:") -> None:
+    def __init__(
+        self, client: Redis, prefix: str = "voxgate:rl:", *, owns_client: bool = False
+    ) -> None:
         self._redis = client
         self._prefix = prefix
+        self._owns_client = owns_client  # a client shared with the token store stays open
         self._script = client.register_script(_GCRA_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> RedisRateLimiter:
-        import redis.asyncio
-
-        return cls(
-            redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        )
+        """A limiter with a client of its own, built as every voxgate Redis client is."""
+        return cls(redis_client(url), owns_client=True)
 
     async def hit(self, name: str, key: str, rate: Rate) -> Decision:
-        import redis.exceptions
-
         try:
             reply = await self._script(
                 keys=[f"{self._prefix}{name}:{key}"],
                 args=[int(rate.period_s * 1_000_000), rate.requests],
             )
             allowed, remaining, reset_us, retry_us = (int(v) for v in reply)
-        except (redis.exceptions.RedisError, OSError, ValueError, TypeError) as exc:
+        except _CHECK_ERRORS as exc:
             metrics.RATE_LIMIT_ERRORS.inc()
             log.warning("rate limit check failed, allowing: %s", exc)
             return Decision(True, rate, rate.requests, 0.0, 0.0)
         return Decision(bool(allowed), rate, remaining, reset_us / 1e6, retry_us / 1e6)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()
 
 
 class SqliteRateLimiter:

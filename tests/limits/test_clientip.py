@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from voxgate.clientip import client_ip, parse_networks, resolve
 
@@ -83,3 +86,17 @@ def test_no_peer_is_unknown() -> None:
 def test_bad_cidr_is_refused() -> None:
     with pytest.raises(ValueError, match="does not appear"):
         parse_networks(["10.0.0.0/33"])
+
+
+def test_the_compose_deployment_counts_clients_not_its_load_balancer() -> None:
+    deploy = Path(__file__).parents[2] / "deploy"
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    nginx = (deploy / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+    for name, service in compose["services"].items():
+        if name.startswith("voxgate"):
+            trusted = parse_networks(service["environment"]["VOXGATE_TRUSTED_PROXIES"].split(","))
+            # A load balancer on Docker's default bridge network is trusted; the client
+            # address it appends is the one that counts.
+            chain = headers(x_forwarded_for="203.0.113.50")
+            assert resolve("172.18.0.5", chain, trusted) == "203.0.113.50", name

@@ -45,6 +45,10 @@ _UPLOAD_ANSWER = {
 }
 
 
+# Probes a load balancer calls without credentials.
+_OPEN = frozenset({"/health", "/ready"})
+
+
 def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
     """Finish ``app``'s OpenAPI schema (served at ``/schema/openapi.json``) and return it."""
     schema: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
@@ -67,7 +71,7 @@ def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
-            if path == "/health":
+            if path in _OPEN:
                 operation["security"] = []
             elif path.endswith("/frames"):
                 operation["security"] = [{"streamToken": []}]
