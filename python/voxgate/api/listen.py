@@ -22,11 +22,13 @@ from litestar.types import WebSocketSendEvent
 from voxgate.api.sessions import runtime_of
 from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
 from voxgate.auth import bearer, key_matches, require_api_key
-from voxgate.errors import ApiError
+from voxgate.errors import ApiError, problem_responses
 from voxgate.fanout.bus import BusError
 from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Close, _reject, _stop
+from voxgate.limits import rate_limited
+from voxgate.rates import TOKENS
 from voxgate.store.base import SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError
 
@@ -148,9 +150,10 @@ def _error_fields(end: End) -> dict[str, Any]:
 
 @post(
     "/v1/sessions/{session_id:str}/listen-tokens",
-    guards=[require_api_key],
+    guards=[require_api_key, rate_limited(TOKENS)],
     status_code=201,
     tags=["listeners"],
+    responses=problem_responses(400, 401, 404, 410, 413, 422, 429, 503),
 )
 async def mint_listen_token(
     request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
@@ -159,7 +162,12 @@ async def mint_listen_token(
     return await issue_token(request, session_id, data, subject=LISTEN_SUBJECT_PREFIX + session_id)
 
 
-@get("/v1/listeners", guards=[require_api_key], tags=["listeners"])
+@get(
+    "/v1/listeners",
+    guards=[require_api_key],
+    tags=["listeners"],
+    responses=problem_responses(401),
+)
 async def listener_stats(request: Request[Any, Any, Any]) -> dict[str, object]:
     """This process's listeners, feeds and bus counters."""
     return runtime_of(request).hub.stats()
@@ -173,7 +181,11 @@ def _sse(kind: str, data: bytes, event_id: int | None = None) -> bytes:
     return head + b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
 
-@get("/v1/sessions/{session_id:str}/events", tags=["listeners"])
+@get(
+    "/v1/sessions/{session_id:str}/events",
+    tags=["listeners"],
+    responses=problem_responses(400, 401, 403, 404, 410, 429, 503),
+)
 async def events(request: Request[Any, Any, Any], session_id: str) -> Stream:
     """The session's events as Server-Sent Events (no audio)."""
     runtime = runtime_of(request)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
-from voxgate.api.sessions import live_session, runtime_of
+from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError
+from voxgate.errors import ApiError, problem_responses
+from voxgate.limits import rate_limited
+from voxgate.rates import TRANSCRIPTS
 from voxgate.store.base import Transcript, TranscriptIn, TranscriptOutcome
 
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
-# Route option naming the rate limit that applies to posting transcripts.
-RATE_LIMIT_OPT = {"rate_limit": "transcript_relay"}
+T = TypeVar("T")
 
 Role = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(max_length=65_536)]
@@ -81,28 +82,41 @@ async def add_transcript(runtime: Runtime, session_id: str, entry: TranscriptIn)
     return Response(transcript, status_code=200)  # DUPLICATE or STALE: the stored final
 
 
+async def required_body(request: Request[Any, Any, Any], kind: type[T]) -> T:
+    body = await strict_body(request, kind)
+    if body is None:
+        raise ApiError(400, "invalid_body", "the request needs a JSON body")
+    return body
+
+
 @post(
     "/v1/sessions/{session_id:str}/transcripts",
-    guards=[require_api_key],
+    guards=[require_api_key, rate_limited(TRANSCRIPTS)],
     status_code=201,
-    opt=RATE_LIMIT_OPT,
     tags=["transcripts"],
+    responses=problem_responses(400, 401, 404, 409, 410, 413, 429, 503),
 )
 async def post_transcript(
     request: Request[Any, Any, Any], session_id: str, data: TranscriptPost
 ) -> Response[Any]:
     """Append a transcript; an interim is superseded by the next entry of its key."""
+    body = await required_body(request, TranscriptPost)
     entry = TranscriptIn(
-        role=data.role,
-        text=data.text,
-        is_final=data.is_final,
-        timestamp=data.timestamp,
-        seq=data.seq,
+        role=body.role,
+        text=body.text,
+        is_final=body.is_final,
+        timestamp=body.timestamp,
+        seq=body.seq,
     )
     return await add_transcript(runtime_of(request), session_id, entry)
 
 
-@get("/v1/sessions/{session_id:str}/transcripts", guards=[require_api_key], tags=["transcripts"])
+@get(
+    "/v1/sessions/{session_id:str}/transcripts",
+    guards=[require_api_key],
+    tags=["transcripts"],
+    responses=problem_responses(400, 401, 404, 410, 503),
+)
 async def list_transcripts(
     request: Request[Any, Any, Any],
     session_id: str,
@@ -120,22 +134,23 @@ async def list_transcripts(
 
 @post(
     "/voice/transcript/relay/{session_id:str}",
-    guards=[require_api_key],
+    guards=[require_api_key, rate_limited(TRANSCRIPTS)],
     status_code=201,
-    opt=RATE_LIMIT_OPT,
     tags=["transcripts"],
+    responses=problem_responses(400, 401, 404, 409, 410, 413, 422, 429, 503),
 )
 async def relay_transcript(
     request: Request[Any, Any, Any], session_id: str, data: RelayPost
 ) -> Response[Any]:
     """The relay endpoint of existing clients: the same as posting a transcript without seq."""
-    if data.session_id != session_id:
+    body = await required_body(request, RelayPost)
+    if body.session_id != session_id:
         raise ApiError(
             422,
             "session_mismatch",
-            f"body session_id {data.session_id!r} does not match the path's {session_id!r}",
+            f"body session_id {body.session_id!r} does not match the path's {session_id!r}",
         )
     entry = TranscriptIn(
-        role=data.role, text=data.text, is_final=data.is_final, timestamp=data.timestamp
+        role=body.role, text=body.text, is_final=body.is_final, timestamp=body.timestamp
     )
     return await add_transcript(runtime_of(request), session_id, entry)
