@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 from litestar import Request, WebSocket, get, post, websocket
+from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
@@ -184,10 +185,23 @@ def _sse(kind: str, data: bytes, event_id: int | None = None) -> bytes:
 @get(
     "/v1/sessions/{session_id:str}/events",
     tags=["listeners"],
+    media_type="text/event-stream",
     responses=problem_responses(400, 401, 403, 404, 410, 429, 503),
 )
-async def events(request: Request[Any, Any, Any], session_id: str) -> Stream:
+async def events(
+    request: Request[Any, Any, Any],
+    session_id: str,
+    last_event_id: int | None = Parameter(
+        default=None, ge=0, description="resume after this transcript id"
+    ),
+    last_event_id_header: int | None = Parameter(
+        header="last-event-id", default=None, ge=0, description="what browsers send on reconnect"
+    ),
+    token: str | None = Parameter(default=None, description="a listen token"),
+) -> Stream:
     """The session's events as Server-Sent Events (no audio)."""
+    # The parameters above are declared for the schema (and checked by Litestar);
+    # listen_params reads them as the WebSocket endpoint does.
     runtime = runtime_of(request)
     query = parse_qs(request.scope.get("query_string", b"").decode(errors="replace"))
     params = listen_params(query, request.headers.get("last-event-id"), audio_allowed=False)

@@ -54,9 +54,10 @@ def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
     schema: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for name in ("SessionCreate", "TokenRequest"):
+    for name in ("SessionCreate", "TokenRequest", "TranscriptPost"):
         if name in schemas:
             schemas[name]["additionalProperties"] = False
+    _transcript_fields(schemas)
     ttl = schemas.get("TokenRequest", {}).get("properties", {}).get("ttl_s")
     if ttl is not None:
         for branch in ttl.get("oneOf", [ttl]):
@@ -78,7 +79,11 @@ def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
             else:
                 operation["security"] = [{"apiKey": []}]
     paths = schema.get("paths", {})
-    for path in ("/v1/sessions", "/v1/sessions/{session_id}/tokens"):
+    for path in (
+        "/v1/sessions",
+        "/v1/sessions/{session_id}/tokens",
+        "/v1/sessions/{session_id}/listen-tokens",
+    ):
         body = paths.get(path, {}).get("post", {}).get("requestBody")
         if body is not None:
             body["required"] = False  # PROTOCOL 2.3: every member is optional
@@ -96,4 +101,31 @@ def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
             "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         }
         upload["responses"]["200"]["content"] = {"application/json": {"schema": _UPLOAD_ANSWER}}
+    events = paths.get("/v1/sessions/{session_id}/events", {}).get("get")
+    if events is not None:
+        events["responses"]["200"] = {
+            "description": "Server-Sent Events (docs/api.md, Listeners)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
     return schema
+
+
+def _transcript_fields(schemas: dict[str, Any]) -> None:
+    """Unions Litestar renders as ``oneOf`` although they overlap (an integer is a number)."""
+    timestamp = {
+        "anyOf": [
+            {"type": "number"},
+            {"type": "string", "maxLength": 64, "pattern": "^[^\\x00]*$"},
+        ],
+        "description": "the client's time of the utterance, stored and returned as given",
+    }
+    seq = {
+        "anyOf": [{"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1}, {"type": "null"}],
+        "description": "the client's utterance number: with role, the supersession key",
+    }
+    for name in ("TranscriptPost", "RelayPost", "Transcript"):
+        properties = schemas.get(name, {}).get("properties", {})
+        if "timestamp" in properties:
+            properties["timestamp"] = dict(timestamp)
+        if "seq" in properties:
+            properties["seq"] = dict(seq)

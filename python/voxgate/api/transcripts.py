@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError, problem_responses
+from voxgate.errors import PROBLEM_JSON, ApiError, Problem, problem_responses
 from voxgate.limits import rate_limited
 from voxgate.rates import TRANSCRIPTS
 from voxgate.store.base import Transcript, TranscriptIn, TranscriptOutcome
@@ -20,16 +21,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-Role = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Text = Annotated[str, msgspec.Meta(max_length=65_536)]
-Timestamp = int | float | Annotated[str, msgspec.Meta(max_length=64)]
+# PostgreSQL text cannot hold NUL: refused on every backend alike.
+NO_NUL = "^[^\\x00]*$"
+Role = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
+Text = Annotated[str, msgspec.Meta(max_length=65_536, pattern=NO_NUL)]
+Timestamp = int | float | Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
-
-
-def _no_nul(role: str, text: str, timestamp: object) -> None:
-    # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
-    if "\x00" in role or "\x00" in text or (isinstance(timestamp, str) and "\x00" in timestamp):
-        raise ValueError("role, text and timestamp must not contain NUL characters")
 
 
 class TranscriptPost(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,9 +35,6 @@ class TranscriptPost(msgspec.Struct, forbid_unknown_fields=True):
     is_final: bool
     timestamp: Timestamp
     seq: Seq | None = None
-
-    def __post_init__(self) -> None:
-        _no_nul(self.role, self.text, self.timestamp)
 
 
 class RelayPost(msgspec.Struct):
@@ -52,16 +46,32 @@ class RelayPost(msgspec.Struct):
     is_final: bool
     timestamp: Timestamp
 
-    def __post_init__(self) -> None:
-        _no_nul(self.role, self.text, self.timestamp)
-
 
 class TranscriptPage(msgspec.Struct):
     transcripts: list[Transcript]
     next: int | None
 
 
-async def add_transcript(runtime: Runtime, session_id: str, entry: TranscriptIn) -> Response[Any]:
+# The answers of the two POST routes besides 201, for the OpenAPI schema.
+_POST_RESPONSES: dict[int, ResponseSpec] = {
+    200: ResponseSpec(
+        data_container=Transcript,
+        description="A repeat: the key's final is stored already (same text, or a late interim)",
+        generate_examples=False,
+    ),
+    **problem_responses(400, 401, 404, 410, 413, 429, 503),
+    409: ResponseSpec(
+        data_container=Problem,
+        description="A final with another text is stored for this key (transcript: the final)",
+        media_type=PROBLEM_JSON,
+        generate_examples=False,
+    ),
+}
+
+
+async def add_transcript(
+    runtime: Runtime, session_id: str, entry: TranscriptIn
+) -> Response[Transcript]:
     """Store ``entry``: 201 and publish it, 200 for a repeat, 409 for a conflicting final."""
     result = await runtime.store.add_transcript(session_id, entry)
     outcome, transcript = result.outcome, result.transcript
@@ -94,11 +104,11 @@ async def required_body(request: Request[Any, Any, Any], kind: type[T]) -> T:
     guards=[require_api_key, rate_limited(TRANSCRIPTS)],
     status_code=201,
     tags=["transcripts"],
-    responses=problem_responses(400, 401, 404, 409, 410, 413, 429, 503),
+    responses=_POST_RESPONSES,
 )
 async def post_transcript(
     request: Request[Any, Any, Any], session_id: str, data: TranscriptPost
-) -> Response[Any]:
+) -> Response[Transcript]:
     """Append a transcript; an interim is superseded by the next entry of its key."""
     body = await required_body(request, TranscriptPost)
     entry = TranscriptIn(
@@ -137,11 +147,19 @@ async def list_transcripts(
     guards=[require_api_key, rate_limited(TRANSCRIPTS)],
     status_code=201,
     tags=["transcripts"],
-    responses=problem_responses(400, 401, 404, 409, 410, 413, 422, 429, 503),
+    responses={
+        **_POST_RESPONSES,
+        422: ResponseSpec(
+            data_container=Problem,
+            description="The body's session_id is not the path's",
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        ),
+    },
 )
 async def relay_transcript(
     request: Request[Any, Any, Any], session_id: str, data: RelayPost
-) -> Response[Any]:
+) -> Response[Transcript]:
     """The relay endpoint of existing clients: the same as posting a transcript without seq."""
     body = await required_body(request, RelayPost)
     if body.session_id != session_id:
