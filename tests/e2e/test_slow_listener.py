@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from e2e.listening import WsListener
@@ -23,6 +24,7 @@ from servers import Server, start_server
 FRAMES = 8000
 FRAME_BYTES = 1600
 MAX_LAG_FRAMES = 200
+STALL_TIMEOUT_S = 3
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "VOXGATE_LISTEN_MAX_LAG_FRAMES": str(MAX_LAG_FRAMES),
     }
     with start_server(tmp_path_factory.mktemp("slow"), env=env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def patient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """No lag limit to speak of: only the stall timeout can end a listener."""
+    env = {
+        "VOXGATE_DURABILITY": "process",
+        "VOXGATE_LISTEN_MAX_LAG_FRAMES": "1000000",
+        "VOXGATE_LISTEN_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S),
+    }
+    with start_server(tmp_path_factory.mktemp("patient"), env=env) as running:
         yield running
 
 
@@ -130,3 +144,40 @@ async def test_slow_listeners_do_not_hold_up_ingest(api: Api, server: Server) ->
         f"{len(slow_events.heard.progress)} and was told {dropped} were dropped"
     )
     assert dispatched(slow_events) == dispatched(prompt)
+
+
+async def test_a_listener_that_stops_reading_is_dropped(patient_server: Server) -> None:
+    server = patient_server
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as http:
+        api = Api(server, http)
+        try:
+            await stall_one_listener(api, server)
+        finally:
+            await api.close_streams()
+
+
+async def stall_one_listener(api: Api, server: Server) -> None:
+    sid = await api.new_session()
+    stuck = await WsListener.open(server, sid, audio=True, max_queue=1, rcvbuf=4096)
+    _, payloads = await timed_ingest(api, sid)  # ingest completes all the same
+    # The server's sends to it stop moving; after the stall timeout it lets go.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10 * STALL_TIMEOUT_S
+    while loop.time() < deadline:
+        stats = (await api.http.get("/v1/listeners")).json()
+        if stats["listeners"] == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert (stats["listeners"], stats["feeds"]) == (0, 0)
+    # Reading on, it gets what it was sent, in order, then the end of the connection:
+    # the error and close 4429 when they fitted in before the server let go, else 1006.
+    code = await stuck.until_closed(within=60)
+    assert code in (4429, 1006), code
+    if code == 4429:
+        assert stuck.error is not None
+        assert stuck.error["code"] == "stalled"
+        assert stuck.error["resume"]["from_seq"] == stuck.heard.next_audio
+    assert 0 < len(stuck.heard.frames) < FRAMES
+    frames = [(seq, payload) for seq, _, _, payload in stuck.heard.frames]
+    assert frames == sorted(payloads.items())[: len(frames)]

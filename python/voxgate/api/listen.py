@@ -320,6 +320,27 @@ async def _serve(socket: WebSocket[Any, Any, Any], listener: Listener, stall_s: 
                 await socket.close(end.code, end.message.encode()[:123].decode(errors="ignore"))
     except TimeoutError:
         log.info("listener of %s stalled for %gs: dropping it", listener.session_id, stall_s)
+        # The peer reads nothing, so error and close wait behind what it has not read
+        # (it gets them if it reads on); asking for the close is also what makes
+        # Granian let go of the connection once this handler returns.
+        await _stop(reader)
+        stalled = End(
+            4429,
+            "stalled",
+            f"listener took no data for {stall_s:g} s; resume with"
+            f" from_seq={listener.cursor}&last_event_id={listener.last_id}",
+            {"from_seq": listener.cursor, "last_event_id": listener.last_id},
+        )
+        for event in (
+            _ws_event(orjson.dumps({"type": "error", **_error_fields(stalled)}), False),
+            None,
+        ):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    if event is None:
+                        await socket.close(stalled.code, stalled.error)
+                    else:
+                        await socket.send(event)
     except OSError:  # the peer vanished mid-send
         pass
     finally:
