@@ -298,6 +298,8 @@ async def _serve(socket: WebSocket[Any, Any, Any], listener: Listener, stall_s: 
     gone = asyncio.Event()
     reader = asyncio.create_task(_read_controls(socket, listener, gone))
     end: End | None = None
+    # Where everything sent so far ends: the resume point should a send stall.
+    sent = (listener.cursor, listener.last_id)
     try:
         async with contextlib.aclosing(listener.run()) as outs:
             async for out in outs:
@@ -310,41 +312,43 @@ async def _serve(socket: WebSocket[Any, Any, Any], listener: Listener, stall_s: 
                     continue
                 async with asyncio.timeout(stall_s):
                     await socket.send(_ws_event(out.data, out.kind == AUDIO))
+                sent = (listener.cursor, listener.last_id)
         # Granian drops a close while a receive is pending: stop the reader first.
         await _stop(reader)
         if end is not None and not gone.is_set():
-            async with asyncio.timeout(stall_s):
-                if end.code >= 4000:
-                    error = {"type": "error", **_error_fields(end)}
-                    await socket.send(_ws_event(orjson.dumps(error), False))
-                await socket.close(end.code, end.message.encode()[:123].decode(errors="ignore"))
+            with contextlib.suppress(TimeoutError):  # queued behind unread data: let go
+                await _close(socket, end, stall_s)
     except TimeoutError:
         log.info("listener of %s stalled for %gs: dropping it", listener.session_id, stall_s)
-        # The peer reads nothing, so error and close wait behind what it has not read
-        # (it gets them if it reads on); asking for the close is also what makes
-        # Granian let go of the connection once this handler returns.
         await _stop(reader)
+        # The peer reads nothing: error and close wait behind what it has not read (it
+        # gets them if it reads on). Asking for the close is also what makes Granian
+        # let go of the connection once this handler returns.
+        from_seq, last_id = sent
         stalled = End(
             4429,
             "stalled",
             f"listener took no data for {stall_s:g} s; resume with"
-            f" from_seq={listener.cursor}&last_event_id={listener.last_id}",
-            {"from_seq": listener.cursor, "last_event_id": listener.last_id},
+            f" from_seq={from_seq}&last_event_id={last_id}",
+            {"from_seq": from_seq, "last_event_id": last_id},
         )
-        for event in (
-            _ws_event(orjson.dumps({"type": "error", **_error_fields(stalled)}), False),
-            None,
-        ):
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    if event is None:
-                        await socket.close(stalled.code, stalled.error)
-                    else:
-                        await socket.send(event)
+        with contextlib.suppress(TimeoutError):
+            await _close(socket, stalled, 1.0)
     except OSError:  # the peer vanished mid-send
         pass
     finally:
         await _stop(reader)
+
+
+async def _close(socket: WebSocket[Any, Any, Any], end: End, within_s: float) -> None:
+    """Send ``error`` (for 4xxx) and close; each step gets ``within_s`` (TimeoutError)."""
+    if end.code >= 4000:
+        error = orjson.dumps({"type": "error", **_error_fields(end)})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await socket.send(_ws_event(error, False))
+    async with asyncio.timeout(within_s):
+        await socket.close(end.code, end.message.encode()[:123].decode(errors="ignore"))
 
 
 async def _read_controls(
