@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -11,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from e2e.listening import SseListener, Via, WsListener
 from e2e.wire import Api, assert_problem, frame, payload_for, stream_crc
-from servers import Server
+from servers import Server, start_server
 
 UNKNOWN = "ses_00000000000000000000000000"
 
@@ -288,3 +289,30 @@ async def test_feeds_go_when_their_listeners_leave(
             break
         await asyncio.sleep(0.05)
     assert await listener_counts(http) == before
+
+
+@pytest.fixture(scope="module")
+def one_listener_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"VOXGATE_MAX_LISTENERS": "1"}
+    with start_server(tmp_path_factory.mktemp("one"), env=env) as running:
+        yield running
+
+
+async def test_listeners_beyond_the_limit_are_refused(one_listener_server: Server) -> None:
+    server = one_listener_server
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as http:
+        sid = (await http.post("/v1/sessions", json={})).json()["id"]
+        first = await WsListener.open(server, sid)
+        second = await WsListener.open(server, sid, read_hello=False)
+        assert await second.until_closed() == 4429
+        assert second.error is not None
+        assert second.error["code"] == "too_many_listeners"
+        assert_problem(await http.get(f"/v1/sessions/{sid}/events"), 429)
+        await first.close()
+        for _ in range(100):
+            if (await http.get("/v1/listeners")).json()["listeners"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        third = await WsListener.open(server, sid)  # room again
+        await third.close()

@@ -49,6 +49,9 @@ _PUBLISH_SCRIPT = "for i = 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[i]) e
 _SUBSCRIBE_TIMEOUT_S = 5.0
 _PING_INTERVAL_S = 5.0
 _PUBLISH_BATCH = 512
+# Sessions remembered for a resync hint; beyond this (a long outage) their listeners
+# still resync when their own subscriber reconnects, which such an outage causes too.
+_LOST_LIMIT = 100_000
 OUTBOX_LIMIT = 65_536
 _WARN_EVERY_S = 10.0
 
@@ -198,7 +201,8 @@ class RedisBus:
     def publish(self, session_id: str, message: bytes) -> None:
         if len(self._outbox) >= OUTBOX_LIMIT:
             lost, _ = self._outbox.popleft()
-            self._lost.add(lost)
+            if len(self._lost) < _LOST_LIMIT:
+                self._lost.add(lost)
             self.dropped += 1
         self._outbox.append((session_id, message))
         self._outbox_empty.clear()
@@ -222,7 +226,9 @@ class RedisBus:
                     await self._send_batch(client, channels, messages)
                 except (redis.exceptions.RedisError, OSError) as exc:
                     self.dropped += len(batch)
-                    self._lost.update(session_id for session_id, _ in batch)
+                    for session_id, _ in batch:
+                        if len(self._lost) < _LOST_LIMIT:
+                            self._lost.add(session_id)
                     self._warn("cannot publish to Redis (%d messages dropped so far): %s", exc)
                     await asyncio.sleep(0.5)
                     continue
