@@ -8,8 +8,9 @@ import os
 import signal
 from pathlib import Path
 
-from voxgate import _native
 from voxgate.auth import ensure_api_keys
+from voxgate.core import NAME as CORE_NAME
+from voxgate.core import native as _native
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
 from voxgate.settings import Settings
@@ -59,6 +60,7 @@ class Runtime:
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        log.info("hot-path core: %s (%s)", CORE_NAME, _native.__name__)
         await self.store.open()
         await self.writer.start()
         self.streams.start(self)

@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     segment_max_bytes: int = 64 * 1024 * 1024
 
     log_level: str = "INFO"
+    # The hot-path core: "rust" (voxgate._native) or "python" (voxgate._pynative, for
+    # benchmark comparisons only). Read once at import by voxgate.core.
+    native: Literal["rust", "python"] = "rust"
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:

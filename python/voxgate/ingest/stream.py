@@ -20,8 +20,8 @@ import orjson
 from litestar import WebSocket, websocket
 from litestar.types import WebSocketSendEvent
 
-from voxgate import _native
 from voxgate.auth import bearer
+from voxgate.core import native as _native
 from voxgate.ingest.tally import WINDOW, Tally, precheck
 from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError

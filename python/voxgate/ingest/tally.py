@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from voxgate import _native
+from voxgate.core import native as _native
 from voxgate.ranges import to_ranges
 from voxgate.store.base import FrameIn, Outcome
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
 
-from voxgate import _native
 from voxgate.auth import bearer
+from voxgate.core import native as _native
 from voxgate.errors import ApiError, problem
 from voxgate.ingest.tally import Tally, precheck
 from voxgate.store.base import FrameIn, SessionState

@@ -49,7 +49,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from voxgate._native import FLAG_END, crc32c, crc32c_combine
+from voxgate.core import native
 from voxgate.ids import new_session_id
 from voxgate.store.base import (
     CommitResult,
@@ -63,6 +63,8 @@ from voxgate.store.base import (
 )
 
 log = logging.getLogger("voxgate.store")
+
+FLAG_END, crc32c, crc32c_combine = native.FLAG_END, native.crc32c, native.crc32c_combine
 
 T = TypeVar("T")
 
