@@ -92,7 +92,10 @@ class Generator:
     def _next(self, timeout: float) -> dict[str, Any]:
         if not self.conn.poll(timeout):
             raise TimeoutError(f"generator silent for {timeout:.0f} s")
-        message: dict[str, Any] = self.conn.recv()
+        try:
+            message: dict[str, Any] = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"generator exited (code {self.process.exitcode})") from None
         return message
 
     def start(self) -> None:

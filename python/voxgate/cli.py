@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
-    from voxgate.runtime import WORKERS_ENV
+    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook
 
     try:
         settings = Settings.from_env()
@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     os.environ[WORKERS_ENV] = str(args.workers)
+    install_shutdown_hook()
     server = Server(
         "voxgate.app:app_from_env",
         address=args.host,

@@ -847,9 +847,12 @@ class SqliteStore:
                 )
             }
             # What is stored already at the seqs asked for: (crc32c, length, flags).
+            # Seqs at or past a session's next_seq cannot be stored yet (we hold the write
+            # lock): only resent frames need a look-up, not the ones streamed in order.
             seqs: dict[str, list[int]] = {}
             for frame in frames:
-                if frame.session_id in tallies:
+                tally = tallies.get(frame.session_id)
+                if tally is not None and frame.seq < tally.next_seq:
                     seqs.setdefault(frame.session_id, []).append(frame.seq)
             known: dict[tuple[str, int], tuple[int, int, int]] = {}
             for session_id, wanted in seqs.items():
