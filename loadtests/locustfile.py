@@ -31,6 +31,7 @@ import orjson
 import websocket  # websocket-client
 from locust import FastHttpUser, User, between, events, task
 
+from transcripts import OPENAPI_PATH, find, session_path
 from voxgate import _native
 
 API_KEY = os.environ.get("VOXGATE_API_KEY", "")
@@ -39,31 +40,6 @@ FRAME_MS = float(os.environ.get("STREAM_FRAME_MS", "20"))
 FRAME_BYTES = int(os.environ.get("STREAM_FRAME_BYTES", "640"))
 FRAME_TO_ACK = "frame->ack"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def _fill(schema: dict[str, Any], components: dict[str, Any]) -> Any:
-    """A value that satisfies a (simple) JSON schema: required properties only."""
-    if "$ref" in schema:
-        return _fill(components.get(schema["$ref"].rsplit("/", 1)[-1], {}), components)
-    for key in ("oneOf", "anyOf"):
-        if key in schema:
-            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return _fill(options[0], components)
-    kind = schema.get("type")
-    if "enum" in schema:
-        return schema["enum"][0]
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        return {name: _fill(props.get(name, {}), components) for name in schema.get("required", [])}
-    if kind == "array":
-        return []
-    if kind == "integer":
-        return max(0, int(schema.get("minimum", 0)))
-    if kind == "number":
-        return float(schema.get("minimum", 0.0))
-    if kind == "boolean":
-        return True
-    return "load test transcript"
 
 
 class Transcripts:
@@ -80,21 +56,15 @@ class Transcripts:
             if cls._probed:
                 return
             cls._probed = True
-            with client.get("/schema/openapi.json", name="openapi", catch_response=True) as got:
+            with client.get(OPENAPI_PATH, name="openapi", catch_response=True) as got:
                 if got.status_code != 200:
                     got.success()  # no OpenAPI document: no transcripts either
                     return
                 document = got.json()
                 got.success()
-            components = document.get("components", {}).get("schemas", {})
-            for path, methods in document.get("paths", {}).items():
-                post = methods.get("post")
-                if "transcripts" in path and "{" in path and post is not None:
-                    cls.path = path
-                    content = post.get("requestBody", {}).get("content", {})
-                    schema = content.get("application/json", {}).get("schema", {})
-                    cls.body = _fill(schema, components) if schema else None
-                    return
+            found = find(document)
+            if found is not None:
+                cls.path, cls.body = found
 
 
 class ApiUser(FastHttpUser):
@@ -132,9 +102,7 @@ class ApiUser(FastHttpUser):
     def relay_transcript(self) -> None:
         if Transcripts.path is None or self.session_id is None:
             return
-        path = Transcripts.path
-        for name in ("{session_id}", "{id}"):
-            path = path.replace(name, self.session_id)
+        path = session_path(Transcripts.path, self.session_id)
         self.client.post(path, json=Transcripts.body, headers=AUTH, name=Transcripts.path)
 
     @task(3)

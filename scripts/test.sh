@@ -42,7 +42,7 @@ done
 check "ruff check" "$VENV/bin/ruff" check "${ruff_paths[@]}"
 check "mypy (package voxgate)" "$VENV/bin/mypy"
 mypy_tests=()
-for path in tests/conftest.py tests/servers.py tests/e2e; do
+for path in tests/conftest.py tests/servers.py tests/e2e tests/loadtests; do
     [[ -e "$path" ]] && mypy_tests+=("$path")
 done
 if ((${#mypy_tests[@]})); then
