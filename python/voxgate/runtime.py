@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ class Runtime:
         # that rescan the whole heap showed up as a fifth of the server's CPU).
         gc.collect()
         gc.freeze()
+        # The store thread hands the GIL back and forth with the event loop; at the
+        # default 5 ms each hand-over can stall a commit that long under load.
+        sys.setswitchinterval(0.001)
 
     def _take_over_signals(self) -> None:
         # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
