@@ -2,7 +2,8 @@
 # Set up this checkout if needed, then run every check CI runs, in order,
 # stopping at the first one that fails:
 #   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test
-#   Python: ruff check, mypy --strict, pytest (unit and end-to-end)
+#   Python: ruff check, ruff format --check, mypy --strict, pytest (unit and end-to-end)
+# Arguments go to pytest, e.g. `./scripts/test.sh tests/e2e -k resume`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -40,14 +41,9 @@ for dir in python tests loadtests; do
     [[ -d "$dir" ]] && ruff_paths+=("$dir")
 done
 check "ruff check" "$VENV/bin/ruff" check "${ruff_paths[@]}"
+check "ruff format" "$VENV/bin/ruff" format --check "${ruff_paths[@]}"
 check "mypy (package voxgate)" "$VENV/bin/mypy"
-mypy_tests=()
-for path in tests/conftest.py tests/servers.py tests/e2e tests/loadtests; do
-    [[ -e "$path" ]] && mypy_tests+=("$path")
-done
-if ((${#mypy_tests[@]})); then
-    check "mypy (test harness)" "$VENV/bin/mypy" --strict "${mypy_tests[@]}"
-fi
+check "mypy (tests and load tests)" "$VENV/bin/mypy" --strict tests loadtests
 
 # pytest exits 5 when it collected no test: a run that tests nothing fails.
 pytest_run() {
@@ -58,6 +54,6 @@ pytest_run() {
     fi
     return "$rc"
 }
-check "pytest" pytest_run
+check "pytest" pytest_run "$@"
 
 printf '\ntest.sh: all checks passed\n'

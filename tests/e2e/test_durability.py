@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from e2e.wire import Api, Sender, frame, payload_for, stream_crc
 from servers import Server, start_server
@@ -39,8 +40,12 @@ async def wait_for_acks(sender: Sender, task: asyncio.Task[None], count: int) ->
         await asyncio.sleep(0.01)
 
 
-async def test_acked_frames_survive_kill_9_and_the_stream_completes(tmp_path: Path) -> None:
-    with start_server(tmp_path) as server:
+@pytest.mark.parametrize("durability", ["fsync", "process"])
+async def test_acked_frames_survive_kill_9_and_the_stream_completes(
+    tmp_path: Path, durability: str
+) -> None:
+    # Both levels survive a killed process (PROTOCOL section 6).
+    with start_server(tmp_path, env={"VOXGATE_DURABILITY": durability}) as server:
         async with api_for(server) as api:
             sid = await api.new_session()
 
