@@ -16,6 +16,7 @@ import argparse
 import datetime
 import os
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import crc32c
@@ -83,7 +84,7 @@ async def stream(websocket: WebSocket, session_id: str) -> None:
     )
     try:
         while True:
-            message: dict[str, Any] = await websocket.receive()
+            message: Mapping[str, Any] = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")

@@ -77,6 +77,13 @@ def group_cpu_s(pgid: int) -> float:
     return total / tick
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (bytes), open fds and threads of one process; {} if it is gone."""
     out: dict[str, int] = {}

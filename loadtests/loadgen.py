@@ -128,9 +128,10 @@ class Stream(WSListener):
         if kind == WSMsgType.TEXT:
             self.on_message(orjson.loads(frame.get_payload_as_bytes()))
         elif kind == WSMsgType.CLOSE:
-            self.closed_code = frame.get_close_code()
+            code = frame.get_close_code()
+            self.closed_code = code.value
             self.run.count_close(self.closed_code)
-            transport.send_close(self.closed_code)
+            transport.send_close(code)
             transport.disconnect()
         elif kind == WSMsgType.PING:
             transport.send_pong(frame.get_payload_as_bytes())
@@ -264,7 +265,7 @@ class Stream(WSListener):
         expected = 0
         for _ in range(end_seq):
             expected = _native.crc32c_combine(expected, self.run.payload_crc, self.fb)
-        ok = (
+        ok: bool = (
             done["frames"] == end_seq + 1
             and done["bytes"] == end_seq * self.fb
             and done["stream_crc32c"] == expected

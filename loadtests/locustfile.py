@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
-import gevent
+import gevent  # type: ignore[import-untyped]
 import orjson
 import websocket  # websocket-client
 from locust import FastHttpUser, User, between, events, task
@@ -132,7 +132,7 @@ class StreamUser(User):
         self.open_stream()
 
     def _fire(self, name: str, ms: float, length: int, exc: BaseException | None) -> None:
-        events.request.fire(
+        events.request.fire(  # type: ignore[no-untyped-call]
             request_type="WS",
             name=name,
             response_time=ms,
@@ -144,7 +144,7 @@ class StreamUser(User):
     def open_stream(self) -> None:
         import requests
 
-        base = self.host.rstrip("/")
+        base = (self.host or "").rstrip("/")
         start = time.perf_counter()
         try:
             created = requests.post(

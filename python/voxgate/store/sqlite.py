@@ -146,6 +146,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+
 def _from_json(columns: int) -> str:
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
 
