@@ -44,6 +44,9 @@ async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "streams": len(runtime.streams),
         "gc_objects": len(gc.get_objects()),
         "writer_held_bytes": runtime.writer.held_bytes,
+        "writer_commits": runtime.writer.commits,
+        "writer_frames": runtime.writer.frames,
+        "writer_busy_s": round(runtime.writer.busy_s, 3),
         "inflight_bytes": ledger.inflight_bytes,
         "ledger_streams": ledger.streams,
     }

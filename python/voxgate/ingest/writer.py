@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
@@ -101,6 +102,7 @@ class Writer:
         self._stopping = False
         self.commits = 0  # store commits run
         self.frames = 0  # frames handed to the store
+        self.busy_s = 0.0  # time spent waiting for store commits
 
     @property
     def held_bytes(self) -> int:
@@ -267,7 +269,11 @@ class Writer:
         try:
             self.commits += 1
             self.frames += len(frames)
-            result = await self.store.commit(frames)
+            started = time.perf_counter()
+            try:
+                result = await self.store.commit(frames)
+            finally:
+                self.busy_s += time.perf_counter() - started
         except asyncio.CancelledError:
             self._settle(batch, StoreError("writer stopped before the commit finished"))
             raise
