@@ -378,7 +378,7 @@ class Run:
 
     async def _load(self, result: LoadResult) -> None:
         spec = self.spec
-        start = time.perf_counter() + 0.05
+        start = time.perf_counter()
         self.window_start = start
         if spec.duration_s is not None:
             self.window_end = start + spec.duration_s
