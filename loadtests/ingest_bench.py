@@ -418,7 +418,11 @@ def cmd_targets(args: argparse.Namespace) -> int:
             f"{_fmt(p99)} ms",
             bool(p99 is not None and p99 <= 50 and not p["errors"]),
         ),
-        (f"{paced.streams} real-time streams: nothing lost", f"{lost} lost", lost == 0),
+        (
+            f"{paced.streams} real-time streams: nothing lost",
+            "not shown: streams did not drain" if lost is None else f"{lost} lost",
+            lost == 0,
+        ),
         ("idle open stream <= 30 KB resident", f"{per_stream / 1000:.1f} KB", per_stream <= 30_000),
     ]
     print("\ninformational: voxgate / (b) pure-Python core x" + _fmt(b, ".3f"))

@@ -118,7 +118,8 @@ def server_stats(http: httpx.Client) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="voxgate-soak-", dir=args.data_root) as tmp:
-        server = start_server("voxgate", Path(tmp), durability=args.durability)
+        extra = dict(item.split("=", 1) for item in args.server_env)
+        server = start_server("voxgate", Path(tmp), durability=args.durability, extra_env=extra)
         http = httpx.Client(
             base_url=server.base_url,
             headers={"Authorization": f"Bearer {API_KEY}"},
@@ -211,6 +212,7 @@ def verdict(
             "sample_s": args.sample_s,
             "max_growth_mb": args.max_growth_mb,
             "durability": args.durability,
+            "server_env": args.server_env,
             "frames_per_s_per_stream": 1000 / FRAME_MS,
         },
         "rss_growth_after_warmup_mb": None if growth_mb is None else round(growth_mb, 2),
@@ -254,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--json", dest="json_out", default=None)
     parser.add_argument("--verbose", action="store_true", help="print every sample")
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE",
+        help="extra environment for the server (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not 1 <= args.streams <= 5000 or not 0 < args.duration <= 7200:
         parser.error("--streams must be 1..5000 and --duration 0..7200 s")
