@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
-    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook
+    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook, limit_malloc_arenas
 
     try:
         settings = Settings.from_env()
@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     os.environ[WORKERS_ENV] = str(args.workers)
     install_shutdown_hook()
+    limit_malloc_arenas()
     server = Server(
         "voxgate.app:app_from_env",
         address=args.host,
