@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from voxgate.settings import Settings
+
 HERE = Path(__file__).resolve().parent
 API_KEY = "bench-key"
 STARTUP_TIMEOUT_S = 30.0
@@ -206,6 +208,9 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     if window_bytes is not None:
         env["VOXGATE_WINDOW_BYTES"] = str(window_bytes)
+        # The window may not be below the largest frame: a small one lowers that too.
+        if window_bytes < Settings().max_frame_bytes:
+            env["VOXGATE_MAX_FRAME_BYTES"] = str(window_bytes)
     data_dir = None
     if kind in ("voxgate", "voxgate-py"):
         data_dir = root / f"data-{kind}-{port}"
@@ -215,6 +220,12 @@ def start_server(
             "VOXGATE_DURABILITY": durability,
             "VOXGATE_LOG_LEVEL": "WARNING",
             "VOXGATE_NATIVE": "python" if kind == "voxgate-py" else "rust",
+            # Every simulated stream has its own session and token, all from one address.
+            "VOXGATE_RATE_LIMIT_SESSIONS": "off",
+            "VOXGATE_RATE_LIMIT_TOKENS": "off",
+            "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": "off",
+            "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
+            "VOXGATE_MAX_STREAMS_PER_IP": "0",
         }
         command = [*_voxgate_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers)]

@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -613,10 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--servers", default="voxgate,litestar", help=f"any of {', '.join(KINDS)}")
     c.add_argument("--streams", type=int, default=16)
     c.add_argument("--frame-bytes", type=int, default=640)
-    c.add_argument("--frames-per-message", type=int, default=1)
+    c.add_argument("--frames-per-message", type=int, default=10)
     c.add_argument("--duration", type=float, default=10.0, help="seconds per server")
     c.add_argument("--rate", type=float, default=None, help="frames/s per stream (paced)")
-    c.add_argument("--driver", choices=("picows", "client"), default="picows")
+    c.add_argument("--driver", choices=("picows", "raw", "client"), default="picows")
     c.set_defaults(handler=cmd_compare)
 
     t = commands.add_parser("targets", parents=[common], help="every target, one run")
@@ -652,7 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        argv = ["compare", *argv]  # the earlier form, without a subcommand
     args = build_parser().parse_args(argv)
+    if getattr(args, "driver", None) == "raw":
+        args.driver = "picows"  # the earlier name of the lean load loop
     if getattr(args, "streams", 1) < 1 or getattr(args, "streams", 1) > 5000:
         raise SystemExit("--streams must be 1..5000")
     if getattr(args, "duration", 1.0) <= 0 or getattr(args, "duration", 1.0) > 600:

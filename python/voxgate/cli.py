@@ -1,29 +1,42 @@
-"""``voxgate`` command line: serve, stream."""
+"""``voxgate`` command line: serve, stream, db."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
 from voxgate.settings import Settings, SettingsError
+from voxgate.store.base import StoreError
+from voxgate.store.cli import add_db_command, check_database
+
+# Seconds after VOXGATE_SHUTDOWN_GRACE_S for commits already submitted to finish.
+KILL_AFTER_GRACE_S = 10
 
 
 def _serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
-    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook, limit_malloc_arenas
+    from voxgate.logs import dict_config
 
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return 2
+    try:
+        asyncio.run(check_database(settings))
+    except StoreError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 1
     # Made here, before workers start, so every worker finds the same key.
     os.makedirs(settings.data_dir, exist_ok=True)
     _, generated = ensure_api_keys(settings)
@@ -32,6 +45,11 @@ def _serve(args: argparse.Namespace) -> int:
             f"voxgate: generated API key (stored in {settings.data_dir}/api_key): {generated}",
             flush=True,
         )
+    if args.workers > 1:
+        _share_metrics(Path(settings.data_dir) / "metrics")
+    # Imported only now: it loads prometheus_client, which must see the directory above.
+    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook, limit_malloc_arenas
+
     os.environ[WORKERS_ENV] = str(args.workers)
     install_shutdown_hook()
     limit_malloc_arenas()
@@ -43,10 +61,25 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         factory=True,
         websockets=True,
-        log_access=False,
+        log_access=False,  # it would log query strings, and ?token= is one
+        log_dictconfig=dict_config(settings.log_level),
+        # A worker still alive this long after SIGTERM is killed: exit is bounded even
+        # if a commit hangs (acks follow durability, so nothing acked is lost).
+        workers_kill_timeout=math.ceil(settings.shutdown_grace_s) + KILL_AFTER_GRACE_S,
     )
     server.serve()
     return 0
+
+
+def _share_metrics(directory: Path) -> None:
+    """Multiprocess metrics: every worker writes its values under ``directory``.
+
+    Set before any worker imports prometheus_client; emptied first so values of
+    a previous run do not count.
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # voxgate.metrics.MULTIPROC_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
     add_stream_command(commands)
+    add_db_command(commands)
     return parser
 
 

@@ -14,16 +14,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from voxgate.auth import ensure_api_keys
+from voxgate.clientip import parse_networks
 from voxgate.core import NAME as CORE_NAME
 from voxgate.core import native as _native
+from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
+from voxgate.limits import Limits, RedisRateLimiter
 from voxgate.settings import Settings
 from voxgate.store.base import Store
+from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
+from voxgate.tokens.metered import MeteredTokenStore
+from voxgate.tokens.redis import (
+    REDIS_ERRORS,
+    RedisTokenStore,
+    hiredis_in_use,
+    redacted_url,
+    redis_client,
+)
 from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
@@ -78,6 +92,12 @@ def install_shutdown_hook() -> None:
     granian_signals.set_loop_signals = set_loop_signals
 
 
+_SINGLE_INSTANCE = (
+    "VOXGATE_REDIS_URL is not set: stream tokens live in %s, so this is single-instance "
+    "only; set VOXGATE_REDIS_URL before running a second instance"
+)
+
+
 class Runtime:
     """Store, writer, tokens, ledger and open streams of this process."""
 
@@ -85,18 +105,56 @@ class Runtime:
         self.settings = settings
         self.api_keys, generated = ensure_api_keys(settings)
         if generated is not None:
-            log.warning("generated API key (kept in %s/api_key): %s", settings.data_dir, generated)
+            log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store: Store = SqliteStore(
-            data_dir, durability=settings.durability, segment_max_bytes=settings.segment_max_bytes
-        )
+        self.store: Store
+        if settings.database_url:
+            # PostgreSQL's commit is the durability point at either durability level.
+            self.store = PostgresStore(
+                settings.database_url,
+                pool_min=settings.database_pool_min,
+                pool_max=settings.database_pool_max,
+                migrate=settings.database_migrate,
+                timeout_s=settings.database_timeout_s,
+            )
+        else:
+            self.store = SqliteStore(
+                data_dir,
+                durability=settings.durability,
+                segment_max_bytes=settings.segment_max_bytes,
+            )
+        self.streams = StreamRegistry()
         self.tokens: TokenStore
-        if int(os.environ.get(WORKERS_ENV, "1")) > 1:
+        # Redis, when configured, is shared by every instance: tokens and takeover notices.
+        self.redis: Redis | None = None
+        self.claims: ClaimChannel | None = None
+        if settings.redis_url:
+            self.redis = redis_client(settings.redis_url)
+            self.tokens = RedisTokenStore(self.redis)
+            self.claims = ClaimChannel(self.redis, self.streams.supersede)
+            self.streams.announce = self.claims.announce
+            log.info(
+                "stream tokens in Redis at %s (hiredis parser: %s)",
+                redacted_url(settings.redis_url),
+                "yes" if hiredis_in_use() else "no",
+            )
+        elif int(os.environ.get(WORKERS_ENV, "1")) > 1:
             # Worker processes must share tokens: a file every worker of this host sees.
             self.tokens = SqliteTokenStore(data_dir / "tokens.db")
+            log.warning(_SINGLE_INSTANCE, "a file of this host's data dir")
         else:
             self.tokens = MemoryTokenStore()
+            log.warning(_SINGLE_INSTANCE, "this process's memory")
+        self.tokens = MeteredTokenStore(self.tokens)
+        workers = int(os.environ.get(WORKERS_ENV, "1"))
+        self.limits = Limits(
+            settings,
+            # The one Redis client of this process, when there is Redis.
+            RedisRateLimiter(self.redis) if self.redis is not None else None,
+            shared_file=data_dir / "limits.db" if workers > 1 else None,
+        )
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.writer = Writer(
             self.store, max_frames=settings.commit_max_frames, max_bytes=settings.commit_max_bytes
         )
@@ -107,7 +165,6 @@ class Runtime:
             # Hard cap: credit already granted may overshoot the high watermark by this much.
             2 * settings.global_high_bytes,
         )
-        self.streams = StreamRegistry()
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -116,6 +173,13 @@ class Runtime:
         await self.store.open()
         await self.writer.start()
         self.streams.start(self)
+        if self.redis is not None and self.claims is not None:
+            self.claims.start()
+            try:
+                await self.redis.ping()
+            except REDIS_ERRORS as exc:
+                # Not fatal: minting answers 503 until Redis is back, then all recovers.
+                log.error("Redis unreachable at start, tokens unavailable until it is: %s", exc)
         self._take_over_signals()
         # What exists after start-up lives as long as the process: keep it out of
         # every later collection (the ingest path allocates fast; full collections
@@ -169,4 +233,9 @@ class Runtime:
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.tokens.close()
+        await self.limits.close()
+        if self.claims is not None:
+            await self.claims.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.store.close()

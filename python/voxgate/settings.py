@@ -8,10 +8,13 @@ from typing import Literal
 
 import msgspec
 
+from voxgate.clientip import parse_networks
+from voxgate.rates import RATE_NAMES, parse_rate
+
 Durability = Literal["fsync", "process"]
 
 # Fields whose environment value is a comma-separated list.
-_LIST_FIELDS = frozenset({"api_keys", "cors_origins"})
+_LIST_FIELDS = frozenset({"api_keys", "cors_origins", "trusted_proxies"})
 
 
 class SettingsError(ValueError):
@@ -44,22 +47,51 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # PROTOCOL section 5: stream tokens.
     token_ttl_s: int = 60
     token_max_ttl_s: int = 3600
+    # Redis shared by every instance: stream tokens, stream-takeover notices and rate limits.
+    # Empty: tokens live in this process (or this host's data dir), single instance only.
+    redis_url: str = ""
 
     idle_timeout_s: float = 60.0
     # Open streams one worker process serves at once; more are refused with 4429.
     max_streams: int = 10_000
     # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
     shutdown_grace_s: float = 10.0
+    # How often each process asks the store whether another one took over its streams
+    # (with Redis, takeovers are also announced at once; this poll is the safety net).
+    supersede_poll_s: float = 0.25
 
     # Group commit: the most frames and bytes one transaction takes.
     commit_max_frames: int = 4096
     commit_max_bytes: int = 32 * 1024 * 1024
     segment_max_bytes: int = 64 * 1024 * 1024
 
+    # PostgreSQL store: with a URL, sessions and payloads live in PostgreSQL (no segment
+    # files). Pool sizes are per worker process; migrations are applied at start unless
+    # database_migrate is false (then `voxgate db migrate` must have run).
+    database_url: str | None = None
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+    database_migrate: bool = True
+    # Bounds connecting, waiting for a pooled connection and each statement.
+    database_timeout_s: float = 30.0
+
     log_level: str = "INFO"
     # The hot-path core: "rust" (voxgate._native) or "python" (voxgate._pynative, for
     # benchmark comparisons only). Read once at import by voxgate.core.
     native: Literal["rust", "python"] = "rust"
+
+    # Abuse limits (docs/operations.md): per client IP, "COUNT/PERIOD" with PERIOD
+    # in s, m or h (for example "10/5m"), or "off". Shared across instances
+    # through redis_url when it is set.
+    rate_limit_sessions: str = "10/5m"
+    rate_limit_tokens: str = "20/15m"
+    rate_limit_transcripts: str = "120/1m"
+    # Stream connections accepted per session (not per IP) in a window.
+    rate_limit_session_connects: str = "30/1m"
+    # Open streams one worker process serves for one client IP; 0 for no cap.
+    max_streams_per_ip: int = 64
+    # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
@@ -77,6 +109,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError("VOXGATE_SHUTDOWN_GRACE_S must not be negative")
+        if self.supersede_poll_s <= 0:
+            raise SettingsError("VOXGATE_SUPERSEDE_POLL_S must be positive")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("VOXGATE_REDIS_URL must start with redis://, rediss:// or unix://")
+        if not 0 <= self.database_pool_min <= self.database_pool_max or self.database_pool_max < 1:
+            raise SettingsError(
+                "VOXGATE_DATABASE_POOL_MIN and _MAX need 0 <= min <= max and max >= 1"
+            )
+        if self.database_timeout_s <= 0:
+            raise SettingsError("VOXGATE_DATABASE_TIMEOUT_S must be positive")
+        if self.max_streams_per_ip < 0:
+            raise SettingsError("VOXGATE_MAX_STREAMS_PER_IP must be 0 (no cap) or more")
+        for name in RATE_NAMES:
+            try:
+                parse_rate(getattr(self, f"rate_limit_{name}"))
+            except ValueError as exc:
+                raise SettingsError(f"VOXGATE_RATE_LIMIT_{name.upper()}: {exc}") from None
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"VOXGATE_TRUSTED_PROXIES: {exc}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

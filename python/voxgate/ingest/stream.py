@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
@@ -21,9 +23,11 @@ import orjson
 from litestar import WebSocket, websocket
 from litestar.types import WebSocketSendEvent
 
+from voxgate import logs, metrics
 from voxgate.auth import bearer
 from voxgate.core import native as _native
 from voxgate.ingest.tally import WINDOW, Tally, precheck
+from voxgate.rates import SESSION_CONNECTS
 from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
 log = logging.getLogger("voxgate.stream")
+events = logs.get("voxgate.stream")
 
 SUBPROTOCOL = "voxgate.v1"
 TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
@@ -38,10 +43,16 @@ TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
 # Above this many unsent nack seqs the reader waits for the handler to flush,
 # so a client ignoring nacks cannot grow the outbox without bound.
 _MAX_PENDING_REJECTIONS = 65_536
-# How often this process asks the store whether another process took over one of its streams.
-_SUPERSEDE_POLL_S = 0.25
 # How long a closing stream waits for its in-flight commits so their acks go out.
 _CLOSE_FLUSH_S = 2.0
+# Closes that find the client mid-stream through no fault of its own. Before them the
+# stream quiesces: window 0, acks for what becomes durable, then the close once the
+# client has gone quiet. Granian drops the TCP connection right after the close frame;
+# client data still unread then turns that into a reset, which can destroy the close
+# frame on its way (the client sees 1006 instead of 1001 or 4409).
+_QUIESCE_CODES = frozenset({1001, 1013, 4409})
+# Quiet this long (nothing received, no commit pending) before closing: above a round trip.
+_CLOSE_QUIET_S = 0.1
 
 
 class Close(Exception):
@@ -61,12 +72,20 @@ class StreamRegistry:
         self._by_session: dict[str, StreamConnection] = {}
         self._poller: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
+        # Tells other instances at once that this one claimed a stream (Redis pub/sub);
+        # None without Redis: the store poll alone carries takeovers across processes.
+        self.announce: Callable[[str, int], None] | None = None
+        # Set by the first close_all: when the shutdown grace ends, on the loop's clock.
+        self._closing_until: float | None = None
 
     def __len__(self) -> int:
         return len(self._by_session)
 
     def register(self, conn: StreamConnection) -> None:
         """Make ``conn`` its session's stream here, superseding an older local one."""
+        if self._closing_until is not None:
+            # Its handshake began before shutdown did: close it like the others.
+            conn.fail(Close(1001, "going_away", "server shutting down"))
         old = self._by_session.get(conn.session_id)
         if old is not None and old.generation < conn.generation:
             old.fail(
@@ -74,6 +93,8 @@ class StreamRegistry:
             )
         if old is None or old.generation < conn.generation:
             self._by_session[conn.session_id] = conn
+            if self.announce is not None:
+                self.announce(conn.session_id, conn.generation)
         else:
             conn.fail(
                 Close(4409, "superseded", "a newer connection took over this session's stream")
@@ -93,10 +114,18 @@ class StreamRegistry:
     def start(self, runtime: Runtime) -> None:
         self._poller = asyncio.create_task(self._poll_generations(runtime))
 
+    def supersede(self, session_id: str, generation: int) -> None:
+        """A connection somewhere claimed ``generation``: close an older one held here."""
+        conn = self._by_session.get(session_id)
+        if conn is not None and conn.generation < generation:
+            conn.fail(
+                Close(4409, "superseded", "a newer connection took over this session's stream")
+            )
+
     async def _poll_generations(self, runtime: Runtime) -> None:
         # Streams of other processes or instances claim sessions through the store.
         while True:
-            await asyncio.sleep(_SUPERSEDE_POLL_S)
+            await asyncio.sleep(runtime.settings.supersede_poll_s)
             if not self._by_session:
                 continue
             try:
@@ -105,16 +134,18 @@ class StreamRegistry:
                 log.warning("cannot check stream generations: %s", exc)
                 continue
             for session_id, generation in current.items():
-                conn = self._by_session.get(session_id)
-                if conn is not None and conn.generation < generation:
-                    conn.fail(
-                        Close(
-                            4409, "superseded", "a newer connection took over this session's stream"
-                        )
-                    )
+                self.supersede(session_id, generation)
 
     async def close_all(self, grace_s: float) -> None:
-        """Close every stream with 1001 (going away) and wait up to ``grace_s`` for them."""
+        """Close every stream with 1001 (going away) and wait for them.
+
+        The wait ends ``grace_s`` after the first call at the latest: a second
+        call (the lifespan shutdown after the signal's drain) only uses what is
+        left of the grace.
+        """
+        loop = asyncio.get_running_loop()
+        if self._closing_until is None:
+            self._closing_until = loop.time() + grace_s
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -125,7 +156,7 @@ class StreamRegistry:
         if self._by_session:
             self._emptied.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
+                async with asyncio.timeout_at(self._closing_until):
                     await self._emptied.wait()
 
 
@@ -170,6 +201,9 @@ class StreamConnection:
         self._commits_done = asyncio.Event()
         self.frames = 0
         self.bytes = 0
+        self._opened = time.monotonic()
+        self._ack_since: float | None = None  # receipt of the oldest frame awaiting an ack
+        self._peer_code: int | None = None
 
     # -- signals from other tasks -------------------------------------------------
 
@@ -219,6 +253,8 @@ class StreamConnection:
                 await self._flush()
                 if self._close is not None or self._disconnected:
                     break
+            if self._close is not None and self._close.code in _QUIESCE_CODES:
+                await self._quiesce()
             # Granian drops a close while a receive is pending: stop the reader first.
             await _stop(reader)
             if self._close is not None and not self._disconnected:
@@ -235,6 +271,7 @@ class StreamConnection:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             await _stop(reader)
+            self._log_close()
             self.runtime.streams.unregister(self)
             self._ledger_open = False
             if self._ledger.close(self._handle):
@@ -253,6 +290,42 @@ class StreamConnection:
         loop = asyncio.get_running_loop()
         self._idle_timer = loop.call_later(max(remaining, 0.05), self._watch_idle)
 
+    def _log_close(self) -> None:
+        metrics.ACTIVE_STREAMS.dec()
+        if self._close is not None and not self._disconnected:
+            code, by, error = self._close.code, "server", self._close.error
+        else:
+            code, by, error = self._peer_code or 1006, "client", None
+        metrics.STREAM_CLOSES.labels(str(code), by).inc()
+        events.info(
+            "stream.close",
+            session_id=self.session_id,
+            code=code,
+            by=by,
+            error=error,
+            frames=self.frames,
+            bytes=self.bytes,
+            duration_s=round(time.monotonic() - self._opened, 3),
+        )
+
+    async def _quiesce(self) -> None:
+        """Before a close: announce window 0, ack what becomes durable, and wait (at most
+        ``_CLOSE_FLUSH_S``) until nothing is pending and the client has gone quiet."""
+        self._window_offer = True  # an ack with window 0 even if nothing is left to ack
+        deadline = time.monotonic() + _CLOSE_FLUSH_S
+        while not self._disconnected:
+            await self._flush()
+            now = time.monotonic()
+            quiet_for = now - self._last_rx
+            if (not self._commits and quiet_for >= _CLOSE_QUIET_S) or now >= deadline:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(
+                    min(deadline - now, max(_CLOSE_QUIET_S - quiet_for, 0.01))
+                ):
+                    await self._wake.wait()
+            self._wake.clear()
+
     async def _send(self, message: dict[str, Any]) -> None:
         await self.socket.send(_text_event(message))
 
@@ -267,18 +340,21 @@ class StreamConnection:
         if tally.gone:
             self.fail(Close(4410, "gone", "session deleted: it no longer accepts frames"))
         for reason, ranges in tally.take_rejections():
+            metrics.record_nack("websocket", reason, ranges)
             await self._send({"type": "nack", "ranges": ranges, "reason": reason})
         if tally.has_acks() or self._window_offer:
             self._window_offer = False
             acked, duplicate = tally.take_acks()
+            # A closing stream grants no credit: the client stops sending.
+            window = 0 if self._close is not None else self._ledger.window(self._handle)
             await self._send(
-                {
-                    "type": "ack",
-                    "acked": acked,
-                    "duplicate": duplicate,
-                    "window_bytes": self._ledger.window(self._handle),
-                }
+                {"type": "ack", "acked": acked, "duplicate": duplicate, "window_bytes": window}
             )
+            metrics.record_acks("websocket", acked, duplicate)
+            metrics.ACK_WINDOW.observe(window)
+            if self._ack_since is not None:
+                metrics.ACK_LATENCY.observe(time.monotonic() - self._ack_since)
+                self._ack_since = None
         while self._pongs:
             await self._send({"type": "pong", "t": self._pongs.pop(0)})
         if self._complete is not None and not self._complete_sent:
@@ -290,9 +366,11 @@ class StreamConnection:
 
     async def _read(self) -> None:
         receive = self.socket.receive
-        while self._close is None:
+        # Reads on while a quiescing close waits for the client to go quiet.
+        while self._close is None or self._close.code in _QUIESCE_CODES:
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                self._peer_code = message.get("code")
                 self._disconnected = True
                 self._wake.set()
                 return
@@ -339,7 +417,7 @@ class StreamConnection:
             reason = precheck(seq, verdict, self._end_seq, seq_limit)
             if reason is not None:
                 tally.reject(seq, reason)
-            elif not ledger.admit(handle, length):
+            elif self._close is not None or not ledger.admit(handle, length):
                 tally.reject(seq, WINDOW)
             else:
                 batch.append(
@@ -347,9 +425,10 @@ class StreamConnection:
                 )
                 batch_bytes += length
         if batch:
+            rx = self._last_rx
 
             def done(result: CommitResult | None, exc: BaseException | None) -> None:
-                self._on_commit(result, exc, batch, batch_bytes)
+                self._on_commit(result, exc, batch, batch_bytes, rx)
 
             try:
                 self.runtime.writer.submit(batch, batch_bytes, done, session_id)
@@ -367,6 +446,7 @@ class StreamConnection:
         exc: BaseException | None,
         batch: list[FrameIn],
         nbytes: int,
+        rx: float,
     ) -> None:
         self._commits -= 1
         if not self._commits:
@@ -385,6 +465,9 @@ class StreamConnection:
         self._tally.record(batch, result.outcomes)
         self.frames += len(batch)
         self.bytes += nbytes
+        metrics.INGESTED_BYTES["websocket"].inc(nbytes)
+        if self._ack_since is None or rx < self._ack_since:
+            self._ack_since = rx
         progress = result.progress.get(self.session_id)
         if progress is not None:
             self._next_seq = max(self._next_seq, progress.next_seq)
@@ -425,6 +508,8 @@ def _credentials(socket: WebSocket[Any, Any, Any]) -> tuple[str | None, bool]:
 
 
 async def _reject(socket: WebSocket[Any, Any, Any], close: Close) -> None:
+    metrics.STREAM_CLOSES.labels(str(close.code), "server").inc()
+    events.info("stream.refused", code=close.code, error=close.error)
     with contextlib.suppress(OSError, Exception):
         await socket.send(
             _text_event({"type": "error", "code": close.error, "message": close.message})
@@ -465,6 +550,14 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             raise Close(4410, "gone", "session deleted: it no longer accepts frames")
         if token_session != session_id:
             raise Close(4403, "forbidden", "stream token is for another session")
+        connects = await runtime.limits.check(SESSION_CONNECTS, session_id)
+        if connects is not None and not connects.allowed:
+            raise Close(
+                4429,
+                "rate_limited",
+                f"too many connections to this session, retry in "
+                f"{math.ceil(connects.retry_after_s)} s",
+            )
         generation = await runtime.store.claim_stream(session_id)
         # Re-read after claiming so no commit of an older stream slips between.
         session = await runtime.store.get_session(session_id) or session
@@ -489,4 +582,13 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             session.end_seq, session.frames, session.bytes, session.stream_crc32c or 0
         )
     runtime.streams.register(conn)
+    metrics.ACTIVE_STREAMS.inc()
+    events.info(
+        "stream.open",
+        session_id=session_id,
+        generation=generation,
+        next_seq=session.next_seq,
+        missing=len(missing),
+        state=str(session.state),
+    )
     await conn.run(missing)

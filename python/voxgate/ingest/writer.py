@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from voxgate import metrics
 from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.writer")
@@ -269,11 +270,13 @@ class Writer:
         try:
             self.commits += 1
             self.frames += len(frames)
+            metrics.COMMIT_FRAMES.observe(len(frames))
             started = time.perf_counter()
             try:
                 result = await self.store.commit(frames)
             finally:
                 self.busy_s += time.perf_counter() - started
+            metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
         except asyncio.CancelledError:
             self._settle(batch, StoreError("writer stopped before the commit finished"))
             raise
