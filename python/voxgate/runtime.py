@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
-import platform
 import signal
 import sys
 from collections.abc import Callable
@@ -45,28 +43,8 @@ log = logging.getLogger("voxgate")
 # Set by ``voxgate serve`` for its worker processes.
 WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
 
-_M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
-
 # The shutdown trigger Granian made for this worker's event loop (see install_shutdown_hook).
 _GRANIAN_SHUTDOWN: list[Any] = []
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas for this process and the workers it forks.
-
-    Granian's I/O threads allocate the messages the event loop frees; with
-    glibc's default of 8 arenas per core, memory freed that way stays spread
-    over many arenas, and resident memory grew by 9 MB in a 15-minute soak
-    (with 2 arenas: flat). An explicit ``MALLOC_ARENA_MAX`` is left alone.
-    Returns True when the cap was set.
-    """
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
 
 
 def install_shutdown_hook() -> None:
