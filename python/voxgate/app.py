@@ -18,6 +18,7 @@ from voxgate.api.listen import events, listen, listener_stats, mint_listen_token
 from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
+from voxgate.api.stats import stats
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.errors import EXCEPTION_HANDLERS
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> Litestar:
             audio,
             upload,
             stream,
+            stats,
             *(post_transcript, list_transcripts, relay_transcript),
             *(events, listen, mint_listen_token, listener_stats),
         ],

@@ -90,6 +90,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     listen_poll_s: float = 0.0
 
     log_level: str = "INFO"
+    # The hot-path core: "rust" (voxgate._native) or "python" (voxgate._pynative, for
+    # benchmark comparisons only). Read once at import by voxgate.core.
+    native: Literal["rust", "python"] = "rust"
 
     # Abuse limits (docs/operations.md): per client IP, "COUNT/PERIOD" with PERIOD
     # in s, m or h (for example "10/5m"), or "off". Shared across instances

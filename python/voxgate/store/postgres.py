@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from voxgate._native import crc32c
+from voxgate.core import native
 from voxgate.ids import new_session_id
 from voxgate.store import migrations
 from voxgate.store.base import (
@@ -55,6 +55,8 @@ from voxgate.store.base import (
 )
 from voxgate.store.migrations import Connection
 from voxgate.store.tally import SessionTally
+
+crc32c = native.crc32c
 
 log = logging.getLogger("voxgate.store")
 

@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import orjson
 
-from voxgate._native import crc32c
+from voxgate.core import native
 from voxgate.ids import new_session_id
 from voxgate.store.base import (
     CommitResult,
@@ -70,6 +71,8 @@ from voxgate.store.base import (
 from voxgate.store.tally import SessionTally as _Tally
 
 log = logging.getLogger("voxgate.store")
+
+FLAG_END, crc32c, crc32c_combine = native.FLAG_END, native.crc32c, native.crc32c_combine
 
 T = TypeVar("T")
 
@@ -164,6 +167,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX transcripts_by_key ON transcripts (session_id, role, seq, is_final)",
     ),
+)
+
+
+def _from_json(columns: int) -> str:
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
+
+
+_INSERT_FRAMES = (
+    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c, segment, offset)"
+    f" SELECT {_from_json(8)} FROM json_each(?)"
+)
+_UPDATE_SESSIONS = (
+    "UPDATE sessions SET state = u.c0, next_seq = u.c1, frames = u.c2, bytes = u.c3,"
+    " end_seq = u.c4, stream_crc32c = u.c5, prefix_seq = u.c6, prefix_crc32c = u.c7,"
+    " updated_at = u.c8 FROM (SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(10))
+    + " FROM json_each(?)) AS u WHERE sessions.id = u.c9"
 )
 
 _SESSION_COLUMNS = (
@@ -796,19 +816,21 @@ class SqliteStore:
         session_ids = list(dict.fromkeys(frame.session_id for frame in frames))
         try:
             conn.execute("BEGIN IMMEDIATE")
-            tallies = {
-                row[0]: _Tally(row[1:])
-                for row in conn.execute(
-                    "SELECT id, next_seq, frames, bytes, end_seq, stream_crc32c, prefix_seq,"
-                    " prefix_crc32c FROM sessions"
-                    " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?",
-                    (json.dumps(session_ids), SessionState.DELETED.value),
-                )
-            }
+            # One row holding every session as JSON: one step, one GIL hand-over.
+            (found,) = conn.execute(
+                "SELECT json_group_array(json_array(id, next_seq, frames, bytes, end_seq,"
+                " stream_crc32c, prefix_seq, prefix_crc32c)) FROM sessions"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?",
+                (orjson.dumps(session_ids), SessionState.DELETED.value),
+            ).fetchone()
+            tallies = {row[0]: _Tally(tuple(row[1:])) for row in orjson.loads(found)}
             # What is stored already at the seqs asked for: (crc32c, length, flags).
+            # Seqs at or past a session's next_seq cannot be stored yet (we hold the write
+            # lock): only resent frames need a look-up, not the ones streamed in order.
             seqs: dict[str, list[int]] = {}
             for frame in frames:
-                if frame.session_id in tallies:
+                tally = tallies.get(frame.session_id)
+                if tally is not None and frame.seq < tally.next_seq:
                     seqs.setdefault(frame.session_id, []).append(frame.seq)
             known: dict[tuple[str, int], tuple[int, int, int]] = {}
             for session_id, wanted in seqs.items():
@@ -852,11 +874,9 @@ class SqliteStore:
                     offset += length
 
             if rows:
-                conn.executemany(
-                    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c,"
-                    " segment, offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                # One statement for the whole batch: executemany would drop and retake the
+                # GIL once per row, and under load each retake waits on the event loop.
+                conn.execute(_INSERT_FRAMES, (orjson.dumps(rows),))
                 if payloads:
                     wrote = True
                     _pwrite_all(segment.fd, payloads, start)
@@ -887,12 +907,7 @@ class SqliteStore:
                             session_id,
                         )
                     )
-                conn.executemany(
-                    "UPDATE sessions SET state = ?, next_seq = ?, frames = ?, bytes = ?,"
-                    " end_seq = ?, stream_crc32c = ?, prefix_seq = ?, prefix_crc32c = ?,"
-                    " updated_at = ? WHERE id = ?",
-                    updates,
-                )
+                conn.execute(_UPDATE_SESSIONS, (orjson.dumps(updates),))
             conn.execute("COMMIT")
             segment.offset = offset
         except BaseException:

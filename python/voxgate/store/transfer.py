@@ -30,11 +30,13 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from voxgate._native import crc32c, crc32c_combine
+from voxgate.core import native
 from voxgate.store.base import FrameEntry, Session, SessionState, StoreError, Transcript
 from voxgate.store.migrations import Connection
 from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.sqlite import DB_NAME, SqliteStore
+
+crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
