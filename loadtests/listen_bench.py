@@ -14,6 +14,13 @@
   from the store by seq range (what voxgate does), or pushed through Redis
   pub/sub with every commit. Both report MB/s and CPU seconds per MB.
 
+``ingest`` starts ``voxgate serve`` (twice with ``--redis``, over one data
+dir: listeners on the second instance) and runs the load generator of
+``ingest_bench.py`` (``loadgen.py``) while N audio listeners, one per stream
+in a process of their own, read everything; it prints the ingest rate for
+each listener count, the ingesting server's CPU per frame and how much audio
+the listeners received.
+
 Only 127.0.0.1 is ever targeted; every phase is bounded.
 """
 
@@ -23,19 +30,25 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
+from websockets.asyncio.client import connect
 
-from voxgate._native import crc32c
+from benchservers import API_KEY, ServerProcess, sessions_and_tokens, start_server
+from ingest_bench import run_load
+from loadgen import LoadSpec
+from voxgate._native import FLAG_END, StreamDecoder, crc32c
 from voxgate.fanout.bus import RedisBus
 from voxgate.fanout.events import Out
 from voxgate.fanout.hub import Hub
@@ -258,6 +271,126 @@ def run_micro(args: argparse.Namespace) -> dict[str, Any]:
 # -- ingest with listeners ----------------------------------------------------------------
 
 
+def _listener_process(
+    conn: Connection, ws_base: str, session_ids: list[str], budget: float
+) -> None:
+    conn.send(asyncio.run(_listen(ws_base, session_ids, budget)))
+    conn.close()
+
+
+async def _listen(ws_base: str, session_ids: list[str], budget: float) -> dict[str, Any]:
+    """One audio listener per session, each until its session's END frame (or ``budget``)."""
+    heard = {"frames": 0, "bytes": 0}
+    closes: list[int] = []
+
+    async def one(sid: str) -> None:
+        decoder = StreamDecoder(1 << 20)
+        async with connect(
+            f"{ws_base}/v1/sessions/{sid}/listen?audio=true",
+            additional_headers={"Authorization": f"Bearer {API_KEY}"},
+            max_size=None,
+            compression=None,
+            ping_interval=None,
+        ) as ws:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(budget):
+                    async for message in ws:
+                        if not isinstance(message, bytes):
+                            continue
+                        for _, flags, _, payload, _, _ in decoder.feed(message):
+                            heard["frames"] += 1
+                            heard["bytes"] += len(payload or b"")
+                            if flags & FLAG_END:
+                                return
+            if ws.close_code is not None:
+                closes.append(ws.close_code)
+
+    await asyncio.gather(*(one(sid) for sid in session_ids), return_exceptions=True)
+    return {**heard, "closes": closes}
+
+
+def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="voxgate-listen-bench-") as tmp:
+        root = Path(tmp)
+        redis_cm = private_redis(root) if args.redis else contextlib.nullcontext()
+        with redis_cm as redis_url:
+            if args.redis and redis_url is None:
+                raise SystemExit("--redis needs redis-server installed")
+            for count in [int(n) for n in args.listeners.split(",")]:
+                results[str(count)] = _ingest_once(args, root / f"run{count}", count, redis_url)
+    where = "on a second instance via Redis" if args.redis else "on the same instance"
+    print(f"\ningest of {args.streams} streams, listeners {where}:")
+    print(
+        f"{'listeners':>9} {'frames/s':>11} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'heard MB':>9} {'A CPU us/frame':>15} {'other CPU s':>11}"
+    )
+    for label, result in results.items():
+        load, heard = result["load"], result["listeners"]
+        lat = load["latency_ms"]
+        print(
+            f"{label:>9} {load['frames_per_s']:>11,.0f} {load['mb_per_s']:>7.2f} "
+            f"{lat.get('p50', float('nan')):>7.2f} {lat.get('p99', float('nan')):>7.2f} "
+            f"{heard.get('bytes', 0) / 2**20:>9.1f}"
+            f" {1e6 * load['server_cpu_s'] / max(1, load['frames_acked']):>15.1f}"
+            f" {load['other_cpu_s']:>11.1f}"
+        )
+        if load["errors"]:
+            print(f"  errors: {load['errors'][:3]}")
+    return results
+
+
+def _ingest_once(
+    args: argparse.Namespace, root: Path, count: int, redis_url: str | None
+) -> dict[str, Any]:
+    root.mkdir(parents=True)
+    extra = {"VOXGATE_DATA_DIR": str(root / "data")}
+    if redis_url:
+        extra["VOXGATE_REDIS_URL"] = redis_url
+    ingest_server = start_server("voxgate", root, durability=args.durability, extra_env=extra)
+    listen_server: ServerProcess = ingest_server
+    try:
+        if redis_url:
+            listen_server = start_server(
+                "voxgate", root, durability=args.durability, extra_env=extra
+            )
+        sessions, tokens = sessions_and_tokens("voxgate", ingest_server.base_url, args.streams)
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe(duplex=False)
+        listeners = context.Process(
+            target=_listener_process,
+            args=(child, listen_server.ws_base, sessions[:count], args.duration + 60),
+            daemon=True,
+        )
+        if count:
+            listeners.start()
+            time.sleep(1.0)  # connected before the load starts
+        spec = LoadSpec(
+            target="voxgate",
+            ws_base=ingest_server.ws_base,
+            session_ids=sessions,
+            tokens=tokens,
+            frame_bytes=args.frame_bytes,
+            frames_per_message=args.frames_per_message,
+            duration_s=args.duration,
+            verify=True,  # END every stream: the listeners stop at it
+        )
+        print(f"ingest with {count} audio listeners for {args.duration:g} s ...", flush=True)
+        load = run_load(spec, ingest_server)
+        heard: dict[str, Any] = {}
+        if count:
+            heard = parent.recv() if parent.poll(args.duration + 90) else {}
+            listeners.join(5)
+            if listeners.is_alive():
+                listeners.kill()
+        load.pop("per_stream_acked", None)
+        return {"load": load, "listeners": heard}
+    finally:
+        ingest_server.stop()
+        if listen_server is not ingest_server:
+            listen_server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="voxgate live fan-out benchmark")
     parser.add_argument("--json", dest="json_out", default=None, help="write results here")
@@ -265,10 +398,30 @@ def main(argv: list[str] | None = None) -> int:
     micro = commands.add_parser("micro", help="in-process: publishing cost, audio paths")
     micro.add_argument("--rounds", type=int, default=2000)
     micro.add_argument("--megabytes", type=int, default=64)
+    ingest = commands.add_parser("ingest", help="servers: ingest rate with audio listeners")
+    ingest.add_argument("--streams", type=int, default=16)
+    ingest.add_argument("--listeners", default="0,16", help="comma-separated listener counts")
+    ingest.add_argument("--frame-bytes", type=int, default=640)
+    ingest.add_argument("--frames-per-message", type=int, default=10)
+    ingest.add_argument("--duration", type=float, default=10.0)
+    ingest.add_argument("--durability", choices=("fsync", "process"), default="fsync")
+    ingest.add_argument("--redis", action="store_true", help="two instances, listeners on B")
     args = parser.parse_args(argv)
-    if not 1 <= args.rounds <= 100_000 or not 1 <= args.megabytes <= 1024:
-        parser.error("--rounds must be 1..100000 and --megabytes 1..1024")
-    document = run_micro(args)
+    document: dict[str, Any]
+    if args.command == "micro":
+        if not 1 <= args.rounds <= 100_000 or not 1 <= args.megabytes <= 1024:
+            parser.error("--rounds must be 1..100000 and --megabytes 1..1024")
+        document = run_micro(args)
+    else:
+        try:
+            counts = [int(n) for n in args.listeners.split(",")]
+        except ValueError:
+            parser.error("--listeners takes comma-separated integers")
+        if not 1 <= args.streams <= 1000 or any(not 0 <= n <= args.streams for n in counts):
+            parser.error("--streams must be 1..1000 and each listener count 0..streams")
+        if not 0 < args.duration <= 600:
+            parser.error("--duration must be 0..600 s")
+        document = run_ingest(args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(document, indent=2) + "\n")
     return 0
