@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from voxgate import logs, metrics
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health, ready
-from voxgate.api.listen import events, listen, listener_stats, mint_listen_token
+from voxgate.api.listen import events, listen, mint_listen_token
 from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Litestar:
             stream,
             stats,
             *(post_transcript, list_transcripts, relay_transcript),
-            *(events, listen, mint_listen_token, listener_stats),
+            *(events, listen, mint_listen_token),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

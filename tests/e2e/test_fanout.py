@@ -166,7 +166,7 @@ async def test_listeners_recover_when_redis_restarts(
     await listener.close()
     assert [(seq, p) for seq, _, _, p in listener.heard.frames] == sorted(payloads.items())
     assert [t["text"] for t in listener.heard.transcripts] == ["before", "during", "after"]
-    stats = (await api_b.http.get("/v1/listeners")).json()
+    stats = (await api_b.http.get("/v1/stats")).json()["fanout"]
     assert stats["bus"]["reconnects"] >= 1
 
 
@@ -177,14 +177,14 @@ async def test_listener_counts_on_both_instances_return_to_zero(
     sids = [await api_a.new_session() for _ in range(5)]
     listeners = [await WsListener.open(server, sid) for sid in sids for server in pair]
     for api in apis:
-        stats = (await api.http.get("/v1/listeners")).json()
+        stats = (await api.http.get("/v1/stats")).json()["fanout"]
         assert (stats["listeners"], stats["feeds"]) == (5, 5)
         assert stats["bus"]["subscriptions"] == 5
     for listener in listeners:
         await listener.close()
     for api in apis:
         for _ in range(100):
-            stats = (await api.http.get("/v1/listeners")).json()
+            stats = (await api.http.get("/v1/stats")).json()["fanout"]
             if stats["listeners"] == 0:
                 break
             await asyncio.sleep(0.05)

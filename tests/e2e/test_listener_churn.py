@@ -133,7 +133,7 @@ async def settled_counts(http: httpx.AsyncClient) -> dict[str, object]:
     """The server's listener counters once the last listeners' departures are processed."""
     stats: dict[str, object] = {}
     for _ in range(100):
-        stats = (await http.get("/v1/listeners")).json()
+        stats = (await http.get("/v1/stats")).json()["fanout"]
         if stats["listeners"] == 0:
             break
         await asyncio.sleep(0.05)

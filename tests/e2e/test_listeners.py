@@ -27,7 +27,7 @@ async def post_transcript(
 
 
 async def listener_counts(http: httpx.AsyncClient) -> tuple[int, int]:
-    stats = (await http.get("/v1/listeners")).json()
+    stats = (await http.get("/v1/stats")).json()["fanout"]
     return stats["listeners"], stats["feeds"]
 
 
@@ -311,7 +311,7 @@ async def test_listeners_beyond_the_limit_are_refused(one_listener_server: Serve
         assert_problem(await http.get(f"/v1/sessions/{sid}/events"), 429)
         await first.close()
         for _ in range(100):
-            if (await http.get("/v1/listeners")).json()["listeners"] == 0:
+            if (await http.get("/v1/stats")).json()["fanout"]["listeners"] == 0:
                 break
             await asyncio.sleep(0.05)
         third = await WsListener.open(server, sid)  # room again

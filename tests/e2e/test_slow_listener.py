@@ -165,7 +165,7 @@ async def stall_one_listener(api: Api, server: Server) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10 * STALL_TIMEOUT_S
     while loop.time() < deadline:
-        stats = (await api.http.get("/v1/listeners")).json()
+        stats = (await api.http.get("/v1/stats")).json()["fanout"]
         if stats["listeners"] == 0:
             break
         await asyncio.sleep(0.2)

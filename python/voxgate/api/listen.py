@@ -163,17 +163,6 @@ async def mint_listen_token(
     return await issue_token(request, session_id, data, subject=LISTEN_SUBJECT_PREFIX + session_id)
 
 
-@get(
-    "/v1/listeners",
-    guards=[require_api_key],
-    tags=["listeners"],
-    responses=problem_responses(401),
-)
-async def listener_stats(request: Request[Any, Any, Any]) -> dict[str, object]:
-    """This process's listeners, feeds and bus counters."""
-    return runtime_of(request).hub.stats()
-
-
 # -- server-sent events ---------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from litestar import Request, get
 
 from voxgate.api.sessions import runtime_of
 from voxgate.auth import require_api_key
+from voxgate.errors import problem_responses
 
 
 def _rss_bytes() -> int | None:
@@ -28,9 +29,9 @@ def _open_fds() -> int | None:
         return None
 
 
-@get("/v1/stats", guards=[require_api_key], tags=["health"])
+@get("/v1/stats", guards=[require_api_key], tags=["health"], responses=problem_responses(401))
 async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """This worker process's resident memory, open fds, asyncio tasks and open streams.
+    """This worker process's resident memory, open fds, tasks, streams and listeners.
 
     With ``--workers N`` each request is answered by whichever worker takes it.
     """
@@ -49,4 +50,6 @@ async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "writer_busy_s": round(runtime.writer.busy_s, 3),
         "inflight_bytes": ledger.inflight_bytes,
         "ledger_streams": ledger.streams,
+        # Listeners, their feeds (one per listened session) and the event bus.
+        "fanout": runtime.hub.stats(),
     }
