@@ -72,19 +72,30 @@ async def stream_one(server: Server, data: bytes) -> None:
             answered: dict[int, set[str]] = {}
             messages: list[dict[str, Any]] = []
             close_code = None
+
+            async def read_one() -> None:
+                message = json.loads(await ws.recv())
+                messages.append(message)
+                for key in ("acked", "duplicate"):
+                    for first, last in message.get(key, []):
+                        for seq in range(first, last + 1):
+                            answered.setdefault(seq, set()).add(key)
+                if message["type"] == "nack":
+                    for first, last in message["ranges"]:
+                        for seq in range(first, last + 1):
+                            answered.setdefault(seq, set()).add(message["reason"])
+
+            def acked_count() -> int:
+                return sum(1 for verdicts in answered.values() if "acked" in verdicts)
+
             try:
                 async with asyncio.timeout(10):
                     while error is not None or not set(allowed) <= set(answered):
-                        message = json.loads(await ws.recv())
-                        messages.append(message)
-                        for key in ("acked", "duplicate"):
-                            for first, last in message.get(key, []):
-                                for seq in range(first, last + 1):
-                                    answered.setdefault(seq, set()).add(key)
-                        if message["type"] == "nack":
-                            for first, last in message["ranges"]:
-                                for seq in range(first, last + 1):
-                                    answered.setdefault(seq, set()).add(message["reason"])
+                        await read_one()
+                    # A seq sent twice in one message may be refused (nack, sent first)
+                    # and stored (ack, after the commit): wait for the acks of what is stored.
+                    while acked_count() < await stored_frames(http, sid):
+                        await read_one()
             except ConnectionClosed as closed:
                 close_code = closed.rcvd.code if closed.rcvd else None
         if error is not None:
