@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -155,4 +156,27 @@ async def test_deletion_ends_the_listener_after_telling_it(hub: Hub, store: Sqli
     assert decoded(await anext(run)) == {"type": "state", "state": "deleted"}
     end = await anext(run)
     assert end == End(4410, "gone", "session deleted")
+    hub.leave(listener)
+
+
+async def test_events_queued_before_a_deletion_still_come_first(
+    hub: Hub, store: SqliteStore
+) -> None:
+    sid = await new_session(store)
+    listener = await joined(hub, sid)
+    run = listener.run()
+    assert decoded(await anext(run))["type"] == "hello"
+    frames = [frame(sid, 0, end=True)]
+    hub.committed(frames, await store.commit(frames))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # progress and complete are queued now, not yet sent
+    await store.delete_session(sid)
+    hub.session_deleted(sid)
+    kinds = [decoded(out) for out in await take(run, 3)]
+    assert [(e["type"], e.get("state")) for e in kinds] == [
+        ("progress", None),
+        ("state", "complete"),
+        ("state", "deleted"),
+    ]
+    assert await anext(run) == End(4410, "gone", "session deleted")
     hub.leave(listener)

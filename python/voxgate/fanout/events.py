@@ -89,6 +89,10 @@ def event_out(kind: str, **fields: Any) -> Out:
     return Out(kind, orjson.dumps({"type": kind, **fields}))
 
 
+# The session was deleted: the last event a listener gets.
+DELETED_OUT = event_out(STATE, state="deleted")
+
+
 def with_dropped(out: Out, dropped: int) -> Out:
     """A progress event telling this listener how many progress events it missed before it."""
     return Out(out.kind, out.data[:-1] + b',"dropped":' + str(dropped).encode() + b"}")

@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from voxgate.fanout.events import (
+    DELETED_OUT,
     MAX_MISSING_RANGES,
     PROGRESS,
     STATE,
@@ -204,7 +205,7 @@ class Feed:
         if self.deleted:
             return
         self.deleted = True
-        self._dispatch(event_out(STATE, state=SessionState.DELETED.value))
+        self._dispatch(DELETED_OUT)
 
     # -- store reads -------------------------------------------------------------------
 

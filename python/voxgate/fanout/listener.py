@@ -30,11 +30,11 @@ from voxgate import _native
 from voxgate._native import HEADER_SIZE
 from voxgate.fanout.events import (
     AUDIO,
+    DELETED_OUT,
     HELLO,
     KEEPALIVE_OUT,
     PONG,
     PROGRESS,
-    STATE,
     TRANSCRIPT,
     End,
     Out,
@@ -184,7 +184,7 @@ class Listener:
                 elif out.kind == PROGRESS and self.dropped:
                     out = with_dropped(out, self.dropped)
                     self.dropped = 0
-                elif out.kind == STATE and feed.deleted:
+                elif out == DELETED_OUT:
                     self.finish(End(4410, "gone", "session deleted"))
                 sent = True
                 yield out
