@@ -11,6 +11,7 @@ from litestar import Request, get
 
 from voxgate.api.sessions import runtime_of
 from voxgate.auth import require_api_key
+from voxgate.errors import problem_responses
 
 
 def _rss_bytes() -> int | None:
@@ -28,7 +29,7 @@ def _open_fds() -> int | None:
         return None
 
 
-@get("/v1/stats", guards=[require_api_key], tags=["health"])
+@get("/v1/stats", guards=[require_api_key], tags=["health"], responses=problem_responses(401))
 async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """This worker process's resident memory, open fds, asyncio tasks and open streams.
 
