@@ -18,6 +18,7 @@ from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
 from voxgate.core import NAME as CORE_NAME
 from voxgate.core import native as _native
+from voxgate.fanout.hub import Hub
 from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
@@ -143,6 +144,8 @@ class Runtime:
             # Hard cap: credit already granted may overshoot the high watermark by this much.
             2 * settings.global_high_bytes,
         )
+        self.hub = Hub(settings, self.store, self.streams, self.redis)
+        self.writer.on_commit = self.hub.committed
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -150,6 +153,7 @@ class Runtime:
         log.info("hot-path core: %s (%s)", CORE_NAME, _native.__name__)
         await self.store.open()
         await self.writer.start()
+        await self.hub.start()
         self.streams.start(self)
         if self.redis is not None and self.claims is not None:
             self.claims.start()
@@ -199,6 +203,7 @@ class Runtime:
             )
             try:
                 self.draining = True
+                self.hub.close_listeners()
                 await self.streams.close_all(self.settings.shutdown_grace_s)
             finally:
                 stop()  # Granian's handler: stop serving, then lifespan shutdown
@@ -208,8 +213,10 @@ class Runtime:
     async def stop(self) -> None:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
+        self.hub.close_listeners()
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
+        await self.hub.stop(self.settings.shutdown_grace_s)
         await self.tokens.close()
         await self.limits.close()
         if self.claims is not None:

@@ -16,10 +16,15 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     Outcome,
     Session,
     Store,
+    StoredFrame,
     StoreError,
+    Transcript,
+    TranscriptIn,
+    TranscriptResult,
 )
 
 
@@ -91,6 +96,27 @@ class CountingStore:
 
     async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
         return await self.inner.stream_generations(session_ids)
+
+    async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
+        return await self.inner.add_transcript(session_id, entry)
+
+    async def list_transcripts(
+        self, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Transcript]:
+        return await self.inner.list_transcripts(session_id, after=after, limit=limit)
+
+    async def last_transcript_id(self, session_id: str) -> int:
+        return await self.inner.last_transcript_id(session_id)
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        return await self.inner.listen_snapshot(session_id)
+
+    async def read_frames(
+        self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
+    ) -> list[StoredFrame]:
+        return await self.inner.read_frames(
+            session_id, first_seq, last_seq, max_frames=max_frames, max_bytes=max_bytes
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -120,3 +120,4 @@ class SessionController(Controller):
         await live_session(runtime, session_id)
         if not await runtime.store.delete_session(session_id):
             raise ApiError(410, "gone", f"session {session_id} was deleted")
+        runtime.hub.session_deleted(session_id)

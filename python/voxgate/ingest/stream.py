@@ -106,6 +106,11 @@ class StreamRegistry:
             if not self._by_session:
                 self._emptied.set()
 
+    def window_of(self, session_id: str) -> int | None:
+        """The credit window of the session's stream in this process, if one is open."""
+        conn = self._by_session.get(session_id)
+        return None if conn is None else conn._ledger.window(conn._handle)
+
     def pressure_relieved(self) -> None:
         """Tell every stream held at a small window that credit is back."""
         for conn in self._by_session.values():

@@ -101,6 +101,8 @@ class Writer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Called after each store commit with all its frames and its result (live fan-out).
+        self.on_commit: Callable[[Sequence[FrameIn], CommitResult], None] | None = None
         self.commits = 0  # store commits run
         self.frames = 0  # frames handed to the store
         self.busy_s = 0.0  # time spent waiting for store commits
@@ -303,6 +305,8 @@ class Writer:
             start = end
             self._held_bytes -= entry.nbytes
             entry.answer(answer, None)
+        if self.on_commit is not None:
+            self.on_commit(frames, result)
 
     def _settle(self, batch: list[_Entry], exc: BaseException) -> None:
         for entry in batch:

@@ -56,10 +56,17 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     Outcome,
     Session,
     SessionState,
+    StoredFrame,
     StoreError,
+    TimestampValue,
+    Transcript,
+    TranscriptIn,
+    TranscriptOutcome,
+    TranscriptResult,
 )
 from voxgate.store.tally import SessionTally as _Tally
 
@@ -143,6 +150,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             offset INTEGER NOT NULL,
             length INTEGER NOT NULL
         )""",
+    ),
+    # 2: transcripts (Store block "transcripts and listeners").
+    (
+        """CREATE TABLE transcripts (
+            session_id TEXT NOT NULL,
+            id INTEGER NOT NULL,                   -- per session: 1, 2, 3, ...
+            role TEXT NOT NULL,
+            seq INTEGER,                           -- the client's utterance number, if given
+            is_final INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            timestamp TEXT NOT NULL,               -- the client's value, JSON-encoded
+            supersedes INTEGER,
+            received_at INTEGER NOT NULL,          -- microseconds since the epoch, UTC
+            PRIMARY KEY (session_id, id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX transcripts_by_key ON transcripts (session_id, role, seq, is_final)",
     ),
 )
 
@@ -292,6 +315,8 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._segment: _Segment | None = None
         self._segment_names: dict[int, str] = {}
+        # Reads for listeners run on a thread and connection of their own (see read_frames).
+        self._reader: _Reader | None = None
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -372,6 +397,8 @@ class SqliteStore:
         self._set_wal()
         conn.execute(f"PRAGMA synchronous = {'FULL' if self._fsync else 'NORMAL'}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
+        # Deleted rows (transcript text, metadata) are zeroed in the file, not just unlinked.
+        conn.execute("PRAGMA secure_delete = ON")
         self._migrate()
         self._erase_pending()
         self._reap_segments(orphans=True)
@@ -411,6 +438,9 @@ class SqliteStore:
         executor = self._executor
         if executor is None:
             return
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
         try:
             await self._call(self._close_sync)
         finally:
@@ -743,6 +773,9 @@ class SqliteStore:
                 [(n, segment_id) for segment_id, n in counts.items()],
             )
             conn.execute("DELETE FROM frames WHERE session_id = ?", (session_id,))
+            said = conn.execute(
+                "DELETE FROM transcripts WHERE session_id = ?", (session_id,)
+            ).rowcount
             conn.execute(
                 "UPDATE sessions SET state = ?, metadata = '{}', next_seq = 0, frames = 0,"
                 " bytes = 0, end_seq = NULL, stream_crc32c = NULL, prefix_seq = 0,"
@@ -750,6 +783,9 @@ class SqliteStore:
                 (SessionState.DELETED.value, _now_us(), session_id),
             )
         try:
+            if said:
+                # The WAL still holds page images with the text: write them back and cut it.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             touched = self._erase_pending()
             self._reap_segments(touched)
         except (OSError, sqlite3.Error) as exc:
@@ -764,23 +800,7 @@ class SqliteStore:
 
     def _missing_sync(self, session_id: str) -> list[list[int]]:
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT prefix_seq, next_seq FROM sessions WHERE id = ? AND state != ?",
-                (session_id, SessionState.DELETED.value),
-            ).fetchone()
-            if row is None or row[0] >= row[1]:
-                return []
-            # Below prefix_seq nothing is missing, so only frames from there on are scanned.
-            return [
-                [first, last]
-                for first, last in conn.execute(
-                    "SELECT prev + 1, seq - 1 FROM ("
-                    " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
-                    " FROM frames WHERE session_id = ?2 AND seq >= ?1"
-                    ") WHERE seq > prev + 1",
-                    (row[0], session_id),
-                )
-            ]
+            return _gaps(conn, session_id)
 
     async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
         if not frames:
@@ -1047,3 +1067,306 @@ class SqliteStore:
                 (json.dumps(session_ids),),
             )
         }
+
+    # -- transcripts and listeners -------------------------------------------------
+
+    async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
+        timestamp = msgspec.json.encode(entry.timestamp).decode()
+        return await self._call(self._add_transcript_sync, session_id, entry, timestamp)
+
+    def _add_transcript_sync(
+        self, session_id: str, entry: TranscriptIn, timestamp: str
+    ) -> TranscriptResult:
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None or row[0] == SessionState.DELETED.value:
+                return TranscriptResult(TranscriptOutcome.GONE, None)
+            # The key's current entry: at most one per (role, seq), at most one open
+            # (interim) unkeyed entry per role; finals without seq never match.
+            if entry.seq is not None:
+                current = conn.execute(
+                    f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts"
+                    " WHERE session_id = ? AND role = ? AND seq = ?",
+                    (session_id, entry.role, entry.seq),
+                ).fetchone()
+            else:
+                current = conn.execute(
+                    f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts"
+                    " WHERE session_id = ? AND role = ? AND seq IS NULL AND is_final = 0",
+                    (session_id, entry.role),
+                ).fetchone()
+            if current is not None and current[5]:  # the key's final is stored
+                stored = _transcript_from_row(session_id, current)
+                if not entry.is_final:
+                    outcome = TranscriptOutcome.STALE
+                elif entry.text == stored.text:
+                    outcome = TranscriptOutcome.DUPLICATE
+                else:
+                    outcome = TranscriptOutcome.CONFLICT
+                return TranscriptResult(outcome, stored)
+            # The highest id is never superseded (only older ones are), so MAX + 1 never reuses one.
+            last = conn.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM transcripts WHERE session_id = ?", (session_id,)
+            ).fetchone()[0]
+            now = _now_us()
+            transcript = Transcript(
+                id=last + 1,
+                session_id=session_id,
+                role=entry.role,
+                text=entry.text,
+                is_final=entry.is_final,
+                timestamp=entry.timestamp,
+                seq=entry.seq,
+                supersedes=None if current is None else int(current[0]),
+                received_at=_to_datetime(now),
+            )
+            if current is not None:
+                conn.execute(
+                    "DELETE FROM transcripts WHERE session_id = ? AND id = ?",
+                    (session_id, current[0]),
+                )
+            conn.execute(
+                "INSERT INTO transcripts (session_id, id, role, seq, is_final, text, timestamp,"
+                " supersedes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    transcript.id,
+                    entry.role,
+                    entry.seq,
+                    int(entry.is_final),
+                    entry.text,
+                    timestamp,
+                    transcript.supersedes,
+                    now,
+                ),
+            )
+        return TranscriptResult(TranscriptOutcome.STORED, transcript)
+
+    async def list_transcripts(
+        self, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Transcript]:
+        if limit <= 0:
+            return []
+        return await self._reads().call(_list_transcripts_sync, session_id, after, limit)
+
+    async def last_transcript_id(self, session_id: str) -> int:
+        return await self._reads().call(_last_transcript_id_sync, session_id)
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        return await self._reads().call(_listen_snapshot_sync, session_id)
+
+    async def read_frames(
+        self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
+    ) -> list[StoredFrame]:
+        """Frames with payloads, read on the reader thread so commits never wait for them."""
+        if last_seq < first_seq or max_frames <= 0:
+            return []
+        return await self._reads().call(
+            _read_frames_sync, self.segments_dir, session_id, first_seq, last_seq,
+            max_frames, max_bytes,
+        )  # fmt: skip
+
+    def _reads(self) -> _Reader:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        if self._reader is None:
+            self._reader = _Reader(self.data_dir / DB_NAME, self._busy_timeout_s)
+        return self._reader
+
+
+_TRANSCRIPT_COLUMNS = "id, role, seq, text, timestamp, is_final, supersedes, received_at"
+
+
+def _transcript_from_row(session_id: str, row: tuple[Any, ...]) -> Transcript:
+    return Transcript(
+        id=row[0],
+        session_id=session_id,
+        role=row[1],
+        seq=row[2],
+        text=row[3],
+        timestamp=msgspec.json.decode(row[4], type=TimestampValue),
+        is_final=bool(row[5]),
+        supersedes=row[6],
+        received_at=_to_datetime(row[7]),
+    )
+
+
+class _Reader:
+    """A thread and a read-only connection for listener reads.
+
+    Listeners catch up by reading frames and transcripts; on the store thread
+    those reads would queue behind (and ahead of) commits. WAL lets this
+    connection read beside the writer; payloads are read with ``pread`` on
+    segment files opened by name, never through the writer's descriptors.
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="voxgate-store-read"
+        )
+        self._db: sqlite3.Connection | None = None  # touched only on the reader thread
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self._guard, fn, *args))
+
+    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(
+                    self._path, isolation_level=None, timeout=self._busy_timeout_s
+                )
+                self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+                self._db.execute("PRAGMA query_only = 1")
+            return fn(self._db, *args)
+        except StoreError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self._path}: database error: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"sqlite store {self._path}: I/O error: {exc}") from exc
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(self._executor, self._close_sync)
+        self._executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _list_transcripts_sync(
+    conn: sqlite3.Connection, session_id: str, after: int, limit: int
+) -> list[Transcript]:
+    return [
+        _transcript_from_row(session_id, row)
+        for row in conn.execute(
+            f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts WHERE session_id = ? AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (session_id, after, limit),
+        )
+    ]
+
+
+def _gaps(conn: sqlite3.Connection, session_id: str) -> list[list[int]]:
+    """Inclusive gaps below the session's next_seq (inside the caller's read transaction)."""
+    row = conn.execute(
+        "SELECT prefix_seq, next_seq FROM sessions WHERE id = ? AND state != ?",
+        (session_id, SessionState.DELETED.value),
+    ).fetchone()
+    if row is None or row[0] >= row[1]:
+        return []
+    # Below prefix_seq nothing is missing, so only frames from there on are scanned.
+    return [
+        [first, last]
+        for first, last in conn.execute(
+            "SELECT prev + 1, seq - 1 FROM ("
+            " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
+            " FROM frames WHERE session_id = ?2 AND seq >= ?1"
+            ") WHERE seq > prev + 1",
+            (row[0], session_id),
+        )
+    ]
+
+
+def _listen_snapshot_sync(conn: sqlite3.Connection, session_id: str) -> ListenSnapshot:
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        return ListenSnapshot(
+            None if row is None else _session_from_row(row),
+            _gaps(conn, session_id),
+            _last_transcript_id_sync(conn, session_id),
+        )
+    finally:
+        conn.execute("COMMIT")
+
+
+def _last_transcript_id_sync(conn: sqlite3.Connection, session_id: str) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(id), 0) FROM transcripts WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _read_frames_sync(
+    conn: sqlite3.Connection,
+    segments_dir: Path,
+    session_id: str,
+    first: int,
+    last: int,
+    max_frames: int,
+    max_bytes: int,
+) -> list[StoredFrame]:
+    rows = conn.execute(
+        "SELECT f.seq, f.flags, f.pts_us, f.length, f.crc32c, f.offset, s.name"
+        " FROM frames f LEFT JOIN segments s ON s.id = f.segment"
+        " WHERE f.session_id = ? AND f.seq >= ? AND f.seq <= ? ORDER BY f.seq LIMIT ?",
+        (session_id, first, last, max_frames),
+    ).fetchall()
+    total = 0
+    for i, row in enumerate(rows):
+        if i and total + row[3] > max_bytes:
+            del rows[i:]
+            break
+        total += row[3]
+    out: list[StoredFrame] = []
+    fds: dict[str, int] = {}
+    try:
+        # Frames of one message lie back to back in a segment: one pread per such run.
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while (
+                end < len(rows)
+                and rows[end][6] == rows[start][6]
+                and rows[end][5] == rows[end - 1][5] + rows[end - 1][3]
+            ):
+                end += 1
+            run = rows[start:end]
+            offset, size = run[0][5], run[-1][5] + run[-1][3] - run[0][5]
+            data = _pread_named(fds, segments_dir, run[0][6], offset, size) if size else b""
+            for seq, flags, pts, length, crc, frame_offset, name in run:
+                payload = b""
+                if length:
+                    at = frame_offset - offset
+                    payload = b"" if data is None else data[at : at + length]
+                    if len(payload) != length or crc32c(payload) != crc:
+                        gone = conn.execute(
+                            "SELECT 1 FROM frames WHERE session_id = ? AND seq = ?",
+                            (session_id, seq),
+                        ).fetchone()
+                        if gone is None:
+                            return out  # deleted while we read: stop here
+                        raise StoreError(
+                            f"payload of {session_id} seq {seq} is corrupt in segment {name}"
+                            f" at offset {frame_offset}"
+                        )
+                out.append(StoredFrame(seq, flags, pts + _U64 if pts < 0 else pts, crc, payload))
+            start = end
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
+
+
+def _pread_named(
+    fds: dict[str, int], segments_dir: Path, name: str | None, offset: int, length: int
+) -> bytes | None:
+    if name is None:
+        return None
+    fd = fds.get(name)
+    if fd is None:
+        try:
+            fd = fds[name] = os.open(segments_dir / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+    payload = os.pread(fd, length, offset)
+    return payload if len(payload) == length else None
