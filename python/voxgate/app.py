@@ -10,9 +10,11 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
+from voxgate.api.archive import download_archive
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health
 from voxgate.api.sessions import SessionController
+from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
 from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.stream import stream
@@ -38,7 +40,17 @@ def create_app(settings: Settings) -> Litestar:
             await runtime.stop()
 
     return Litestar(
-        route_handlers=[health, SessionController, mint_token, missing, audio, upload, stream],
+        route_handlers=[
+            health,
+            SessionController,
+            mint_token,
+            missing,
+            audio,
+            upload,
+            stream,
+            download_archive,
+            storage,
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),

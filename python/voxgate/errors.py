@@ -9,6 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from voxgate.retention.archive import ArchiveError
 from voxgate.store.base import StoreError
 from voxgate.tokens.base import TokenStoreError
 
@@ -105,6 +106,11 @@ def _token_store_error(_: Request[Any, Any, Any], exc: TokenStoreError) -> Respo
     )
 
 
+def _archive_error(_: Request[Any, Any, Any], exc: ArchiveError) -> Response[dict[str, Any]]:
+    log.error("archive unreadable: %s", exc)
+    return problem(500, "archive_unreadable", "the session's archive cannot be read")
+
+
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unexpected error", exc_info=exc)
     return problem(500, "internal", "unexpected server error")
@@ -115,5 +121,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     StoreError: _store_error,
     TokenStoreError: _token_store_error,
+    ArchiveError: _archive_error,
     Exception: _unexpected,
 }

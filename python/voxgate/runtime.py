@@ -12,6 +12,7 @@ from voxgate import _native
 from voxgate.auth import ensure_api_keys
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
+from voxgate.retention.runner import Retention, RetentionSchedule
 from voxgate.settings import Settings
 from voxgate.store.base import Store
 from voxgate.store.sqlite import SqliteStore
@@ -55,6 +56,8 @@ class Runtime:
             2 * settings.global_high_bytes,
         )
         self.streams = StreamRegistry()
+        self.retention = Retention(self.store, settings)
+        self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -62,6 +65,7 @@ class Runtime:
         await self.store.open()
         await self.writer.start()
         self.streams.start(self)
+        self.retention_schedule.start()
         self._take_over_signals()
 
     def _take_over_signals(self) -> None:
@@ -97,6 +101,7 @@ class Runtime:
     async def stop(self) -> None:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
+        await self.retention_schedule.stop()
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.tokens.close()

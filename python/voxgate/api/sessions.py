@@ -93,3 +93,8 @@ class SessionController(Controller):
         await live_session(runtime, session_id)
         if not await runtime.store.delete_session(session_id):
             raise ApiError(410, "gone", f"session {session_id} was deleted")
+        # A warm session's payloads live in its archive: remove it too (the retention
+        # runner removes it should this fail).
+        record = await runtime.store.archive_record(session_id)
+        if record is not None:
+            await runtime.retention.discard_archive(session_id, record)

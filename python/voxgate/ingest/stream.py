@@ -23,7 +23,7 @@ from litestar.types import WebSocketSendEvent
 from voxgate import _native
 from voxgate.auth import bearer
 from voxgate.ingest.tally import WINDOW, Tally, precheck
-from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError
+from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError, Tier
 from voxgate.tokens.base import TokenStoreError
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class StreamConnection:
     async def _flush(self) -> None:
         tally = self._tally
         if tally.gone:
-            self.fail(Close(4410, "gone", "session deleted: it no longer accepts frames"))
+            self.fail(Close(4410, "gone", "session archived or deleted: it takes no frames"))
         for reason, ranges in tally.take_rejections():
             await self._send({"type": "nack", "ranges": ranges, "reason": reason})
         if tally.has_acks() or self._window_offer:
@@ -437,6 +437,8 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             raise Close(4404, "not_found", "unknown session")
         if session.state is SessionState.DELETED:
             raise Close(4410, "gone", "session deleted: it no longer accepts frames")
+        if session.tier is not Tier.HOT:
+            raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
         if token_session != session_id:
             raise Close(4403, "forbidden", "stream token is for another session")
         generation = await runtime.store.claim_stream(session_id)

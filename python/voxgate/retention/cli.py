@@ -1,0 +1,77 @@
+"""``voxgate retention run [--dry-run]``: one retention run against the configured store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import msgspec
+
+from voxgate.retention.runner import Retention
+from voxgate.settings import Settings, SettingsError
+from voxgate.store.base import Store, StoreError
+from voxgate.store.sqlite import SqliteStore
+
+# Exit status when another runner holds the lock (EX_TEMPFAIL).
+EXIT_BUSY = 75
+
+
+def add_retention_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``voxgate retention``."""
+    retention = subparsers.add_parser(
+        "retention",
+        help="move sessions between hot, warm and cold tiers (settings from VOXGATE_*)",
+        description="Retention tiers; see docs/operations.md.",
+    )
+    commands = retention.add_subparsers(dest="retention_command", required=True)
+    run = commands.add_parser("run", help="run retention once now")
+    run.add_argument("--dry-run", action="store_true", help="list what would move, change nothing")
+    run.set_defaults(handler=_run)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the server would use with these settings (unopened)."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(
+        data_dir, durability=settings.durability, segment_max_bytes=settings.segment_max_bytes
+    )
+
+
+def _print(value: object) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 2
+    store = open_store(settings)
+    try:
+        await store.open()
+        retention = Retention(store, settings)
+        if args.dry_run:
+            for move in await retention.plan():
+                _print(
+                    {
+                        "session_id": move.session_id,
+                        "from": move.tier,
+                        "to": move.target,
+                        "last_activity_at": move.last_activity_at,
+                        "resumed": move.resumed,
+                    }
+                )
+        run = await retention.run(dry_run=args.dry_run)
+    except StoreError as exc:
+        print(f"voxgate retention: store unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    if run is None:
+        print("voxgate retention: another runner holds the lock; nothing done", file=sys.stderr)
+        return EXIT_BUSY
+    _print(run)
+    return 0 if run.outcome == "ok" else 1
