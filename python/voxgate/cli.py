@@ -12,7 +12,7 @@ from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
 from voxgate.retention.cli import add_retention_command
 from voxgate.settings import Settings, SettingsError
-from voxgate.store.cli import add_db_command
+from voxgate.store.backup_cli import add_db_command
 
 
 def _serve(args: argparse.Namespace) -> int:

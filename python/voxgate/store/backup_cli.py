@@ -1,4 +1,4 @@
-"""``voxgate db``: backups of the embedded store (backup, list, verify, restore)."""
+"""``voxgate db backup|list|verify|restore``: backups of the embedded store."""
 
 from __future__ import annotations
 
@@ -20,13 +20,17 @@ from voxgate.store.backup import (
 
 
 def add_db_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``voxgate db`` and its sub-commands."""
+    """Register ``voxgate db`` with the backup sub-commands."""
     db = subparsers.add_parser(
         "db",
         help="back up, verify and restore the embedded store (settings from VOXGATE_*)",
         description="Backups of the embedded store; see docs/operations.md.",
     )
-    commands = db.add_subparsers(dest="db_command", required=True)
+    add_backup_commands(db.add_subparsers(dest="db_command", required=True))
+
+
+def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``backup``, ``list``, ``verify`` and ``restore`` under ``voxgate db``."""
     backup = commands.add_parser(
         "backup", help="make a verified online backup now, then rotate old ones"
     )
