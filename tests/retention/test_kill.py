@@ -43,8 +43,8 @@ def env_for(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
-    done = subprocess.run(
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "voxgate", "retention", "run", *args],
         env=env,
         capture_output=True,
@@ -52,6 +52,10 @@ def run_cli(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None
         timeout=120,
         check=False,
     )
+
+
+def run_cli(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
+    done = cli(env, *args)
     lines = done.stdout.strip().splitlines()
     report = json.loads(lines[-1]) if lines else None
     return done.returncode, report, done.stderr
@@ -139,7 +143,8 @@ async def test_a_run_killed_anywhere_finishes_on_the_next_run(tmp_path: Path, po
 
     code, report, stderr = run_cli(env)
     assert code == 0, stderr
-    assert report is not None and report["outcome"] == "ok"
+    assert report is not None
+    assert report["outcome"] == "ok"
     written_before = point in ("written", "verified")
     assert report["reused"] == (1 if written_before else 0)
     assert report["archived"] == len(sessions) - (1 if written_before or point == "finished" else 0)
@@ -157,7 +162,8 @@ async def test_a_run_killed_anywhere_finishes_on_the_next_run(tmp_path: Path, po
     assert list((archive_dir / ".tmp").iterdir()) == []
 
     code, report, _ = run_cli(env)
-    assert code == 0 and report is not None
+    assert code == 0
+    assert report is not None
     assert (report["archived"], report["reused"], report["expired"]) == (0, 0, 0)
 
 
@@ -196,20 +202,15 @@ async def test_only_one_runner_works_at_a_time(tmp_path: Path) -> None:
     finally:
         runner.kill()
     code, report, _ = run_cli(env)
-    assert code == 0 and report is not None and report["archived"] == 2
+    assert code == 0
+    assert report is not None
+    assert report["archived"] == 2
 
 
 async def test_dry_run_lists_moves_and_changes_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     sessions = await populate(data_dir, count=2)
-    done = subprocess.run(
-        [sys.executable, "-m", "voxgate", "retention", "run", "--dry-run"],
-        env=env_for(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = cli(env_for(tmp_path), "--dry-run")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert {(m["session_id"], m["from"], m["to"]) for m in lines[:-1]} == {

@@ -64,10 +64,12 @@ async def test_a_run_archives_verifies_then_drops_hot_frames(
     assert (run.outcome, run.archived, run.reused, run.failed) == ("ok", 3, 0, 0)
     for session, audio in ((big, big_audio), (small, small_audio), (idle, idle_audio)):
         moved = await store.get_session(session.id)
-        assert moved is not None and moved.tier is Tier.WARM
+        assert moved is not None
+        assert moved.tier is Tier.WARM
         assert (moved.frames, moved.bytes) == (session.frames, session.bytes)
         record = await store.archive_record(session.id)
-        assert record is not None and record.path == archive_relpath(session)
+        assert record is not None
+        assert record.path == archive_relpath(session)
         path = retention.archive_dir / record.path
         assert record.bytes == path.stat().st_size
         assert archived_audio(retention, path) == audio
@@ -96,7 +98,8 @@ async def test_sessions_younger_than_the_hot_age_or_still_live_stay_hot(
     open_session, _ = await streamed(store, 2, end=False)
     for runner in (retention, live):
         run = await runner.run()
-        assert run is not None and run.archived == (1 if runner is live else 0)
+        assert run is not None
+        assert run.archived == (1 if runner is live else 0)
     assert (await store.get_session(session.id)).tier is Tier.WARM  # type: ignore[union-attr]
     assert (await store.get_session(open_session.id)).tier is Tier.HOT  # type: ignore[union-attr]
 
@@ -114,7 +117,8 @@ async def test_one_failing_session_is_counted_and_retried_without_blocking_the_o
     run = await retention.run()
     assert run is not None
     assert (run.outcome, run.archived, run.failed) == ("partial", 2, 1)
-    assert run.errors and run.errors[0].startswith(stuck.id)
+    assert run.errors
+    assert run.errors[0].startswith(stuck.id)
     assert (await store.get_session(stuck.id)).tier is Tier.HOT  # type: ignore[union-attr]
     # Its move was cancelled: it takes frames again, and nothing of it was lost.
     assert [seq async for seq, _ in store.read_payloads(stuck.id)] == [0, 1, 2]
@@ -138,7 +142,8 @@ async def test_an_unsound_file_at_the_archive_path_is_rewritten(
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an archive")
     run = await retention.run()
-    assert run is not None and (run.archived, run.reused, run.failed) == (1, 0, 0)
+    assert run is not None
+    assert (run.archived, run.reused, run.failed) == (1, 0, 0)
     assert archived_audio(retention, path) == audio
 
 
@@ -146,7 +151,9 @@ async def test_a_dry_run_changes_nothing(tmp_path: Path, store: Store) -> None:
     retention = Retention(store, policy(tmp_path))
     session, _ = await streamed(store, 2)
     run = await retention.run(dry_run=True)
-    assert run is not None and run.dry_run and run.archived == 1
+    assert run is not None
+    assert run.dry_run
+    assert run.archived == 1
     assert (await store.get_session(session.id)).tier is Tier.HOT  # type: ignore[union-attr]
     assert await store.last_retention_run() is None
     assert not retention.archive_dir.exists()
@@ -157,15 +164,18 @@ async def test_warm_sessions_go_cold_and_lose_their_archive_only(
 ) -> None:
     session, _ = await streamed(store, 3)
     run = await Retention(store, policy(tmp_path)).run()
-    assert run is not None and run.archived == 1
+    assert run is not None
+    assert run.archived == 1
     path = tmp_path / "archive" / archive_relpath(session)
     assert path.is_file()
 
     cold = Retention(store, policy(tmp_path, retention_warm_days=0))
     run = await cold.run()
-    assert run is not None and (run.outcome, run.expired) == ("ok", 1)
+    assert run is not None
+    assert (run.outcome, run.expired) == ("ok", 1)
     got = await store.get_session(session.id)
-    assert got is not None and got.tier is Tier.COLD
+    assert got is not None
+    assert got.tier is Tier.COLD
     assert (got.frames, got.bytes, got.metadata, got.stream_crc32c) == (
         session.frames,
         session.bytes,
@@ -181,7 +191,8 @@ async def test_hot_sessions_past_the_warm_age_go_straight_to_cold(
 ) -> None:
     session, _ = await streamed(store, 3)
     run = await Retention(store, policy(tmp_path, retention_warm_days=0)).run()
-    assert run is not None and (run.archived, run.expired) == (0, 1)
+    assert run is not None
+    assert (run.archived, run.expired) == (0, 1)
     assert (await store.get_session(session.id)).tier is Tier.COLD  # type: ignore[union-attr]
     assert not backend.holds_bytes(payload_of(session.id, 1))
 

@@ -209,10 +209,12 @@ async def test_storage_stats_per_tier(store: Store) -> None:
     stats = await store.storage_stats()
     hot, warm, cold = stats[Tier.HOT], stats[Tier.WARM], stats[Tier.COLD]
     assert (hot.sessions, hot.bytes, hot.audio_bytes) == (2, 5 * 64, 5 * 64)
-    assert hot.oldest is not None and hot.oldest.id == sessions[1].id
+    assert hot.oldest is not None
+    assert hot.oldest.id == sessions[1].id
     assert hot.oldest.created_at == sessions[1].created_at
     assert (warm.sessions, warm.bytes, warm.audio_bytes) == (1, 777, 64)
-    assert warm.oldest is not None and warm.oldest.id == first.id
+    assert warm.oldest is not None
+    assert warm.oldest.id == first.id
     assert (cold.sessions, cold.bytes, cold.oldest) == (0, 0, None)
 
 
@@ -232,7 +234,9 @@ async def test_run_records_round_trip(store: Store) -> None:
             errors=["ses_x: disk full"],
         )
     )
-    assert first.id is not None and second.id is not None and second.id > first.id
+    assert first.id is not None
+    assert second.id is not None
+    assert second.id > first.id
     assert await store.last_retention_run() == second
 
 
