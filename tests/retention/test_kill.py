@@ -218,3 +218,24 @@ async def test_dry_run_lists_moves_and_changes_nothing(tmp_path: Path) -> None:
     }
     assert lines[-1]["dry_run"] is True
     assert set((await tiers_of(data_dir)).values()) == {Tier.HOT}
+
+
+async def test_an_archive_damaged_before_verification_is_never_trusted(tmp_path: Path) -> None:
+    data_dir, archive_dir = tmp_path / "data", tmp_path / "archive"
+    sessions = await populate(data_dir, count=2)
+    env = env_for(tmp_path)
+    runner = PausedRunner(env, "written")
+    victim = runner.session_id
+    runner.kill()
+    archive = archive_dir / archive_relpath(sessions[victim][0])
+    damaged = bytearray(archive.read_bytes())
+    damaged[len(damaged) // 3] ^= 0x10
+    archive.write_bytes(bytes(damaged))
+
+    code, report, stderr = run_cli(env)
+    assert code == 0, stderr
+    assert report is not None
+    assert (report["archived"], report["reused"], report["failed"]) == (2, 0, 0)
+    assert "rewriting unsound archive" in stderr
+    with ArchiveReader(archive) as reader:
+        assert reader.read_exact(*reader.audio_span()) == sessions[victim][1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ async def _run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     store = open_store(settings)
     try:
         await store.open()
