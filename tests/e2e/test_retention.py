@@ -207,7 +207,8 @@ async def test_storage_reports_tiers_and_the_last_run(
 
 @pytest.fixture
 async def scheduled(tmp_path: Path) -> AsyncIterator[Server]:
-    at = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%H:%M:%S")
+    # Due a while after start: a time already past when the server comes up means tomorrow.
+    at = (datetime.now(UTC) + timedelta(seconds=12)).strftime("%H:%M:%S")
     env = {**POLICY, "VOXGATE_RETENTION_AT": at}
     with start_server(tmp_path, env=env) as running:
         yield running
@@ -220,7 +221,7 @@ async def test_the_server_runs_retention_at_the_configured_time(scheduled: Serve
         api = Api(scheduled, http)
         sid = await streamed(api, {0: b"q" * 100}, 0)
         try:
-            for _ in range(300):  # the run is due 4 s after start; allow a slow machine 60 s
+            for _ in range(450):  # the run is due 12 s after start; allow a slow machine 90 s
                 if (await http.get("/v1/storage")).json()["last_run"] is not None:
                     break
                 await asyncio.sleep(0.2)

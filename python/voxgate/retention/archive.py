@@ -46,9 +46,14 @@ FRAMES = "frames.jsonl"
 AUDIO = "audio.bin"
 FRAME_FIELDS = ("seq", "flags", "pts_us", "length", "crc32c")
 
-BLOCK_BYTES = 1024 * 1024  # uncompressed bytes per zstd frame
+# Uncompressed tar bytes per zstd frame: a range read decompresses at most this much
+# beyond what it returns; audio hardly compresses, so larger blocks would gain little.
+BLOCK_BYTES = 256 * 1024
 LEVEL = 3
 _TAR_BLOCK = 512
+_CACHED_BLOCKS = 4
+_SPANS_KEPT = 1024
+_SPANS: dict[tuple[str, int, int, int], tuple[int, int]] = {}
 _SKIPPABLE_MAGIC = 0x184D2A5E
 _SEEKABLE_MAGIC = 0x8F92EAB1
 _FOOTER = struct.Struct("<IBI")  # number of frames, descriptor, seekable magic
@@ -220,26 +225,28 @@ async def archive_stream(
     )
     audio_bytes = sum(entry.length for entry in index)
     encoder = ArchiveEncoder(level)
-
-    async def feed(data: bytes | memoryview) -> bytes:
-        if encoder.pending + len(data) < BLOCK_BYTES:
-            return encoder.feed(data)
-        return await asyncio.to_thread(encoder.feed, data)
-
     head = _member_header(MANIFEST, len(manifest), now) + manifest + _padding(len(manifest))
     head += _member_header(FRAMES, len(lines), now) + lines + _padding(len(lines))
     head += _member_header(AUDIO, audio_bytes, now)
-    if out := await feed(head):
-        yield out
+    pending = [head]
+    size = len(head)
     written = 0
     async for payload in payloads:
+        pending.append(payload)
+        size += len(payload)
         written += len(payload)
-        if out := await feed(payload):
-            yield out
+        if size >= BLOCK_BYTES:
+            # Whole blocks are compressed off the event loop, a few payloads at a time.
+            data = b"".join(pending)
+            pending.clear()
+            size = 0
+            if out := await asyncio.to_thread(encoder.feed, data):
+                yield out
     if written != audio_bytes:
         raise ArchiveError(f"{session.id}: {written} payload bytes, the index says {audio_bytes}")
-    tail = _padding(audio_bytes) + bytes(2 * _TAR_BLOCK)
-    yield await asyncio.to_thread(lambda: encoder.feed(tail) + encoder.finish())
+    pending.append(_padding(audio_bytes) + bytes(2 * _TAR_BLOCK))
+    data = b"".join(pending)
+    yield await asyncio.to_thread(lambda: encoder.feed(data) + encoder.finish())
 
 
 def archive_relpath(session: Session) -> str:
@@ -267,7 +274,7 @@ class ArchiveReader:
             self._file.close()
             raise
         self._decompressor = zstandard.ZstdDecompressor()
-        self._cache: tuple[int, bytes] | None = None
+        self._cache: dict[int, bytes] = {}  # a few recently decompressed blocks
 
     def close(self) -> None:
         self._file.close()
@@ -314,8 +321,9 @@ class ArchiveReader:
 
     def frame(self, i: int) -> bytes:
         """Frame ``i`` decompressed, its size and zstd checksum checked."""
-        if self._cache is not None and self._cache[0] == i:
-            return self._cache[1]
+        cached = self._cache.get(i)
+        if cached is not None:
+            return cached
         c_offset, c_size, _, d_size = self._frames[i]
         self._file.seek(c_offset)
         compressed = self._file.read(c_size)
@@ -325,7 +333,9 @@ class ArchiveReader:
             raise ArchiveError(f"{self.path}: block {i} is corrupt: {exc}") from exc
         if len(compressed) != c_size or len(data) != d_size:
             raise ArchiveError(f"{self.path}: block {i} has the wrong size")
-        self._cache = (i, data)
+        if len(self._cache) >= _CACHED_BLOCKS:
+            del self._cache[next(iter(self._cache))]
+        self._cache[i] = data
         return data
 
     def _frame_at(self, offset: int) -> int:
@@ -375,9 +385,17 @@ class ArchiveReader:
 
     def audio_span(self) -> tuple[int, int]:
         """Where ``audio.bin`` lies in the tar stream: (offset, size)."""
-        span = self.members().get(AUDIO)
+        # Archives never change in place: remember spans by file identity.
+        stat = os.fstat(self._file.fileno())
+        key = (str(self.path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        span = _SPANS.get(key)
         if span is None:
-            raise ArchiveError(f"{self.path} holds no {AUDIO}")
+            span = self.members().get(AUDIO)
+            if span is None:
+                raise ArchiveError(f"{self.path} holds no {AUDIO}")
+            if len(_SPANS) >= _SPANS_KEPT:
+                del _SPANS[next(iter(_SPANS))]
+            _SPANS[key] = span
         return span
 
     def manifest(self) -> Manifest:
