@@ -43,6 +43,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from voxgate import _native
+from voxgate.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 API_KEY = "bench-key"
@@ -458,8 +459,14 @@ def _voxgate_command() -> list[str]:
 
 
 def _limits_env(window_bytes: int | None) -> dict[str, str]:
-    # Both servers read their advertised window from the same variable.
-    return {} if window_bytes is None else {"VOXGATE_WINDOW_BYTES": str(window_bytes)}
+    # Both servers read their advertised window from the same variable; the
+    # window may not be below the largest frame, so a small one lowers that too.
+    if window_bytes is None:
+        return {}
+    env = {"VOXGATE_WINDOW_BYTES": str(window_bytes)}
+    if window_bytes < Settings().max_frame_bytes:
+        env["VOXGATE_MAX_FRAME_BYTES"] = str(window_bytes)
+    return env
 
 
 def start_voxgate(
