@@ -243,3 +243,33 @@ def test_the_daily_run_is_due_at_the_next_matching_time_of_day() -> None:
     assert next_run_after(year_end, at) == datetime(2025, 1, 1, 3, 30, tzinfo=UTC)
     elsewhere = datetime(2024, 5, 1, 5, 0, tzinfo=UTC) + timedelta(hours=0)
     assert next_run_after(elsewhere.astimezone(), at) == datetime(2024, 5, 2, 3, 30, tzinfo=UTC)
+
+
+async def test_an_unrecorded_archive_of_a_session_going_cold_is_removed(
+    tmp_path: Path, store: Store
+) -> None:
+    session, _ = await streamed(store, 2)
+    # Left by a move to warm that wrote its archive, then failed and was undone.
+    orphan = tmp_path / "archive" / archive_relpath(session)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"archive of an undone move")
+    run = await Retention(store, policy(tmp_path, retention_warm_days=0)).run()
+    assert run is not None
+    assert (run.outcome, run.expired) == ("ok", 1)
+    assert not orphan.exists()
+
+
+async def test_a_session_deleted_during_a_begun_move_is_no_failure(
+    tmp_path: Path, store: Store
+) -> None:
+    session, _ = await streamed(store, 2)
+    kept, _ = await streamed(store, 2)
+    # A killed run began the move; the session was deleted before the next run.
+    assert await store.begin_move(session.id, Tier.WARM, session.updated_at)
+    assert await store.delete_session(session.id)
+    retention = Retention(store, policy(tmp_path))
+    run = await retention.run()
+    assert run is not None
+    assert (run.outcome, run.archived, run.failed) == ("ok", 1, 0)
+    assert not (retention.archive_dir / archive_relpath(session)).exists()
+    assert (retention.archive_dir / archive_relpath(kept)).exists()

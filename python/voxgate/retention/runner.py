@@ -42,6 +42,7 @@ from voxgate.settings import Settings, parse_time_of_day
 from voxgate.store.base import (
     ArchiveRecord,
     RetentionRun,
+    Session,
     SessionState,
     Store,
     Tier,
@@ -194,8 +195,11 @@ class Retention:
         ):
             return  # it took frames or was deleted since it was listed: next run decides
         _pause("begun", session_id)
+        session = await store.get_session(session_id)
+        if session is None or session.state is SessionState.DELETED:
+            return  # deleted since it was listed: nothing to keep
         try:
-            summary, reused = await self._archive_file(session_id)
+            summary, reused = await self._archive_file(session)
             _pause("verified", session_id)
             record = ArchiveRecord(
                 path=summary.path,
@@ -218,11 +222,9 @@ class Retention:
         else:
             run.archived += 1
 
-    async def _archive_file(self, session_id: str) -> tuple[_Archived, bool]:
+    async def _archive_file(self, session: Session) -> tuple[_Archived, bool]:
         """The session's verified archive, written now or kept from a killed run."""
-        session = await self.store.get_session(session_id)
-        if session is None or session.state is SessionState.DELETED:
-            raise ArchiveError("the session was deleted")
+        session_id = session.id
         index = await self.store.frame_index(session_id)
         relpath = archive_relpath(session)
         path = self.archive_dir / relpath
@@ -280,6 +282,7 @@ class Retention:
         ):
             return
         _pause("begun", session_id)
+        session = await store.get_session(session_id)
         try:
             if not await store.finish_cold(session_id):
                 return
@@ -292,6 +295,10 @@ class Retention:
         record = await store.archive_record(session_id)
         if record is not None:
             await self.discard_archive(session_id, record)
+        elif session is not None and move.tier is Tier.HOT:
+            # A hot session may have an archive from a move to warm that failed after the
+            # file was written; nothing records it, so remove it by its path.
+            await asyncio.to_thread(self._unlink, self.archive_dir / archive_relpath(session))
 
     async def discard_archive(self, session_id: str, record: ArchiveRecord) -> None:
         """Remove the session's archive file, then its record."""
