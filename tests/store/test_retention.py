@@ -216,6 +216,8 @@ async def test_storage_stats_per_tier(store: Store) -> None:
     assert warm.oldest is not None
     assert warm.oldest.id == first.id
     assert (cold.sessions, cold.bytes, cold.oldest) == (0, 0, None)
+    for figures in stats.values():  # plain ints, as the API shows them
+        assert {type(v) for v in (figures.sessions, figures.bytes, figures.audio_bytes)} == {int}
 
 
 async def test_run_records_round_trip(store: Store) -> None:
