@@ -9,7 +9,13 @@ import pytest
 from servers import RUNNING
 
 # Real Redis and PostgreSQL servers, started on demand by the tests that ask for them.
-from services import postgres_server, redis_server  # noqa: F401
+from services import PostgresServer, postgres_server, redis_server  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def store_database(postgres_server: PostgresServer) -> str:  # noqa: F811
+    """A database for store and writer tests; they empty it before each test."""
+    return postgres_server.create_database("store_suite")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -12,7 +12,8 @@ from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
 from voxgate.retention.cli import add_retention_command
 from voxgate.settings import Settings, SettingsError
-from voxgate.store.backup_cli import add_db_command
+from voxgate.store.base import StoreError
+from voxgate.store.cli import add_db_command, check_database
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -26,6 +27,11 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return 2
+    try:
+        asyncio.run(check_database(settings))
+    except StoreError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 1
     # Made here, before workers start, so every worker finds the same key.
     os.makedirs(settings.data_dir, exist_ok=True)
     _, generated = ensure_api_keys(settings)

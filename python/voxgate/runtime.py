@@ -15,6 +15,7 @@ from voxgate.ingest.writer import Writer
 from voxgate.retention.runner import Retention, RetentionSchedule
 from voxgate.settings import Settings
 from voxgate.store.base import Store
+from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
@@ -36,9 +37,22 @@ class Runtime:
             log.warning("generated API key (kept in %s/api_key): %s", settings.data_dir, generated)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store: Store = SqliteStore(
-            data_dir, durability=settings.durability, segment_max_bytes=settings.segment_max_bytes
-        )
+        self.store: Store
+        if settings.database_url:
+            # PostgreSQL's commit is the durability point at either durability level.
+            self.store = PostgresStore(
+                settings.database_url,
+                pool_min=settings.database_pool_min,
+                pool_max=settings.database_pool_max,
+                migrate=settings.database_migrate,
+                timeout_s=settings.database_timeout_s,
+            )
+        else:
+            self.store = SqliteStore(
+                data_dir,
+                durability=settings.durability,
+                segment_max_bytes=settings.segment_max_bytes,
+            )
         self.tokens: TokenStore
         if int(os.environ.get(WORKERS_ENV, "1")) > 1:
             # Worker processes must share tokens: a file every worker of this host sees.

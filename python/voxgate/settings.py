@@ -69,6 +69,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_max_bytes: int = 32 * 1024 * 1024
     segment_max_bytes: int = 64 * 1024 * 1024
 
+    # PostgreSQL store: with a URL, sessions and payloads live in PostgreSQL (no segment
+    # files). Pool sizes are per worker process; migrations are applied at start unless
+    # database_migrate is false (then `voxgate db migrate` must have run).
+    database_url: str | None = None
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+    database_migrate: bool = True
+    # Bounds connecting, waiting for a pooled connection and each statement.
+    database_timeout_s: float = 30.0
+
     log_level: str = "INFO"
 
     # -- retention (docs/operations.md) --
@@ -103,6 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if not 0 <= self.database_pool_min <= self.database_pool_max or self.database_pool_max < 1:
+            raise SettingsError(
+                "VOXGATE_DATABASE_POOL_MIN and _MAX need 0 <= min <= max and max >= 1"
+            )
+        if self.database_timeout_s <= 0:
+            raise SettingsError("VOXGATE_DATABASE_TIMEOUT_S must be positive")
         if not 0 <= self.retention_hot_days <= self.retention_warm_days:
             raise SettingsError(
                 "VOXGATE_RETENTION_HOT_DAYS must be between 0 and VOXGATE_RETENTION_WARM_DAYS"

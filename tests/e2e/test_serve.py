@@ -43,6 +43,10 @@ def test_without_configured_keys_one_is_generated_stored_and_printed_once(tmp_pa
             "VOXGATE_WINDOW_BYTES",
         ),
         ({"VOXGATE_DURABILITY": "sometimes"}, "durability"),
+        (
+            {"VOXGATE_DATABASE_POOL_MIN": "5", "VOXGATE_DATABASE_POOL_MAX": "2"},
+            "VOXGATE_DATABASE_POOL_MIN",
+        ),
     ],
 )
 def test_bad_settings_stop_the_server_with_a_clear_message(

@@ -1,28 +1,37 @@
-"""The group-commit writer over a real embedded store."""
+"""The group-commit writer over a real store: the embedded one and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate._native import FLAG_END, crc32c
 from voxgate.ingest.writer import Writer, WriterFull
-from voxgate.store.base import CommitResult, FrameIn, Outcome, StoreError
-from voxgate.store.sqlite import SqliteStore
+from voxgate.store.base import (
+    CommitResult,
+    FrameEntry,
+    FrameIn,
+    Outcome,
+    Session,
+    Store,
+    StoreError,
+)
 
 
 def frame(session_id: str, seq: int, payload: bytes, *, end: bool = False) -> FrameIn:
     return FrameIn(session_id, seq, FLAG_END if end else 0, 0, crc32c(payload), payload)
 
 
-class CountingStore(SqliteStore):
-    """The real store, counting its commits; ``gate`` (when set) holds each commit until opened."""
+class CountingStore:
+    """A real store of either kind, counting its commits; ``gate`` (when set) holds each commit."""
 
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir, durability="fsync", segment_max_bytes=1 << 20)
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
         self.batches: list[list[FrameIn]] = []
         self.gate: asyncio.Event | None = None
         self.fail_with: BaseException | None = None
@@ -33,18 +42,72 @@ class CountingStore(SqliteStore):
             await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
-        return await super().commit(frames)
+        return await self.inner.commit(frames)
+
+    # The rest of the Store protocol, as the inner store answers it.
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def create_session(
+        self,
+        *,
+        codec: str | None,
+        sample_rate: int | None,
+        channels: int | None,
+        metadata: dict[str, Any],
+    ) -> Session:
+        return await self.inner.create_session(
+            codec=codec, sample_rate=sample_rate, channels=channels, metadata=metadata
+        )
+
+    async def get_session(self, session_id: str) -> Session | None:
+        return await self.inner.get_session(session_id)
+
+    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
+        return await self.inner.list_sessions(limit=limit, after=after)
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self.inner.delete_session(session_id)
+
+    async def missing(self, session_id: str) -> list[list[int]]:
+        return await self.inner.missing(session_id)
+
+    async def frame_index(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> list[FrameEntry]:
+        return await self.inner.frame_index(session_id, first_seq, last_seq)
+
+    def read_payloads(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        return self.inner.read_payloads(session_id, first_seq, last_seq)
+
+    async def claim_stream(self, session_id: str) -> int:
+        return await self.inner.claim_stream(session_id)
+
+    async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
+        return await self.inner.stream_generations(session_ids)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    opened = CountingStore(tmp_path / "data")
-    await opened.open()
-    yield opened
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CountingStore]:
+    backend: Backend
+    if request.param == "sqlite":
+        backend = SqliteBackend(tmp_path / "data", segment_max_bytes=1 << 20)
+    else:
+        pg = PostgresBackend(request.getfixturevalue("store_database"))
+        await pg.reset()
+        backend = pg
+    opened = await backend.open_store()
+    yield CountingStore(opened)
     await opened.close()
 
 
-async def new_sessions(store: SqliteStore, n: int) -> list[str]:
+async def new_sessions(store: CountingStore, n: int) -> list[str]:
     return [
         (await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})).id
         for _ in range(n)

@@ -6,14 +6,17 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from voxgate._native import FLAG_END, crc32c
+from voxgate.store import migrations
 from voxgate.store.base import FrameIn, Store
+from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 
-# Backend kinds the suite runs against; PostgreSQL joins here.
-KINDS = ["sqlite"]
+# Backend kinds the suite runs against.
+KINDS = ["sqlite", "postgres"]
 
 
 def frame(
@@ -38,8 +41,8 @@ class Backend:
         """A new, unopened store instance over this backend's state (like another process)."""
         raise NotImplementedError
 
-    def holds_bytes(self, needle: bytes) -> bool:
-        """Whether ``needle`` appears anywhere in what the backend keeps on disk."""
+    async def holds_bytes(self, needle: bytes) -> bool:
+        """Whether ``needle`` appears anywhere the backend keeps sessions and payloads."""
         raise NotImplementedError
 
     async def open_store(self) -> Store:
@@ -60,7 +63,7 @@ class SqliteBackend(Backend):
             self.data_dir, durability="fsync", segment_max_bytes=self.segment_max_bytes
         )
 
-    def holds_bytes(self, needle: bytes) -> bool:
+    async def holds_bytes(self, needle: bytes) -> bool:
         for root, _, files in os.walk(self.data_dir):
             for name in files:
                 if needle in (Path(root) / name).read_bytes():
@@ -68,11 +71,50 @@ class SqliteBackend(Backend):
         return False
 
 
+class PostgresBackend(Backend):
+    """One database shared by the suite, emptied before each test."""
+
+    kind = "postgres"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def new_store(self) -> PostgresStore:
+        return PostgresStore(self.dsn, pool_min=1, pool_max=4)
+
+    async def reset(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await migrations.apply(conn)
+            await conn.execute("TRUNCATE sessions, frames")
+        finally:
+            await conn.close()
+
+    async def holds_bytes(self, needle: bytes) -> bool:
+        # What any reader of the database sees: frame payloads and session rows.
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            found: bool = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM frames WHERE position($1::bytea IN payload) > 0)"
+                " OR EXISTS (SELECT 1 FROM sessions"
+                " WHERE position($1::bytea IN convert_to(sessions::text, 'UTF8')) > 0)",
+                needle,
+            )
+            return found
+        finally:
+            await conn.close()
+
+
 @pytest.fixture(params=KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     kind = request.param
     if kind == "sqlite":
         return SqliteBackend(tmp_path / "data")
+    if kind == "postgres":
+        # Asked for here, so that a run of the sqlite cases alone starts no PostgreSQL.
+        pg = PostgresBackend(request.getfixturevalue("store_database"))
+        await pg.reset()
+        return pg
     raise AssertionError(f"unknown store kind {kind}")
 
 

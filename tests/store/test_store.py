@@ -100,11 +100,11 @@ async def test_delete_removes_frames_and_payload_bytes(store: Store, backend: Ba
     random.shuffle(frames)  # interleave both sessions' payloads in storage
     result = await store.commit(frames)
     assert set(result.outcomes) == {Outcome.STORED}
-    assert backend.holds_bytes(secret)
+    assert await backend.holds_bytes(secret)
 
     assert await store.delete_session(doomed.id) is True
-    assert not backend.holds_bytes(secret), "payload bytes must really be gone"
-    assert backend.holds_bytes(kept)
+    assert not await backend.holds_bytes(secret), "payload bytes must really be gone"
+    assert await backend.holds_bytes(kept)
 
     tomb = await store.get_session(doomed.id)
     assert tomb is not None

@@ -49,7 +49,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from voxgate._native import FLAG_END, crc32c, crc32c_combine
+from voxgate._native import crc32c
 from voxgate.ids import new_session_id
 from voxgate.store.base import (
     ArchiveRecord,
@@ -58,7 +58,6 @@ from voxgate.store.base import (
     FrameIn,
     OldestSession,
     Outcome,
-    Progress,
     RetentionRun,
     Session,
     SessionState,
@@ -67,6 +66,7 @@ from voxgate.store.base import (
     TierMove,
     TierStats,
 )
+from voxgate.store.tally import SessionTally as _Tally
 
 log = logging.getLogger("voxgate.store")
 
@@ -267,65 +267,6 @@ class _Segment:
         self.name = name
         self.fd = fd  # holds the flock that marks the segment as being written
         self.offset = 0
-
-
-class _Tally:
-    """One session's counters while a commit runs."""
-
-    __slots__ = (
-        "batch",
-        "bytes",
-        "changed",
-        "end_seq",
-        "frames",
-        "next_seq",
-        "prefix_crc",
-        "prefix_seq",
-        "stream_crc32c",
-    )
-
-    def __init__(self, row: tuple[Any, ...]) -> None:
-        (
-            self.next_seq,
-            self.frames,
-            self.bytes,
-            self.end_seq,
-            self.stream_crc32c,
-            self.prefix_seq,
-            self.prefix_crc,
-        ) = row
-        self.batch: dict[int, tuple[int, int]] = {}  # seq -> (crc32c, length) stored now
-        self.changed = False
-
-    def store(self, seq: int, length: int, crc: int, end: bool) -> None:
-        self.batch[seq] = (crc, length)
-        self.changed = True
-        self.frames += 1
-        self.bytes += length
-        if seq >= self.next_seq:
-            self.next_seq = seq + 1
-        if end:
-            self.end_seq = seq
-
-    @property
-    def complete(self) -> bool:
-        return self.end_seq is not None and self.prefix_seq == self.end_seq + 1
-
-    @property
-    def state(self) -> SessionState:
-        if self.end_seq is None:
-            return SessionState.OPEN
-        return SessionState.COMPLETE if self.complete else SessionState.ENDED
-
-    def progress(self) -> Progress:
-        return Progress(
-            next_seq=self.next_seq,
-            frames=self.frames,
-            bytes=self.bytes,
-            end_seq=self.end_seq,
-            complete=self.complete,
-            stream_crc32c=self.stream_crc32c,
-        )
 
 
 class SqliteStore:
@@ -922,19 +863,11 @@ class SqliteStore:
                     continue  # GONE
                 length = _payload_len(frame.payload)
                 key = (frame.session_id, frame.seq)
-                stored = known.get(key)
-                if stored is not None:
-                    # Same payload CRC but another length or END flag is another frame.
-                    same = stored == (frame.crc32c, length, frame.flags)
-                    outcomes[i] = Outcome.DUPLICATE if same else Outcome.CONFLICT
+                outcome = outcomes[i] = tally.judge(
+                    frame.seq, frame.flags, frame.crc32c, length, known.get(key)
+                )
+                if outcome is not Outcome.STORED:
                     continue
-                end = bool(frame.flags & FLAG_END)
-                if (tally.end_seq is not None and frame.seq > tally.end_seq) or (
-                    end and frame.seq < tally.next_seq - 1
-                ):
-                    outcomes[i] = Outcome.SEQUENCE
-                    continue
-                outcomes[i] = Outcome.STORED
                 known[key] = (frame.crc32c, length, frame.flags)
                 pts = frame.pts_us - _U64 if frame.pts_us > _I64_MAX else frame.pts_us
                 rows.append(
@@ -952,7 +885,6 @@ class SqliteStore:
                 if length:
                     payloads.append(frame.payload)
                     offset += length
-                tally.store(frame.seq, length, frame.crc32c, end)
 
             if rows:
                 conn.executemany(
@@ -975,8 +907,7 @@ class SqliteStore:
                     if not tally.changed:
                         continue
                     self._advance_prefix(session_id, tally)
-                    if tally.complete:
-                        tally.stream_crc32c = tally.prefix_crc
+                    tally.finish()
                     updates.append(
                         (
                             tally.state.value,
@@ -1010,31 +941,19 @@ class SqliteStore:
 
     def _advance_prefix(self, session_id: str, tally: _Tally) -> None:
         """Extend the gap-free prefix and its running CRC over newly stored frames."""
-        seq, crc = tally.prefix_seq, tally.prefix_crc
-        if seq not in tally.batch:
-            return  # prefix_seq was not stored before this commit, nor is it now
-        while seq in tally.batch:
-            frame_crc, length = tally.batch[seq]
-            if length:
-                crc = crc32c_combine(crc, frame_crc, length)
-            seq += 1
-        if seq < tally.next_seq:
-            # A gap just closed: walk frames stored by earlier commits until the next gap.
-            cursor = self._conn.execute(
-                "SELECT seq, crc32c, length FROM frames WHERE session_id = ? AND seq >= ?"
-                " ORDER BY seq",
-                (session_id, seq),
-            )
-            try:
-                for stored_seq, frame_crc, length in cursor:
-                    if stored_seq != seq:
-                        break
-                    if length:
-                        crc = crc32c_combine(crc, frame_crc, length)
-                    seq += 1
-            finally:
-                cursor.close()
-        tally.prefix_seq, tally.prefix_crc = seq, crc
+        if not tally.advance_in_batch():
+            return
+        # A gap just closed: walk frames stored by earlier commits until the next gap.
+        cursor = self._conn.execute(
+            "SELECT seq, crc32c, length FROM frames WHERE session_id = ? AND seq >= ? ORDER BY seq",
+            (session_id, tally.prefix_seq),
+        )
+        try:
+            for stored_seq, frame_crc, length in cursor:
+                if not tally.extend(stored_seq, frame_crc, length):
+                    break
+        finally:
+            cursor.close()
 
     async def frame_index(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None

@@ -1,0 +1,571 @@
+"""The PostgreSQL store: sessions, frame index and payloads in one database every instance shares.
+
+Schema (``migrations/0001_initial.sql``): ``sessions`` keyed by id, ``frames``
+keyed by ``(session_id, seq)`` with the payload as ``bytea`` (stored out of
+line and uncompressed for large frames: audio does not compress). Any number
+of voxgate processes and instances may use one database.
+
+A commit is one transaction: it locks the rows of the sessions it touches
+(``SELECT ... FOR UPDATE`` in id order, so concurrent commits over overlapping
+sessions never deadlock), looks up already stored frames only below each
+session's ``next_seq`` (nothing can be stored above it), decides every frame's
+outcome with :class:`~voxgate.store.tally.SessionTally`, ``COPY``-s the new
+frames straight into ``frames`` (no conflict can occur while the session rows
+are locked), extends each session's gap-free prefix and CRC, and writes the
+counters back. PostgreSQL's commit, with ``synchronous_commit`` left on, is
+the durability point for both ``VOXGATE_DURABILITY`` levels: it survives a
+killed voxgate process and, with the server's ``fsync`` on, power loss.
+
+Every failure to reach or use the database becomes :class:`StoreError`. A
+connection found broken (PostgreSQL restarted) is retried once on a fresh
+connection after expiring the pool's other connections, so the pool recovers
+by itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+
+from voxgate._native import crc32c
+from voxgate.ids import new_session_id
+from voxgate.store import migrations
+from voxgate.store.base import (
+    CommitResult,
+    FrameEntry,
+    FrameIn,
+    Outcome,
+    Session,
+    SessionState,
+    StoreError,
+)
+from voxgate.store.migrations import Connection
+from voxgate.store.tally import SessionTally
+
+log = logging.getLogger("voxgate.store")
+
+T = TypeVar("T")
+
+# Frames and bytes ``read_payloads`` fetches per query.
+READ_BATCH_FRAMES = 256
+READ_BATCH_BYTES = 4 * 1024 * 1024
+# Stored frames fetched per query while a closed gap extends a session's prefix.
+PREFIX_WALK_FRAMES = 8192
+_MAX_SEQ = (1 << 63) - 1
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+
+FRAME_COLUMNS = ("session_id", "seq", "flags", "pts_us", "length", "crc32c", "payload")
+_SESSION_COLUMNS = (
+    "id, state, codec, sample_rate, channels, metadata, created_at, updated_at,"
+    " next_seq, frames, bytes, end_seq, stream_crc32c"
+)
+
+# The connection is gone or the server is going away: use a new connection.
+_BROKEN = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+# Worth one more try: a broken connection, or a transaction PostgreSQL rolled back.
+_RETRY = (*_BROKEN, asyncpg.exceptions.TransactionRollbackError)
+# Anything else the driver or the server reports.
+_FAILURE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+_LOCK_SESSIONS = (
+    "SELECT id, next_seq, frames, bytes, end_seq, stream_crc32c, prefix_seq, prefix_crc32c"
+    " FROM sessions WHERE id = ANY($1::text[]) AND state <> 'deleted' ORDER BY id FOR UPDATE"
+)
+_STORED_FRAMES = (
+    "SELECT f.session_id, f.seq, f.crc32c, f.length, f.flags"
+    " FROM unnest($1::text[], $2::bigint[]) AS k(session_id, seq)"
+    " JOIN frames f ON f.session_id = k.session_id AND f.seq = k.seq"
+)
+_PREFIX_WALK = (
+    "SELECT seq, crc32c, length FROM frames WHERE session_id = $1 AND seq >= $2"
+    " ORDER BY seq LIMIT $3"
+)
+_UPDATE_SESSIONS = (
+    "UPDATE sessions AS s SET state = u.state, next_seq = u.next_seq, frames = u.frames,"
+    " bytes = u.bytes, end_seq = u.end_seq, stream_crc32c = u.stream_crc32c,"
+    " prefix_seq = u.prefix_seq, prefix_crc32c = u.prefix_crc32c, updated_at = $10"
+    " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],"
+    " $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])"
+    " AS u(id, state, next_seq, frames, bytes, end_seq, stream_crc32c, prefix_seq,"
+    " prefix_crc32c) WHERE s.id = u.id"
+)
+# Gaps at or above prefix_seq (nothing below it is missing), from one snapshot.
+_MISSING = (
+    "WITH s AS (SELECT prefix_seq FROM sessions WHERE id = $1 AND state <> 'deleted')"
+    " SELECT prev + 1, seq - 1 FROM ("
+    "  SELECT f.seq, LAG(f.seq, 1, s.prefix_seq - 1) OVER (ORDER BY f.seq) AS prev"
+    "  FROM s JOIN frames f ON f.session_id = $1 AND f.seq >= s.prefix_seq"
+    " ) g WHERE seq > prev + 1 ORDER BY seq"
+)
+# Up to $4 frames from seq $2, cut after $5 bytes (but at least one frame).
+_READ_BATCH = (
+    "WITH idx AS ("
+    "  SELECT seq, length FROM frames WHERE session_id = $1 AND seq >= $2 AND seq <= $3"
+    "  ORDER BY seq LIMIT $4"
+    "), sized AS ("
+    "  SELECT seq, sum(length) OVER (ORDER BY seq) AS upto,"
+    "  row_number() OVER (ORDER BY seq) AS n, count(*) OVER () AS found FROM idx"
+    ")"
+    " SELECT s.seq, s.found, f.crc32c, f.payload FROM sized s"
+    " JOIN frames f ON f.session_id = $1 AND f.seq = s.seq"
+    " WHERE s.n = 1 OR s.upto <= $5 ORDER BY s.seq"
+)
+
+
+def _payload_len(payload: bytes | memoryview) -> int:
+    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
+
+
+def _storable(session_id: str) -> bool:
+    """Whether the id can name a stored session (ids are ASCII; PostgreSQL text holds no NUL)."""
+    return session_id.isascii() and "\x00" not in session_id
+
+
+def _text_key(value: str) -> str:
+    """``value`` as PostgreSQL text that sorts against ids as ``value`` does (for ``after``)."""
+    # Ids are printable ASCII: whatever follows a NUL cannot change the order, and any
+    # character above ASCII (a lone surrogate too) sorts after every id character.
+    value = value.split("\x00", 1)[0]
+    if value.isascii():
+        return value
+    return "".join("\ue000" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for logs and messages."""
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        return "<unparsable database URL>"
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _session_from_row(row: asyncpg.Record) -> Session:
+    return Session(
+        id=row["id"],
+        state=SessionState(row["state"]),
+        codec=row["codec"],
+        sample_rate=row["sample_rate"],
+        channels=row["channels"],
+        metadata=msgspec.json.decode(row["metadata"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        next_seq=row["next_seq"],
+        frames=row["frames"],
+        bytes=row["bytes"],
+        end_seq=row["end_seq"],
+        stream_crc32c=row["stream_crc32c"],
+    )
+
+
+class PostgresStore:
+    """A :class:`~voxgate.store.base.Store` in PostgreSQL, reached through an asyncpg pool.
+
+    ``migrate=True`` applies pending migrations when the store opens;
+    otherwise opening fails unless the schema is current. ``timeout_s`` bounds
+    connecting, waiting for a pooled connection and every statement.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        migrate: bool = True,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise ValueError("pool sizes need 0 <= pool_min <= pool_max and pool_max >= 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.dsn = dsn
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.migrate = migrate
+        self.timeout_s = timeout_s
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.dsn)})"
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _error(self, exc: BaseException) -> StoreError:
+        return StoreError(f"postgres store {redact(self.dsn)}: {type(exc).__name__}: {exc}")
+
+    async def _run(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``op(conn, *args)`` on a pooled connection; one retry when the connection broke."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("store is not open")
+        for attempt in (1, 2):
+            acquired = False
+            try:
+                async with pool.acquire(timeout=self.timeout_s) as conn:
+                    acquired = True
+                    return await op(conn, *args)
+            except _RETRY as exc:
+                # No connection to be had (server down, refused): no point in retrying.
+                if attempt == 2 or not acquired:
+                    raise self._error(exc) from exc
+                if isinstance(exc, _BROKEN):
+                    # The server likely restarted: every idle connection is stale too.
+                    await pool.expire_connections()
+                log.info("postgres store: retrying after %s: %s", type(exc).__name__, exc)
+            except _FAILURE as exc:
+                raise self._error(exc) from exc
+        raise AssertionError("unreachable")
+
+    # -- open and close ------------------------------------------------------------
+
+    async def _create_pool(self, settings: dict[str, str]) -> asyncpg.Pool[asyncpg.Record]:
+        try:
+            return await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.pool_min,
+                max_size=self.pool_max,
+                timeout=self.timeout_s,
+                command_timeout=self.timeout_s,
+                server_settings={"application_name": "voxgate", **settings},
+            )
+        except (*_FAILURE, ValueError) as exc:
+            raise self._error(exc) from exc
+
+    async def open(self) -> None:
+        """Connect the pool and apply (or check) migrations; StoreError when that fails."""
+        if self._pool is not None:
+            return
+        pool = await self._create_pool({})
+        try:
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                if self.migrate:
+                    applied = await migrations.apply(conn)
+                    for migration in applied:
+                        log.info(
+                            "applied migration %04d_%s to %s",
+                            migration.version,
+                            migration.name,
+                            redact(self.dsn),
+                        )
+                else:
+                    await migrations.check(conn)
+                synchronous_commit = await conn.fetchval("SHOW synchronous_commit")
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, _FAILURE):
+                raise self._error(exc) from exc
+            raise
+        if synchronous_commit == "off":
+            # An ack promises durability: a commit must not return before its WAL is flushed.
+            # Any other value (local, remote_write, on, remote_apply) flushes locally at least.
+            log.warning(
+                "%s has synchronous_commit=off; voxgate's connections set it on",
+                redact(self.dsn),
+            )
+            pool.terminate()
+            pool = await self._create_pool({"synchronous_commit": "on"})
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), self.timeout_s)
+        except TimeoutError:
+            pool.terminate()
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        codec: str | None,
+        sample_rate: int | None,
+        channels: int | None,
+        metadata: dict[str, Any],
+    ) -> Session:
+        now = datetime.now(UTC)
+        session = Session(
+            id=new_session_id(),
+            state=SessionState.OPEN,
+            created_at=now,
+            updated_at=now,
+            codec=codec,
+            sample_rate=sample_rate,
+            channels=channels,
+            metadata=metadata,
+        )
+        encoded = msgspec.json.encode(metadata).decode()
+
+        async def op(conn: Connection) -> None:
+            # ON CONFLICT: a retry after a commit whose answer was lost must not fail.
+            await conn.execute(
+                "INSERT INTO sessions (id, state, codec, sample_rate, channels, metadata,"
+                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6::json, $7, $7)"
+                " ON CONFLICT (id) DO NOTHING",
+                session.id,
+                session.state.value,
+                codec,
+                sample_rate,
+                channels,
+                encoded,
+                now,
+            )
+
+        await self._run(op)
+        return session
+
+    async def get_session(self, session_id: str) -> Session | None:
+        if not _storable(session_id):
+            return None
+
+        async def op(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = $1", session_id
+            )
+
+        row = await self._run(op)
+        return None if row is None else _session_from_row(row)
+
+    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
+        if limit <= 0:
+            return []
+        key = _text_key(after or "")
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id > $1 AND state <> 'deleted'"
+                " ORDER BY id LIMIT $2",
+                key,
+                limit,
+            )
+
+        return [_session_from_row(row) for row in await self._run(op)]
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete the session's frames (payloads included) in one transaction, keep a tombstone.
+
+        The rows are gone for every reader at once; PostgreSQL reclaims their
+        space when (auto)vacuum runs.
+        """
+        if not _storable(session_id):
+            return False
+
+        async def op(conn: Connection) -> bool:
+            async with conn.transaction():
+                state = await conn.fetchval(
+                    "SELECT state FROM sessions WHERE id = $1 FOR UPDATE", session_id
+                )
+                if state is None or state == SessionState.DELETED.value:
+                    return False
+                await conn.execute("DELETE FROM frames WHERE session_id = $1", session_id)
+                await conn.execute(
+                    "UPDATE sessions SET state = 'deleted', metadata = '{}', next_seq = 0,"
+                    " frames = 0, bytes = 0, end_seq = NULL, stream_crc32c = NULL,"
+                    " prefix_seq = 0, prefix_crc32c = 0, updated_at = $2 WHERE id = $1",
+                    session_id,
+                    datetime.now(UTC),
+                )
+                return True
+
+        return await self._run(op)
+
+    # -- frames --------------------------------------------------------------------
+
+    async def missing(self, session_id: str) -> list[list[int]]:
+        if not _storable(session_id):
+            return []
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(_MISSING, session_id)
+
+        return [[first, last] for first, last in await self._run(op)]
+
+    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
+        if not frames:
+            return CommitResult([], {})
+
+        async def op(conn: Connection) -> CommitResult:
+            async with conn.transaction():
+                return await self._commit(conn, frames)
+
+        return await self._run(op)
+
+    async def _commit(self, conn: Connection, frames: Sequence[FrameIn]) -> CommitResult:
+        outcomes = [Outcome.GONE] * len(frames)
+        session_ids = sorted({f.session_id for f in frames if _storable(f.session_id)})
+        tallies = {
+            row[0]: SessionTally(tuple(row)[1:])
+            for row in await conn.fetch(_LOCK_SESSIONS, session_ids)
+        }
+        if not tallies:
+            return CommitResult(outcomes, {})
+        # Only seqs below next_seq can be stored already.
+        ask_ids: list[str] = []
+        ask_seqs: list[int] = []
+        for f in frames:
+            tally = tallies.get(f.session_id)
+            if tally is not None and f.seq < tally.next_seq:
+                ask_ids.append(f.session_id)
+                ask_seqs.append(f.seq)
+        known: dict[tuple[str, int], tuple[int, int, int]] = {}
+        if ask_ids:
+            for sid, seq, crc, length, flags in await conn.fetch(_STORED_FRAMES, ask_ids, ask_seqs):
+                known[sid, seq] = (crc, length, flags)
+
+        records: list[tuple[str, int, int, int, int, int, bytes | memoryview]] = []
+        for i, f in enumerate(frames):
+            tally = tallies.get(f.session_id)
+            if tally is None:
+                continue  # GONE
+            length = _payload_len(f.payload)
+            key = (f.session_id, f.seq)
+            outcome = outcomes[i] = tally.judge(f.seq, f.flags, f.crc32c, length, known.get(key))
+            if outcome is not Outcome.STORED:
+                continue
+            known[key] = (f.crc32c, length, f.flags)
+            pts = f.pts_us - _U64 if f.pts_us > _I64_MAX else f.pts_us
+            records.append((f.session_id, f.seq, f.flags, pts, length, f.crc32c, f.payload))
+
+        if records:
+            # The session rows are locked and every seq was checked: COPY cannot conflict.
+            await conn.copy_records_to_table("frames", records=records, columns=FRAME_COLUMNS)
+            columns: list[list[Any]] = [[] for _ in range(9)]
+            for sid, tally in tallies.items():
+                if not tally.changed:
+                    continue
+                if tally.advance_in_batch():
+                    await self._walk_prefix(conn, sid, tally)
+                tally.finish()
+                row = (
+                    sid,
+                    tally.state.value,
+                    tally.next_seq,
+                    tally.frames,
+                    tally.bytes,
+                    tally.end_seq,
+                    tally.stream_crc32c,
+                    tally.prefix_seq,
+                    tally.prefix_crc,
+                )
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+            await conn.execute(_UPDATE_SESSIONS, *columns, datetime.now(UTC))
+        return CommitResult(outcomes, {sid: tally.progress() for sid, tally in tallies.items()})
+
+    async def _walk_prefix(self, conn: Connection, session_id: str, tally: SessionTally) -> None:
+        """A gap just closed: extend the prefix over frames stored by earlier commits."""
+        while True:
+            rows = await conn.fetch(_PREFIX_WALK, session_id, tally.prefix_seq, PREFIX_WALK_FRAMES)
+            for seq, crc, length in rows:
+                if not tally.extend(seq, crc, length):
+                    return
+            if len(rows) < PREFIX_WALK_FRAMES:
+                return
+
+    async def frame_index(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> list[FrameEntry]:
+        if not _storable(session_id):
+            return []
+        last = _MAX_SEQ if last_seq is None else last_seq
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT seq, flags, pts_us, length, crc32c FROM frames"
+                " WHERE session_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq",
+                session_id,
+                first_seq,
+                last,
+            )
+
+        return [
+            FrameEntry(seq, flags, pts + _U64 if pts < 0 else pts, length, crc)
+            for seq, flags, pts, length, crc in await self._run(op)
+        ]
+
+    async def read_payloads(
+        self, session_id: str, first_seq: int = 0, last_seq: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield ``(seq, payload)`` in seq order, at most 256 frames or 4 MiB per query.
+
+        Every payload is checked against its stored CRC-32C; a mismatch raises
+        :class:`StoreError`. A session deleted meanwhile ends the iteration.
+        """
+        if not _storable(session_id):
+            return
+        last = _MAX_SEQ if last_seq is None else last_seq
+        seq = first_seq
+        while seq <= last:
+            rows = await self._run(self._read_batch, session_id, seq, last)
+            if not rows:
+                return
+            for row_seq, _, crc, payload in rows:
+                if crc32c(payload) != crc:
+                    raise StoreError(
+                        f"postgres store {redact(self.dsn)}: payload of {session_id}"
+                        f" seq {row_seq} does not match its CRC-32C"
+                    )
+                yield row_seq, payload
+            found = rows[0]["found"]
+            if len(rows) == found and found < READ_BATCH_FRAMES:
+                return
+            seq = rows[-1]["seq"] + 1
+
+    @staticmethod
+    async def _read_batch(
+        conn: Connection, session_id: str, first: int, last: int
+    ) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            _READ_BATCH, session_id, first, last, READ_BATCH_FRAMES, READ_BATCH_BYTES
+        )
+
+    # -- stream ownership ----------------------------------------------------------
+
+    async def claim_stream(self, session_id: str) -> int:
+        """Bump and return the session's stream generation; StoreError for an unknown id."""
+        generation: int | None = None
+        if _storable(session_id):
+
+            async def op(conn: Connection) -> int | None:
+                value: int | None = await conn.fetchval(
+                    "UPDATE sessions SET stream_generation = stream_generation + 1"
+                    " WHERE id = $1 RETURNING stream_generation",
+                    session_id,
+                )
+                return value
+
+            generation = await self._run(op)
+        if generation is None:
+            raise StoreError(f"cannot claim the stream of unknown session {session_id}")
+        return generation
+
+    async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
+        ids = [sid for sid in session_ids if _storable(sid)]
+        if not ids:
+            return {}
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT id, stream_generation FROM sessions WHERE id = ANY($1::text[])", ids
+            )
+
+        return {sid: generation for sid, generation in await self._run(op)}

@@ -1,0 +1,365 @@
+"""Copy an embedded store (SQLite plus segment files) into PostgreSQL, verified and resumable.
+
+Per session, in id order:
+
+1. A session whose PostgreSQL row already matches the source (state,
+   counters, stream CRC) and whose frame count and bytes agree is done: it
+   was verified when that row was written.
+2. A tombstone: the row is written as a tombstone and any frame of it in
+   PostgreSQL is deleted.
+3. Otherwise the frames are copied in batches, each its own transaction,
+   with ``INSERT ... ON CONFLICT DO NOTHING``; frames already there (from an
+   interrupted run) are checked against the source and skipped. Then every
+   frame is read back from PostgreSQL and checked: same seqs, flags, pts,
+   lengths, and the CRC-32C recomputed from each payload equals the source's.
+   The counters and the gap-free prefix are recomputed from the frames and
+   must match the source's; only then is the session row written.
+
+So the row of a session is the mark that it was copied and verified: a run
+interrupted at any point is finished by running it again. Sources are read
+through :class:`~voxgate.store.sqlite.SqliteStore`, which checks every payload
+against its CRC as it reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from voxgate._native import crc32c, crc32c_combine
+from voxgate.store.base import FrameEntry, Session, SessionState, StoreError
+from voxgate.store.migrations import Connection
+from voxgate.store.postgres import PostgresStore, redact
+from voxgate.store.sqlite import DB_NAME, SqliteStore
+
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+# Seqs of the source index read per step (its entries are small).
+INDEX_WINDOW = 20_000
+
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (id, state, codec, sample_rate, channels, metadata, created_at,"
+    " updated_at, next_seq, frames, bytes, end_seq, stream_crc32c, stream_generation,"
+    " prefix_seq, prefix_crc32c)"
+    " VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    " ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, codec = EXCLUDED.codec,"
+    " sample_rate = EXCLUDED.sample_rate, channels = EXCLUDED.channels,"
+    " metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,"
+    " updated_at = EXCLUDED.updated_at, next_seq = EXCLUDED.next_seq,"
+    " frames = EXCLUDED.frames, bytes = EXCLUDED.bytes, end_seq = EXCLUDED.end_seq,"
+    " stream_crc32c = EXCLUDED.stream_crc32c,"
+    " stream_generation = GREATEST(sessions.stream_generation, EXCLUDED.stream_generation),"
+    " prefix_seq = EXCLUDED.prefix_seq, prefix_crc32c = EXCLUDED.prefix_crc32c"
+)
+_INSERT_FRAMES = (
+    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c, payload)"
+    " SELECT $1, * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::integer[],"
+    " $6::bigint[], $7::bytea[]) ON CONFLICT (session_id, seq) DO NOTHING"
+)
+
+
+class TransferError(StoreError):
+    """A session could not be copied as it is (the message says why)."""
+
+
+class TransferReport(msgspec.Struct, kw_only=True):
+    """What a run did; ``failed`` maps session ids to why they were left alone."""
+
+    sessions: int = 0  # in the source, tombstones included
+    copied: int = 0  # copied (or finished) and verified by this run
+    already: int = 0  # found copied by an earlier run
+    tombstones: int = 0  # tombstones written by this run
+    frames: int = 0  # frames inserted by this run
+    bytes: int = 0  # payload bytes inserted by this run
+    verified_frames: int = 0  # frames read back and checked by this run
+    failed: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class _Readback:
+    """Counters recomputed from the frames read back from PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+        self.top = -1
+        self.prefix_seq = 0
+        self.prefix_crc = 0
+
+    def add(self, seq: int, crc: int, length: int) -> None:
+        self.frames += 1
+        self.bytes += length
+        self.top = max(self.top, seq)
+        if seq == self.prefix_seq:
+            if length:
+                self.prefix_crc = crc32c_combine(self.prefix_crc, crc, length)
+            self.prefix_seq += 1
+
+
+def _signed(pts: int) -> int:
+    return pts - _U64 if pts > _I64_MAX else pts
+
+
+def source_session_ids(data_dir: Path) -> list[str]:
+    """Every session id of the embedded store in ``data_dir``, tombstones included, by id."""
+    db = sqlite3.connect(data_dir / DB_NAME, timeout=30.0)
+    try:
+        return [row[0] for row in db.execute("SELECT id FROM sessions ORDER BY id")]
+    finally:
+        db.close()
+
+
+class Transfer:
+    """One run of ``voxgate db migrate-from-sqlite``."""
+
+    def __init__(
+        self,
+        source: SqliteStore,
+        pool: asyncpg.Pool[asyncpg.Record],
+        *,
+        batch_frames: int = 1000,
+        batch_bytes: int = 8 * 1024 * 1024,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.source = source
+        self.pool = pool
+        self.batch_frames = batch_frames
+        self.batch_bytes = batch_bytes
+        self.say = say
+        self.report = TransferReport()
+
+    async def run(self, session_ids: list[str]) -> TransferReport:
+        self.report.sessions = len(session_ids)
+        for sid in session_ids:
+            try:
+                await self._session(sid)
+            except TransferError as exc:
+                self.report.failed[sid] = str(exc)
+                self.say(f"FAILED {sid}: {exc}")
+        return self.report
+
+    async def _session(self, sid: str) -> None:
+        session = await self.source.get_session(sid)
+        if session is None:
+            raise TransferError("vanished from the source while copying")
+        generation = (await self.source.stream_generations([sid])).get(sid, 0)
+        async with self.pool.acquire() as conn:
+            if await self._already_copied(conn, session):
+                self.report.already += 1
+                return
+            if session.state is SessionState.DELETED:
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM frames WHERE session_id = $1", sid)
+                    await self._write_session(conn, session, generation, 0, 0)
+                self.report.tombstones += 1
+                self.say(f"tombstone {sid}")
+                return
+            inserted = await self._copy_frames(conn, session)
+            prefix_seq, prefix_crc = await self._verify(conn, session)
+            async with conn.transaction():
+                await self._write_session(conn, session, generation, prefix_seq, prefix_crc)
+        self.report.copied += 1
+        self.say(f"copied {sid}: {session.frames} frames, {session.bytes} bytes ({inserted} new)")
+
+    async def _already_copied(self, conn: Connection, session: Session) -> bool:
+        row = await conn.fetchrow(
+            "SELECT state, next_seq, frames, bytes, end_seq, stream_crc32c,"
+            " (SELECT count(*) FROM frames WHERE session_id = $1) AS stored,"
+            " (SELECT coalesce(sum(length), 0) FROM frames WHERE session_id = $1) AS stored_bytes"
+            " FROM sessions WHERE id = $1",
+            session.id,
+        )
+        if row is None:
+            return False
+        expected = (
+            session.state.value,
+            session.next_seq,
+            session.frames,
+            session.bytes,
+            session.end_seq,
+            session.stream_crc32c,
+            session.frames,
+            session.bytes,
+        )
+        return tuple(row) == expected
+
+    async def _copy_frames(self, conn: Connection, session: Session) -> int:
+        """Insert the frames PostgreSQL lacks; returns how many were inserted."""
+        inserted = 0
+        batch: list[tuple[FrameEntry, bytes]] = []
+        nbytes = 0
+        async for entry, payload in self._source_frames(session):
+            batch.append((entry, payload))
+            nbytes += entry.length
+            if len(batch) >= self.batch_frames or nbytes >= self.batch_bytes:
+                inserted += await self._insert(conn, session.id, batch)
+                batch, nbytes = [], 0
+        if batch:
+            inserted += await self._insert(conn, session.id, batch)
+        return inserted
+
+    async def _source_frames(self, session: Session) -> AsyncIterator[tuple[FrameEntry, bytes]]:
+        """``(entry, payload)`` of every source frame in seq order, a window at a time."""
+        first = 0
+        while first < session.next_seq:
+            last = first + INDEX_WINDOW - 1
+            entries = {e.seq: e for e in await self.source.frame_index(session.id, first, last)}
+            async for seq, payload in self.source.read_payloads(session.id, first, last):
+                entry = entries.pop(seq, None)
+                if entry is None:
+                    raise TransferError(f"seq {seq} was stored in the source while copying")
+                yield entry, payload
+            if entries:
+                raise TransferError(f"frames {sorted(entries)[:5]} vanished from the source")
+            first = last + 1
+
+    async def _insert(
+        self, conn: Connection, sid: str, batch: list[tuple[FrameEntry, bytes]]
+    ) -> int:
+        seqs = [entry.seq for entry, _ in batch]
+        async with conn.transaction():
+            stored = {
+                row["seq"]: (row["flags"], row["pts_us"], row["length"], row["crc32c"])
+                for row in await conn.fetch(
+                    "SELECT seq, flags, pts_us, length, crc32c FROM frames"
+                    " WHERE session_id = $1 AND seq = ANY($2::bigint[])",
+                    sid,
+                    seqs,
+                )
+            }
+            fresh = []
+            for entry, payload in batch:
+                have = stored.get(entry.seq)
+                want = (entry.flags, _signed(entry.pts_us), entry.length, entry.crc32c)
+                if have is None:
+                    fresh.append((entry, payload))
+                elif have != want:
+                    raise TransferError(f"seq {entry.seq} is stored in PostgreSQL as another frame")
+            if fresh:
+                await conn.execute(
+                    _INSERT_FRAMES,
+                    sid,
+                    [e.seq for e, _ in fresh],
+                    [e.flags for e, _ in fresh],
+                    [_signed(e.pts_us) for e, _ in fresh],
+                    [e.length for e, _ in fresh],
+                    [e.crc32c for e, _ in fresh],
+                    [p for _, p in fresh],
+                )
+        self.report.frames += len(fresh)
+        self.report.bytes += sum(e.length for e, _ in fresh)
+        return len(fresh)
+
+    async def _verify(self, conn: Connection, session: Session) -> tuple[int, int]:
+        """Read every frame back and check it against the source; returns the prefix."""
+        sid = session.id
+        seen = _Readback()
+        after = -1
+        while True:
+            rows = await conn.fetch(
+                "SELECT seq, flags, pts_us, length, crc32c, payload FROM frames"
+                " WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                sid,
+                after,
+                self.batch_frames,
+            )
+            if not rows:
+                break
+            first, last = rows[0]["seq"], rows[-1]["seq"]
+            source = {e.seq: e for e in await self.source.frame_index(sid, first, last)}
+            for seq, flags, pts, length, crc, payload in rows:
+                entry = source.pop(seq, None)
+                if entry is None:
+                    raise TransferError(f"PostgreSQL holds seq {seq}, which the source lacks")
+                if (flags, pts, length, crc) != (
+                    entry.flags,
+                    _signed(entry.pts_us),
+                    entry.length,
+                    entry.crc32c,
+                ):
+                    raise TransferError(f"seq {seq} differs between source and PostgreSQL")
+                if len(payload) != length or crc32c(payload) != entry.crc32c:
+                    raise TransferError(f"payload of seq {seq} read back with another CRC-32C")
+                seen.add(seq, crc, length)
+            if source:
+                raise TransferError(f"seqs {sorted(source)[:5]} are missing in PostgreSQL")
+            self.report.verified_frames += len(rows)
+            after = last
+        counts = (seen.frames, seen.bytes, seen.top + 1)
+        if counts != (session.frames, session.bytes, session.next_seq):
+            raise TransferError(
+                f"PostgreSQL holds {seen.frames} frames, {seen.bytes} bytes, next_seq"
+                f" {seen.top + 1}; the source {session.frames}, {session.bytes},"
+                f" {session.next_seq}"
+            )
+        complete = session.end_seq is not None and seen.prefix_seq == session.end_seq + 1
+        if complete != (session.state is SessionState.COMPLETE) or (
+            complete and seen.prefix_crc != session.stream_crc32c
+        ):
+            raise TransferError("the stream CRC-32C recomputed in PostgreSQL does not match")
+        return seen.prefix_seq, seen.prefix_crc
+
+    async def _write_session(
+        self, conn: Connection, session: Session, generation: int, prefix_seq: int, prefix_crc: int
+    ) -> None:
+        await conn.execute(
+            _UPSERT_SESSION,
+            session.id,
+            session.state.value,
+            session.codec,
+            session.sample_rate,
+            session.channels,
+            msgspec.json.encode(session.metadata).decode(),
+            session.created_at,
+            session.updated_at,
+            session.next_seq,
+            session.frames,
+            session.bytes,
+            session.end_seq,
+            session.stream_crc32c,
+            generation,
+            prefix_seq,
+            prefix_crc,
+        )
+
+
+async def copy_sqlite_to_postgres(
+    data_dir: Path,
+    dsn: str,
+    *,
+    batch_frames: int = 1000,
+    batch_bytes: int = 8 * 1024 * 1024,
+    say: Callable[[str], None] = lambda _: None,
+) -> TransferReport:
+    """Copy the embedded store in ``data_dir`` into the database at ``dsn`` and verify it.
+
+    Applies PostgreSQL migrations first. Raises StoreError when either side
+    cannot be opened; sessions that cannot be copied as they are end up in
+    ``report.failed`` and are left alone.
+    """
+    if not (data_dir / DB_NAME).is_file():
+        raise StoreError(f"no embedded store in {data_dir} (no {DB_NAME})")
+    # Opening the PostgreSQL store applies its migrations.
+    target = PostgresStore(dsn, pool_min=0, pool_max=1, migrate=True)
+    await target.open()
+    await target.close()
+    source = SqliteStore(data_dir, durability="fsync")
+    await source.open()
+    try:
+        ids = source_session_ids(data_dir)
+        say(f"{len(ids)} sessions in {data_dir}, copying into {redact(dsn)}")
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            transfer = Transfer(
+                source, pool, batch_frames=batch_frames, batch_bytes=batch_bytes, say=say
+            )
+            return await transfer.run(ids)
+        finally:
+            await pool.close()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, sqlite3.Error) as exc:
+        raise StoreError(f"copying into {redact(dsn)} failed: {exc}") from exc
+    finally:
+        await source.close()
