@@ -93,7 +93,8 @@ async def main() -> int:
             run_s = time.perf_counter() - started
         finally:
             await store.close()
-        assert run is not None and run.archived == args.sessions, run
+        if run is None or run.archived != args.sessions:
+            raise SystemExit(f"the retention run did not archive every session: {run}")
         archives = sorted((Path(root) / "archive").rglob("*.tar.zst"))
 
         started = time.perf_counter()

@@ -27,6 +27,24 @@ log = logging.getLogger("voxgate")
 WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
 
 
+def store_for(settings: Settings) -> Store:
+    """The store ``settings`` select (unopened): PostgreSQL with a URL, else the embedded one."""
+    if settings.database_url:
+        # PostgreSQL's commit is the durability point at either durability level.
+        return PostgresStore(
+            settings.database_url,
+            pool_min=settings.database_pool_min,
+            pool_max=settings.database_pool_max,
+            migrate=settings.database_migrate,
+            timeout_s=settings.database_timeout_s,
+        )
+    return SqliteStore(
+        Path(settings.data_dir),
+        durability=settings.durability,
+        segment_max_bytes=settings.segment_max_bytes,
+    )
+
+
 class Runtime:
     """Store, writer, tokens, ledger and open streams of this process."""
 
@@ -37,22 +55,7 @@ class Runtime:
             log.warning("generated API key (kept in %s/api_key): %s", settings.data_dir, generated)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store: Store
-        if settings.database_url:
-            # PostgreSQL's commit is the durability point at either durability level.
-            self.store = PostgresStore(
-                settings.database_url,
-                pool_min=settings.database_pool_min,
-                pool_max=settings.database_pool_max,
-                migrate=settings.database_migrate,
-                timeout_s=settings.database_timeout_s,
-            )
-        else:
-            self.store = SqliteStore(
-                data_dir,
-                durability=settings.durability,
-                segment_max_bytes=settings.segment_max_bytes,
-            )
+        self.store = store_for(settings)
         self.tokens: TokenStore
         if int(os.environ.get(WORKERS_ENV, "1")) > 1:
             # Worker processes must share tokens: a file every worker of this host sees.

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ import zstandard
 
 from e2e.wire import Api, assert_problem, frame, payload_for
 from servers import Server, start_server
+from services import PostgresServer
 from voxgate.retention.archive import verify_archive
 
 POLICY = {
@@ -29,9 +31,14 @@ POLICY = {
 }
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with start_server(tmp_path, env=POLICY) as running:
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server on each store kind; archives go under its data dir either way."""
+    env = dict(POLICY)
+    if request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        env["VOXGATE_DATABASE_URL"] = postgres.create_database(f"ret_{uuid.uuid4().hex[:12]}")
+    with start_server(tmp_path, env=env) as running:
         yield running
 
 

@@ -77,7 +77,7 @@ async def test_a_run_archives_verifies_then_drops_hot_frames(
         assert await store.frame_index(session.id) == []
         # A warm session takes no frames any more.
         assert (await store.commit([frame(session.id, 99, b"late")])).outcomes == [Outcome.GONE]
-    assert not backend.holds_bytes(marker), "hot payload bytes stay erased once archived"
+    assert not await backend.holds_bytes(marker), "hot payload bytes stay erased once archived"
     assert run.bytes_archived == sum(
         (retention.archive_dir / archive_relpath(s)).stat().st_size for s in (big, small, idle)
     )
@@ -194,7 +194,7 @@ async def test_hot_sessions_past_the_warm_age_go_straight_to_cold(
     assert run is not None
     assert (run.archived, run.expired) == (0, 1)
     assert (await store.get_session(session.id)).tier is Tier.COLD  # type: ignore[union-attr]
-    assert not backend.holds_bytes(payload_of(session.id, 1))
+    assert not await backend.holds_bytes(payload_of(session.id, 1))
 
 
 async def test_a_second_runner_does_not_run(tmp_path: Path, backend: Backend, store: Store) -> None:

@@ -86,7 +86,7 @@ class PostgresBackend(Backend):
         conn = await asyncpg.connect(self.dsn)
         try:
             await migrations.apply(conn)
-            await conn.execute("TRUNCATE sessions, frames")
+            await conn.execute("TRUNCATE sessions, frames, retention_runs")
         finally:
             await conn.close()
 

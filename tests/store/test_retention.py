@@ -102,7 +102,7 @@ async def test_finishing_an_archive_drops_frames_and_their_bytes(
     keeper = await new_session(store)
     await stream(store, keeper.id, range(3))
     marker = payload_of(session.id, 2)
-    assert backend.holds_bytes(marker)
+    assert await backend.holds_bytes(marker)
     listed = {m.session_id: m for m in await store.retention_moves(**cutoffs())}
     assert await store.begin_move(session.id, Tier.WARM, listed[session.id].last_activity_at)
     record = ArchiveRecord(
@@ -119,7 +119,7 @@ async def test_finishing_an_archive_drops_frames_and_their_bytes(
     assert await store.frame_index(session.id) == []
     assert await store.missing(session.id) == [[1, 1], [3, 3]]
     assert await store.archive_record(session.id) == record
-    assert not backend.holds_bytes(marker), "archived payload bytes must be erased"
+    assert not await backend.holds_bytes(marker), "archived payload bytes must be erased"
     # The other session is untouched.
     assert [seq async for seq, _ in store.read_payloads(keeper.id)] == [0, 1, 2]
     # Finishing twice does nothing.

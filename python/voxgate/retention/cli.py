@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import msgspec
 
 from voxgate.retention.runner import Retention
+from voxgate.runtime import store_for
 from voxgate.settings import Settings, SettingsError
-from voxgate.store.base import Store, StoreError
-from voxgate.store.sqlite import SqliteStore
+from voxgate.store.base import StoreError
 
 # Exit status when another runner holds the lock (EX_TEMPFAIL).
 EXIT_BUSY = 75
@@ -31,15 +30,6 @@ def add_retention_command(subparsers: argparse._SubParsersAction[argparse.Argume
     run.set_defaults(handler=_run)
 
 
-def open_store(settings: Settings) -> Store:
-    """The store the server would use with these settings (unopened)."""
-    data_dir = Path(settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(
-        data_dir, durability=settings.durability, segment_max_bytes=settings.segment_max_bytes
-    )
-
-
 def _print(value: object) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
@@ -53,7 +43,7 @@ async def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    store = open_store(settings)
+    store = store_for(settings)
     try:
         await store.open()
         retention = Retention(store, settings)

@@ -19,16 +19,6 @@ from voxgate.store.backup import (
 )
 
 
-def add_db_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``voxgate db`` with the backup sub-commands."""
-    db = subparsers.add_parser(
-        "db",
-        help="back up, verify and restore the embedded store (settings from VOXGATE_*)",
-        description="Backups of the embedded store; see docs/operations.md.",
-    )
-    add_backup_commands(db.add_subparsers(dest="db_command", required=True))
-
-
 def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``backup``, ``list``, ``verify`` and ``restore`` under ``voxgate db``."""
     backup = commands.add_parser(
