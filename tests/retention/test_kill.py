@@ -13,34 +13,50 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services import PostgresServer
+from store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate.retention.archive import ArchiveReader, archive_relpath, verify_archive
 from voxgate.retention.cli import EXIT_BUSY
 from voxgate.retention.runner import PAUSE_ENV
 from voxgate.store.base import Session, Tier
-from voxgate.store.sqlite import SqliteStore
 
 from .conftest import frame, payload_of
 
 PAUSE_TIMEOUT_S = 60.0
 
 
-def env_for(root: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
-    env.update(
-        {
-            "VOXGATE_DATA_DIR": str(root / "data"),
-            "VOXGATE_ARCHIVE_DIR": str(root / "archive"),
-            "VOXGATE_RETENTION_HOT_DAYS": "0",
-            "VOXGATE_RETENTION_IDLE_HOURS": "0",
-        }
-    )
-    env.update(extra)
-    return env
+class Target:
+    """The store a test's runner works on: the environment for the CLI, and the store itself."""
+
+    def __init__(self, root: Path, backend: Backend, database_url: str | None) -> None:
+        self.backend = backend
+        self.archive_dir = root / "archive"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+        self.env.update(
+            {
+                "VOXGATE_DATA_DIR": str(root / "data"),
+                "VOXGATE_ARCHIVE_DIR": str(self.archive_dir),
+                "VOXGATE_RETENTION_HOT_DAYS": "0",
+                "VOXGATE_RETENTION_IDLE_HOURS": "0",
+            }
+        )
+        if database_url is not None:
+            self.env["VOXGATE_DATABASE_URL"] = database_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "sqlite":
+        return Target(tmp_path, SqliteBackend(tmp_path / "data"), None)
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    dsn = postgres.create_database(f"kill_{uuid.uuid4().hex[:12]}")
+    return Target(tmp_path, PostgresBackend(dsn), dsn)
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,10 +107,9 @@ class PausedRunner:
         assert self.proc.returncode == -signal.SIGKILL
 
 
-async def populate(data_dir: Path, count: int = 3) -> dict[str, tuple[Session, bytes]]:
+async def populate(target: Target, count: int = 3) -> dict[str, tuple[Session, bytes]]:
     """Ended sessions of a few hundred KiB each, and their audio."""
-    store = SqliteStore(data_dir, segment_max_bytes=256 * 1024)
-    await store.open()
+    store = await target.backend.open_store()
     try:
         made = {}
         for n in range(count):
@@ -113,30 +128,25 @@ async def populate(data_dir: Path, count: int = 3) -> dict[str, tuple[Session, b
         await store.close()
 
 
-async def tiers_of(data_dir: Path) -> dict[str, Tier]:
-    store = SqliteStore(data_dir)
-    await store.open()
+async def tiers_of(target: Target) -> dict[str, Tier]:
+    store = await target.backend.open_store()
     try:
         return {s.id: s.tier for s in await store.list_sessions(limit=100, after=None)}
     finally:
         await store.close()
 
 
-def on_disk(data_dir: Path, needle: bytes) -> bool:
-    return any(needle in p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
-
-
 @pytest.mark.parametrize("point", ["begun", "writing", "written", "verified", "finished"])
-async def test_a_run_killed_anywhere_finishes_on_the_next_run(tmp_path: Path, point: str) -> None:
-    data_dir, archive_dir = tmp_path / "data", tmp_path / "archive"
-    sessions = await populate(data_dir)
-    env = env_for(tmp_path)
+async def test_a_run_killed_anywhere_finishes_on_the_next_run(target: Target, point: str) -> None:
+    archive_dir = target.archive_dir
+    sessions = await populate(target)
+    env = target.env
 
     runner = PausedRunner(env, point)
     victim = runner.session_id
     runner.kill()
     archive = archive_dir / archive_relpath(sessions[victim][0])
-    tiers = await tiers_of(data_dir)
+    tiers = await tiers_of(target)
     assert tiers[victim] is (Tier.WARM if point == "finished" else Tier.HOT)
     assert archive.exists() == (point in ("written", "verified", "finished"))
     inode = archive.stat().st_ino if archive.exists() else None
@@ -150,13 +160,13 @@ async def test_a_run_killed_anywhere_finishes_on_the_next_run(tmp_path: Path, po
     assert report["archived"] == len(sessions) - (1 if written_before or point == "finished" else 0)
     assert report["failed"] == 0
 
-    assert set((await tiers_of(data_dir)).values()) == {Tier.WARM}
+    assert set((await tiers_of(target)).values()) == {Tier.WARM}
     for session, audio in sessions.values():
         path = archive_dir / archive_relpath(session)
         verify_archive(path, session_id=session.id)
         with ArchiveReader(path) as reader:
             assert reader.read_exact(*reader.audio_span()) == audio
-        assert not on_disk(data_dir, payload_of(session.id, 7, 20_000)[:200])
+        assert not await target.backend.holds_bytes(payload_of(session.id, 7, 20_000)[:200])
     if inode is not None:
         assert archive.stat().st_ino == inode, "an archive written before the kill is kept"
     assert list((archive_dir / ".tmp").iterdir()) == []
@@ -167,10 +177,10 @@ async def test_a_run_killed_anywhere_finishes_on_the_next_run(tmp_path: Path, po
     assert (report["archived"], report["reused"], report["expired"]) == (0, 0, 0)
 
 
-async def test_a_run_killed_while_expiring_finishes_on_the_next_run(tmp_path: Path) -> None:
-    data_dir, archive_dir = tmp_path / "data", tmp_path / "archive"
-    sessions = await populate(data_dir, count=2)
-    env = env_for(tmp_path)
+async def test_a_run_killed_while_expiring_finishes_on_the_next_run(target: Target) -> None:
+    archive_dir = target.archive_dir
+    sessions = await populate(target, count=2)
+    env = target.env
     code, _, stderr = run_cli(env)
     assert code == 0, stderr
     cold_env = {**env, "VOXGATE_RETENTION_WARM_DAYS": "0"}
@@ -178,21 +188,20 @@ async def test_a_run_killed_while_expiring_finishes_on_the_next_run(tmp_path: Pa
     runner = PausedRunner(cold_env, "expired")
     victim = runner.session_id
     runner.kill()
-    assert (await tiers_of(data_dir))[victim] is Tier.COLD
+    assert (await tiers_of(target))[victim] is Tier.COLD
     assert (archive_dir / archive_relpath(sessions[victim][0])).exists()  # not removed yet
 
     code, report, stderr = run_cli(cold_env)
     assert code == 0, stderr
     assert report is not None
     assert (report["expired"], report["discarded"]) == (1, 1)
-    assert set((await tiers_of(data_dir)).values()) == {Tier.COLD}
+    assert set((await tiers_of(target)).values()) == {Tier.COLD}
     assert [p for p in archive_dir.rglob("*.tar.zst")] == []
 
 
-async def test_only_one_runner_works_at_a_time(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    await populate(data_dir, count=2)
-    env = env_for(tmp_path)
+async def test_only_one_runner_works_at_a_time(target: Target) -> None:
+    await populate(target, count=2)
+    env = target.env
     runner = PausedRunner(env, "begun")
     try:
         code, report, stderr = run_cli(env)
@@ -207,23 +216,22 @@ async def test_only_one_runner_works_at_a_time(tmp_path: Path) -> None:
     assert report["archived"] == 2
 
 
-async def test_dry_run_lists_moves_and_changes_nothing(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    sessions = await populate(data_dir, count=2)
-    done = cli(env_for(tmp_path), "--dry-run")
+async def test_dry_run_lists_moves_and_changes_nothing(target: Target) -> None:
+    sessions = await populate(target, count=2)
+    done = cli(target.env, "--dry-run")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert {(m["session_id"], m["from"], m["to"]) for m in lines[:-1]} == {
         (sid, "hot", "warm") for sid in sessions
     }
     assert lines[-1]["dry_run"] is True
-    assert set((await tiers_of(data_dir)).values()) == {Tier.HOT}
+    assert set((await tiers_of(target)).values()) == {Tier.HOT}
 
 
-async def test_an_archive_damaged_before_verification_is_never_trusted(tmp_path: Path) -> None:
-    data_dir, archive_dir = tmp_path / "data", tmp_path / "archive"
-    sessions = await populate(data_dir, count=2)
-    env = env_for(tmp_path)
+async def test_an_archive_damaged_before_verification_is_never_trusted(target: Target) -> None:
+    archive_dir = target.archive_dir
+    sessions = await populate(target, count=2)
+    env = target.env
     runner = PausedRunner(env, "written")
     victim = runner.session_id
     runner.kill()
