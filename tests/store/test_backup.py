@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,3 +165,20 @@ def test_pruning_removes_what_rotation_does_not_keep(tmp_path: Path) -> None:
         "20240301T000000Z",
         "not-a-backup",
     ]
+
+
+def test_backup_commands_refuse_a_postgresql_deployment(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    env["VOXGATE_DATA_DIR"] = str(tmp_path / "data")
+    env["VOXGATE_DATABASE_URL"] = "postgresql://voxgate@127.0.0.1:9/voxgate"
+    done = subprocess.run(
+        [sys.executable, "-m", "voxgate", "db", "backup"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "pg_dump" in done.stderr
+    assert not (tmp_path / "data" / "backups").exists()

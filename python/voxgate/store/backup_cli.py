@@ -43,10 +43,18 @@ def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 def _settings() -> Settings | None:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return None
+    if settings.database_url:
+        print(
+            "voxgate db: backups here cover the embedded store; with VOXGATE_DATABASE_URL"
+            " the store is PostgreSQL's: back it up with pg_dump or base backups",
+            file=sys.stderr,
+        )
+        return None
+    return settings
 
 
 def _backup_dir(args: argparse.Namespace, settings: Settings) -> Path:
