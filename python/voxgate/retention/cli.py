@@ -8,8 +8,6 @@ import sys
 
 import msgspec
 
-from voxgate.retention.runner import Retention
-from voxgate.runtime import store_for
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.base import StoreError
 
@@ -35,6 +33,11 @@ def _print(value: object) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # Imported here: ``voxgate serve`` must not load the server's modules (and their
+    # metrics) before it has set up the worker processes' environment.
+    from voxgate.retention.runner import Retention
+    from voxgate.runtime import store_for
+
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
