@@ -46,7 +46,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path) -
 class RedisServer:
     """``redis-server`` on 127.0.0.1, no persistence unless asked, restartable on its port."""
 
-    def __init__(self, root: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, appendonly: bool = False, password: str | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceError("redis-server not found: run scripts/setup.sh (apt-get install)")
@@ -54,11 +56,13 @@ class RedisServer:
         self.root = root
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password is not None else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         log = self.root / "redis.log"
@@ -71,6 +75,8 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         _wait_for_port(self.port, self.proc, log)

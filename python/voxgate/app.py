@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 
 from voxgate.api.archive import download_archive
 from voxgate.api.audio import audio, missing
-from voxgate.api.health import health
+from voxgate.api.health import health, ready
 from voxgate.api.sessions import SessionController
 from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             health,
+            ready,
             SessionController,
             mint_token,
             missing,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,9 @@ from voxgate.retention.cli import add_retention_command
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.base import StoreError
 from voxgate.store.cli import add_db_command, check_database
+
+# Seconds after VOXGATE_SHUTDOWN_GRACE_S for commits already submitted to finish.
+KILL_AFTER_GRACE_S = 10
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -50,6 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
         factory=True,
         websockets=True,
         log_access=False,
+        # A worker still alive this long after SIGTERM is killed: exit is bounded even
+        # if a commit hangs (acks follow durability, so nothing acked is lost).
+        workers_kill_timeout=math.ceil(settings.shutdown_grace_s) + KILL_AFTER_GRACE_S,
     )
     server.serve()
     return 0

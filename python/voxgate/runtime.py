@@ -8,8 +8,11 @@ import os
 import signal
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from voxgate import _native
 from voxgate.auth import ensure_api_keys
+from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
 from voxgate.retention.runner import Retention, RetentionSchedule
@@ -19,12 +22,24 @@ from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
+from voxgate.tokens.redis import (
+    REDIS_ERRORS,
+    RedisTokenStore,
+    hiredis_in_use,
+    redacted_url,
+    redis_client,
+)
 from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
 
 # Set by ``voxgate serve`` for its worker processes.
 WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
+
+_SINGLE_INSTANCE = (
+    "VOXGATE_REDIS_URL is not set: stream tokens live in %s, so this is single-instance "
+    "only; set VOXGATE_REDIS_URL before running a second instance"
+)
 
 
 def store_for(settings: Settings) -> Store:
@@ -56,12 +71,28 @@ class Runtime:
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store_for(settings)
+        self.streams = StreamRegistry()
         self.tokens: TokenStore
-        if int(os.environ.get(WORKERS_ENV, "1")) > 1:
+        # Redis, when configured, is shared by every instance: tokens and takeover notices.
+        self.redis: Redis | None = None
+        self.claims: ClaimChannel | None = None
+        if settings.redis_url:
+            self.redis = redis_client(settings.redis_url)
+            self.tokens = RedisTokenStore(self.redis)
+            self.claims = ClaimChannel(self.redis, self.streams.supersede)
+            self.streams.announce = self.claims.announce
+            log.info(
+                "stream tokens in Redis at %s (hiredis parser: %s)",
+                redacted_url(settings.redis_url),
+                "yes" if hiredis_in_use() else "no",
+            )
+        elif int(os.environ.get(WORKERS_ENV, "1")) > 1:
             # Worker processes must share tokens: a file every worker of this host sees.
             self.tokens = SqliteTokenStore(data_dir / "tokens.db")
+            log.warning(_SINGLE_INSTANCE, "a file of this host's data dir")
         else:
             self.tokens = MemoryTokenStore()
+            log.warning(_SINGLE_INSTANCE, "this process's memory")
         self.writer = Writer(
             self.store, max_frames=settings.commit_max_frames, max_bytes=settings.commit_max_bytes
         )
@@ -72,7 +103,6 @@ class Runtime:
             # Hard cap: credit already granted may overshoot the high watermark by this much.
             2 * settings.global_high_bytes,
         )
-        self.streams = StreamRegistry()
         self.retention = Retention(self.store, settings)
         self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
         self.draining = False
@@ -83,6 +113,13 @@ class Runtime:
         await self.writer.start()
         self.streams.start(self)
         self.retention_schedule.start()
+        if self.redis is not None and self.claims is not None:
+            self.claims.start()
+            try:
+                await self.redis.ping()
+            except REDIS_ERRORS as exc:
+                # Not fatal: minting answers 503 until Redis is back, then all recovers.
+                log.error("Redis unreachable at start, tokens unavailable until it is: %s", exc)
         self._take_over_signals()
 
     def _take_over_signals(self) -> None:
@@ -122,4 +159,8 @@ class Runtime:
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.tokens.close()
+        if self.claims is not None:
+            await self.claims.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.store.close()

@@ -57,12 +57,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # PROTOCOL section 5: stream tokens.
     token_ttl_s: int = 60
     token_max_ttl_s: int = 3600
+    # Redis shared by every instance: stream tokens and stream-takeover notices.
+    # Empty: tokens live in this process (or this host's data dir), single instance only.
+    redis_url: str = ""
 
     idle_timeout_s: float = 60.0
     # Open streams one worker process serves at once; more are refused with 4429.
     max_streams: int = 10_000
     # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
     shutdown_grace_s: float = 10.0
+    # How often each process asks the store whether another one took over its streams
+    # (with Redis, takeovers are also announced at once; this poll is the safety net).
+    supersede_poll_s: float = 0.25
 
     # Group commit: the most frames and bytes one transaction takes.
     commit_max_frames: int = 4096
@@ -113,6 +119,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError("VOXGATE_SHUTDOWN_GRACE_S must not be negative")
+        if self.supersede_poll_s <= 0:
+            raise SettingsError("VOXGATE_SUPERSEDE_POLL_S must be positive")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("VOXGATE_REDIS_URL must start with redis://, rediss:// or unix://")
         if not 0 <= self.database_pool_min <= self.database_pool_max or self.database_pool_max < 1:
             raise SettingsError(
                 "VOXGATE_DATABASE_POOL_MIN and _MAX need 0 <= min <= max and max >= 1"

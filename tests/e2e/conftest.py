@@ -8,6 +8,7 @@ raw WebSocket streams (see ``wire.py``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 
 from e2e.wire import Api
 from servers import Server, start_server
+from services import PostgresServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,3 +49,20 @@ async def api(server: Server, http: httpx.AsyncClient) -> AsyncIterator[Api]:
     client = Api(server, http)
     yield client
     await client.close_streams()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared_store_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment pointing every instance of a module at one shared store.
+
+    ``sqlite``: the embedded store's data dir, which several processes of one
+    host may open at once. ``postgres``: a fresh database of the test cluster.
+    """
+    if request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        database = postgres.create_database(f"shared_{uuid.uuid4().hex[:12]}")
+        return {"VOXGATE_DATABASE_URL": database}
+    shared = tmp_path_factory.mktemp("shared-store")
+    return {"VOXGATE_DATA_DIR": str(shared / "data")}

@@ -7,11 +7,22 @@ fields); what the server stored is checked through ``/missing`` and
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable
 
 import pytest
 
-from e2e.wire import Api, frame, payload_for, raw_frame, stream_crc, subset
+from e2e.wire import (
+    Api,
+    Sender,
+    frame,
+    payload_for,
+    raw_frame,
+    stream_crc,
+    subset,
+    wait_for_acks,
+)
 from voxgate._native import crc32c
 from voxgate.settings import Settings
 
@@ -408,6 +419,27 @@ async def test_newer_connection_supersedes_the_older(api: Api) -> None:
     assert (await second.collect(range(1, 4))).acked == {1, 2, 3}
     complete = await second.recv_type("complete")
     assert complete["stream_crc32c"] == crc32c(joined(payloads))
+
+
+async def test_a_connection_superseded_mid_stream_gets_4409_not_a_reset(api: Api) -> None:
+    # The old client is still sending when the newer connection takes over: its close
+    # must still arrive as 4409 (a dropped connection would look like a network fault).
+    for attempt in range(5):
+        sid = await api.new_session()
+        old = await api.stream(sid)
+        assert old.hello is not None
+        sender = Sender(old, functools.partial(payload_for, sid, size=1000))
+        task = asyncio.create_task(
+            sender.run(range(5000), end_seq=None, window=old.hello["window_bytes"])
+        )
+        await wait_for_acks(sender, task, 100)
+        assert not task.done(), f"attempt {attempt}: the old stream ended early"
+        new = await api.stream(sid)
+        await asyncio.wait_for(task, 30)
+        assert old.ws.close_code == 4409, (attempt, old.ws.close_code, sender.closed)
+        stored = await api.stored_seqs(sid)
+        assert sender.acked <= stored, f"attempt {attempt}: acked frames not stored"
+        await new.close()
 
 
 # --- control messages and limits -------------------------------------------------

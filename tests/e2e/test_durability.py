@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-from e2e.wire import Api, Sender, frame, payload_for, stream_crc
-from servers import Server, start_server
+from e2e.wire import Sender, api_for, frame, payload_for, stream_crc, wait_for_acks
+from servers import start_server
 
 FRAMES = 4000
 SIZE = 1500
-
-
-@asynccontextmanager
-async def api_for(server: Server) -> AsyncIterator[Api]:
-    """A fresh client (old keep-alive connections die with the server)."""
-    async with httpx.AsyncClient(
-        base_url=server.base_url,
-        headers={"Authorization": f"Bearer {server.api_key}"},
-        timeout=30.0,
-    ) as client:
-        api = Api(server, client)
-        try:
-            yield api
-        finally:
-            await api.close_streams()
-
-
-async def wait_for_acks(sender: Sender, task: asyncio.Task[None], count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(sender.acked) < count and not task.done():
-        assert loop.time() < deadline, f"only {len(sender.acked)} acks in 30 s"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("durability", ["fsync", "process"])
@@ -126,3 +100,50 @@ async def test_shutdown_closes_streams_1001_and_keeps_acked_frames(tmp_path: Pat
             report = await api.missing(sid)
             assert (report["next_seq"], report["frames"], report["missing"]) == (20, 20, [])
             assert await api.audio_bytes(sid) == b"".join(payloads[seq] for seq in range(20))
+
+
+async def test_sigterm_mid_stream_acks_what_is_durable_and_closes_1001(tmp_path: Path) -> None:
+    with start_server(tmp_path) as server:
+        async with api_for(server) as api:
+            sid = await api.new_session()
+
+            def payload(seq: int) -> bytes:
+                return payload_for(sid, seq, SIZE)
+
+            stream = await api.stream(sid)
+            assert stream.hello is not None
+            sender = Sender(stream, payload)
+            task = asyncio.create_task(
+                sender.run(range(FRAMES), end_seq=FRAMES - 1, window=stream.hello["window_bytes"])
+            )
+            await wait_for_acks(sender, task, 300)
+            assert not task.done(), "the stream finished before SIGTERM"
+            code = await asyncio.to_thread(server.stop)
+            await asyncio.wait_for(task, 30)
+            assert code == 0, f"server exited with {code} on SIGTERM"
+            assert stream.ws.close_code == 1001, (stream.ws.close_code, sender.closed)
+            assert len(sender.acked) < FRAMES, "SIGTERM came after the last frame"
+            acked, sent = set(sender.acked), set(sender.sent)
+
+        server.start()
+        async with api_for(server) as api:
+            stored = await api.stored_seqs(sid)
+            lost = acked - stored
+            assert not lost, f"acked frames lost by the shutdown: {sorted(lost)[:20]}"
+            assert stored <= sent, "the server stores frames that were never sent"
+            assert await api.audio_bytes(sid, allow_gaps=True) == b"".join(
+                payload(seq) for seq in sorted(stored)
+            )
+            # The client resumes where the server says and completes the session.
+            stream = await api.stream(sid)
+            assert stream.hello is not None
+            resumed = Sender(stream, payload)
+            todo = sorted(set(range(FRAMES)) - stored)
+            await asyncio.wait_for(
+                resumed.run(todo, end_seq=FRAMES - 1, window=stream.hello["window_bytes"]), 120
+            )
+            assert resumed.complete is not None, resumed.closed
+            assert resumed.complete["frames"] == FRAMES
+            assert resumed.complete["stream_crc32c"] == stream_crc(
+                payload(seq) for seq in range(FRAMES)
+            )

@@ -43,6 +43,7 @@ def test_without_configured_keys_one_is_generated_stored_and_printed_once(tmp_pa
             "VOXGATE_WINDOW_BYTES",
         ),
         ({"VOXGATE_DURABILITY": "sometimes"}, "durability"),
+        ({"VOXGATE_REDIS_URL": "localhost:6379"}, "VOXGATE_REDIS_URL"),
         (
             {"VOXGATE_DATABASE_POOL_MIN": "5", "VOXGATE_DATABASE_POOL_MAX": "2"},
             "VOXGATE_DATABASE_POOL_MIN",

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import pytest
+
 from e2e.wire import Api, assert_problem, frame, payload_for
-from servers import Server
+from servers import Server, start_server
+from services import RedisServer
 from voxgate.settings import Settings
 
 DEFAULTS = Settings()
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Every test here runs against in-process tokens and against tokens in a real Redis."""
+    env: dict[str, str] = {}
+    if request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        env["VOXGATE_REDIS_URL"] = redis.url
+    with start_server(tmp_path_factory.mktemp(f"tokens-{request.param}"), env=env) as running:
+        yield running
 
 
 def parse_time(value: object) -> datetime:

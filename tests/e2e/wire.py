@@ -12,6 +12,7 @@ import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -539,6 +540,8 @@ class Sender:
         self.closed: str | None = None
         self._progress = asyncio.Event()
         self._inflight: dict[int, int] = {}
+        # The credit the server grants now: hello's, then each ack's window_bytes.
+        self.window = 0
 
     async def _read(self) -> None:
         try:
@@ -552,6 +555,7 @@ class Sender:
                     self.acked |= done
                     for seq in done:
                         self._inflight.pop(seq, None)
+                    self.window = int(message["window_bytes"])
                 elif kind == "nack":
                     nacked = seqs_of(check_ranges(message["ranges"]))
                     self.nacked.setdefault(str(message["reason"]), set()).update(nacked)
@@ -567,26 +571,38 @@ class Sender:
         finally:
             self._progress.set()
 
+    def _may_send(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more keep the unacked bytes within half the current window."""
+        if self.window <= 0:
+            return False
+        inflight = sum(self._inflight.values())
+        return not inflight or inflight + nbytes <= self.window // 2
+
     async def run(self, seqs: Iterable[int], end_seq: int | None, window: int) -> None:
-        """Send ``seqs`` in order, keeping at most half of ``window`` unacked.
+        """Send ``seqs`` in order, keeping at most half of the window unacked.
+
+        ``window`` is hello's ``window_bytes``; every ack's window replaces it
+        (a window of 0 stops the sending until the server grants credit again).
 
         Returns when every frame got an answer (and ``complete`` came, if the
         last one is ``end_seq``), or when the connection is gone.
         """
         order = list(seqs)
+        self.window = window
         reader = asyncio.create_task(self._read())
         try:
             for start in range(0, len(order), self.batch):
                 chunk = order[start : start + self.batch]
-                while sum(self._inflight.values()) > window // 2 and not reader.done():
+                payloads = {seq: self.payload(seq) for seq in chunk}
+                nbytes = sum(len(payload) for payload in payloads.values())
+                while not self._may_send(nbytes) and not reader.done():
                     self._progress.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._progress.wait(), 1.0)
                 if reader.done():
                     return
                 frames = []
-                for seq in chunk:
-                    payload = self.payload(seq)
+                for seq, payload in payloads.items():
                     self._inflight[seq] = len(payload)
                     frames.append(frame(seq, payload, end=seq == end_seq))
                 try:
@@ -607,3 +623,28 @@ class Sender:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+
+
+async def wait_for_acks(sender: Sender, task: asyncio.Task[None], count: int) -> None:
+    """Wait until ``sender`` has ``count`` acks (or its run ended); fails after 30 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(sender.acked) < count and not task.done():
+        assert loop.time() < deadline, f"only {len(sender.acked)} acks in 30 s"
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def api_for(server: Server) -> AsyncIterator[Api]:
+    """An :class:`Api` on ``server`` with a fresh HTTP client (old keep-alive connections
+    die with a restarted server); closes its streams at exit."""
+    async with httpx.AsyncClient(
+        base_url=server.base_url,
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=30.0,
+    ) as client:
+        api = Api(server, client)
+        try:
+            yield api
+        finally:
+            await api.close_streams()

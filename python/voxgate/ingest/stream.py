@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
@@ -37,10 +38,16 @@ TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
 # Above this many unsent nack seqs the reader waits for the handler to flush,
 # so a client ignoring nacks cannot grow the outbox without bound.
 _MAX_PENDING_REJECTIONS = 65_536
-# How often this process asks the store whether another process took over one of its streams.
-_SUPERSEDE_POLL_S = 0.25
 # How long a closing stream waits for its in-flight commits so their acks go out.
 _CLOSE_FLUSH_S = 2.0
+# Closes that find the client mid-stream through no fault of its own. Before them the
+# stream quiesces: window 0, acks for what becomes durable, then the close once the
+# client has gone quiet. Granian drops the TCP connection right after the close frame;
+# client data still unread then turns that into a reset, which can destroy the close
+# frame on its way (the client sees 1006 instead of 1001 or 4409).
+_QUIESCE_CODES = frozenset({1001, 1013, 4409})
+# Quiet this long (nothing received, no commit pending) before closing: above a round trip.
+_CLOSE_QUIET_S = 0.1
 
 
 class Close(Exception):
@@ -60,12 +67,20 @@ class StreamRegistry:
         self._by_session: dict[str, StreamConnection] = {}
         self._poller: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
+        # Tells other instances at once that this one claimed a stream (Redis pub/sub);
+        # None without Redis: the store poll alone carries takeovers across processes.
+        self.announce: Callable[[str, int], None] | None = None
+        # Set by the first close_all: when the shutdown grace ends, on the loop's clock.
+        self._closing_until: float | None = None
 
     def __len__(self) -> int:
         return len(self._by_session)
 
     def register(self, conn: StreamConnection) -> None:
         """Make ``conn`` its session's stream here, superseding an older local one."""
+        if self._closing_until is not None:
+            # Its handshake began before shutdown did: close it like the others.
+            conn.fail(Close(1001, "going_away", "server shutting down"))
         old = self._by_session.get(conn.session_id)
         if old is not None and old.generation < conn.generation:
             old.fail(
@@ -73,6 +88,8 @@ class StreamRegistry:
             )
         if old is None or old.generation < conn.generation:
             self._by_session[conn.session_id] = conn
+            if self.announce is not None:
+                self.announce(conn.session_id, conn.generation)
         else:
             conn.fail(
                 Close(4409, "superseded", "a newer connection took over this session's stream")
@@ -92,10 +109,18 @@ class StreamRegistry:
     def start(self, runtime: Runtime) -> None:
         self._poller = asyncio.create_task(self._poll_generations(runtime))
 
+    def supersede(self, session_id: str, generation: int) -> None:
+        """A connection somewhere claimed ``generation``: close an older one held here."""
+        conn = self._by_session.get(session_id)
+        if conn is not None and conn.generation < generation:
+            conn.fail(
+                Close(4409, "superseded", "a newer connection took over this session's stream")
+            )
+
     async def _poll_generations(self, runtime: Runtime) -> None:
         # Streams of other processes or instances claim sessions through the store.
         while True:
-            await asyncio.sleep(_SUPERSEDE_POLL_S)
+            await asyncio.sleep(runtime.settings.supersede_poll_s)
             if not self._by_session:
                 continue
             try:
@@ -104,16 +129,18 @@ class StreamRegistry:
                 log.warning("cannot check stream generations: %s", exc)
                 continue
             for session_id, generation in current.items():
-                conn = self._by_session.get(session_id)
-                if conn is not None and conn.generation < generation:
-                    conn.fail(
-                        Close(
-                            4409, "superseded", "a newer connection took over this session's stream"
-                        )
-                    )
+                self.supersede(session_id, generation)
 
     async def close_all(self, grace_s: float) -> None:
-        """Close every stream with 1001 (going away) and wait up to ``grace_s`` for them."""
+        """Close every stream with 1001 (going away) and wait for them.
+
+        The wait ends ``grace_s`` after the first call at the latest: a second
+        call (the lifespan shutdown after the signal's drain) only uses what is
+        left of the grace.
+        """
+        loop = asyncio.get_running_loop()
+        if self._closing_until is None:
+            self._closing_until = loop.time() + grace_s
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,7 +151,7 @@ class StreamRegistry:
         if self._by_session:
             self._emptied.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
+                async with asyncio.timeout_at(self._closing_until):
                     await self._emptied.wait()
 
 
@@ -222,6 +249,8 @@ class StreamConnection:
                 await self._flush()
                 if self._close is not None or self._disconnected:
                     break
+            if self._close is not None and self._close.code in _QUIESCE_CODES:
+                await self._quiesce()
             # Granian drops a close while a receive is pending: stop the reader first.
             await _stop(reader)
             if self._close is not None and not self._disconnected:
@@ -237,6 +266,24 @@ class StreamConnection:
             self._ledger_open = False
             if self._ledger.close(self._handle):
                 self.runtime.streams.pressure_relieved()
+
+    async def _quiesce(self) -> None:
+        """Before a close: announce window 0, ack what becomes durable, and wait (at most
+        ``_CLOSE_FLUSH_S``) until nothing is pending and the client has gone quiet."""
+        self._window_offer = True  # an ack with window 0 even if nothing is left to ack
+        deadline = time.monotonic() + _CLOSE_FLUSH_S
+        while not self._disconnected:
+            await self._flush()
+            now = time.monotonic()
+            quiet_for = now - self._last_rx
+            if (not self._commits and quiet_for >= _CLOSE_QUIET_S) or now >= deadline:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(
+                    min(deadline - now, max(_CLOSE_QUIET_S - quiet_for, 0.01))
+                ):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self.socket.send(_text_event(message))
@@ -256,13 +303,10 @@ class StreamConnection:
         if tally.has_acks() or self._window_offer:
             self._window_offer = False
             acked, duplicate = tally.take_acks()
+            # A closing stream grants no credit: the client stops sending.
+            window = 0 if self._close is not None else self._ledger.window(self._handle)
             await self._send(
-                {
-                    "type": "ack",
-                    "acked": acked,
-                    "duplicate": duplicate,
-                    "window_bytes": self._ledger.window(self._handle),
-                }
+                {"type": "ack", "acked": acked, "duplicate": duplicate, "window_bytes": window}
             )
         while self._pongs:
             await self._send({"type": "pong", "t": self._pongs.pop(0)})
@@ -275,7 +319,8 @@ class StreamConnection:
 
     async def _read(self) -> None:
         receive = self.socket.receive
-        while self._close is None:
+        # Reads on while a quiescing close waits for the client to go quiet.
+        while self._close is None or self._close.code in _QUIESCE_CODES:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 self._disconnected = True
@@ -324,7 +369,7 @@ class StreamConnection:
             reason = precheck(seq, verdict, self._end_seq, seq_limit)
             if reason is not None:
                 tally.reject(seq, reason)
-            elif not ledger.admit(handle, length):
+            elif self._close is not None or not ledger.admit(handle, length):
                 tally.reject(seq, WINDOW)
             else:
                 batch.append(
