@@ -57,6 +57,17 @@ def retention_run(server: Server, **extra: str) -> dict[str, Any]:
     return report
 
 
+def verify_cli(path: Path) -> subprocess.CompletedProcess[str]:
+    """``voxgate retention verify FILE``, as a user checks a download."""
+    return subprocess.run(
+        [sys.executable, "-m", "voxgate", "retention", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 async def streamed(api: Api, payloads: dict[int, bytes], end: int | None, **body: Any) -> str:
     sid = await api.new_session(**body)
     stream = await api.stream(sid)
@@ -145,6 +156,16 @@ async def test_a_hot_session_exports_an_archive_built_on_the_fly(
     path.write_bytes(exported.content)
     summary = verify_archive(path, session_id=sid)
     assert summary.manifest.frames == 8
+    # What a user does with a download: voxgate retention verify.
+    checked = verify_cli(path)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["session_id"] == sid
+    damaged = bytearray(exported.content)
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    refused = verify_cli(path)
+    assert refused.returncode == 1
+    assert "unsound" in refused.stderr
     assert summary.manifest.session["metadata"] == {"room": "7"}
     assert archive_members(exported.content)["audio.bin"] == b"".join(payloads.values())
     assert (await api.get_session(sid))["tier"] == "hot"

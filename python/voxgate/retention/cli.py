@@ -26,6 +26,17 @@ def add_retention_command(subparsers: argparse._SubParsersAction[argparse.Argume
     run = commands.add_parser("run", help="run retention once now")
     run.add_argument("--dry-run", action="store_true", help="list what would move, change nothing")
     run.set_defaults(handler=_run)
+    verify = commands.add_parser(
+        "verify",
+        help="check a session archive file (a download of GET /v1/sessions/{id}/archive)",
+        description=(
+            "Read FILE through and check it as the runner does before it deletes hot "
+            "frames: the seek table, every zstd checksum, every frame's CRC-32C, the "
+            "payload and stream CRCs. Prints the manifest's summary; exit 1 if unsound."
+        ),
+    )
+    verify.add_argument("file", metavar="FILE")
+    verify.set_defaults(handler=_verify)
 
 
 def _print(value: object) -> None:
@@ -72,3 +83,27 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_BUSY
     _print(run)
     return 0 if run.outcome == "ok" else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from voxgate.retention.archive import ArchiveError, verify_archive
+
+    try:
+        summary = verify_archive(args.file)
+    except ArchiveError as exc:
+        print(f"voxgate retention verify: unsound: {exc}", file=sys.stderr)
+        return 1
+    manifest = summary.manifest
+    _print(
+        {
+            "file": args.file,
+            "ok": True,
+            "session_id": manifest.session.get("id"),
+            "frames": manifest.frames,
+            "audio_bytes": manifest.audio_bytes,
+            "payload_crc32c": manifest.payload_crc32c,
+            "stream_crc32c": manifest.stream_crc32c,
+            "missing": manifest.missing,
+        }
+    )
+    return 0
