@@ -480,6 +480,10 @@ def start_voxgate(
         "VOXGATE_API_KEYS": API_KEY,
         "VOXGATE_DURABILITY": durability,
         "VOXGATE_LOG_LEVEL": "WARNING",
+        # Every simulated stream has its own session and token, all from one address.
+        "VOXGATE_RATE_LIMIT_SESSIONS": "off",
+        "VOXGATE_RATE_LIMIT_TOKENS": "off",
+        "VOXGATE_MAX_STREAMS_PER_IP": "0",
     }
     env |= _limits_env(window_bytes)
     command = [*_voxgate_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]

@@ -144,7 +144,8 @@ impl Ledger {
         }
         stream.inflight += nbytes;
         self.inflight += nbytes;
-        self.admitted_bytes += nbytes;
+        // A lifetime total: it saturates rather than overflow.
+        self.admitted_bytes = self.admitted_bytes.saturating_add(nbytes);
         if !self.pressure && self.inflight >= self.global_high {
             self.pressure = true;
             self.pressure_events += 1;

@@ -89,6 +89,11 @@ class Server:
                 "VOXGATE_DATA_DIR": str(self.data_dir),
                 "VOXGATE_API_KEYS": self.api_key,
                 "PYTHONUNBUFFERED": "1",
+                # Tests create sessions and tokens far faster than the production
+                # defaults allow from one address; tests of the limits set their own.
+                "VOXGATE_RATE_LIMIT_SESSIONS": "off",
+                "VOXGATE_RATE_LIMIT_TOKENS": "off",
+                "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": "off",
             }
         )
         env.update(self.extra_env)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,39 +11,48 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
+from voxgate import logs, metrics
 from voxgate.api.archive import download_archive
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health, ready
+from voxgate.api.metrics import prometheus_metrics
+from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
 from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
 from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.stream import stream
 from voxgate.ingest.upload import upload
+from voxgate.observe import Observed
 from voxgate.runtime import Runtime
 from voxgate.settings import Settings
 
 
 def create_app(settings: Settings) -> Litestar:
     """The voxgate ASGI application for ``settings``."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, secrets=settings.api_keys)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
+        logs.register_secrets(runtime.api_keys)
         await runtime.start()
+        sampler = asyncio.create_task(metrics.sample(runtime))
         try:
             yield
         finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
             await runtime.stop()
+            metrics.worker_exited()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             ready,
+            prometheus_metrics,
             SessionController,
             mint_token,
             missing,
@@ -54,12 +64,27 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            # Browsers may read these: the request id, and what a 429 says about retrying.
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "RateLimit-Policy",
+            ],
+        ),
         openapi_config=OpenAPIConfig(title="voxgate", version="1"),
         request_max_body_size=1024 * 1024,
+        logging_config=None,  # voxgate.logs configures logging: JSON lines
     )
+    complete_schema(app, settings)
+    return app
 
 
-def app_from_env() -> Litestar:
-    """Granian's factory target: settings from ``VOXGATE_*``."""
-    return create_app(Settings.from_env())
+def app_from_env() -> Observed:
+    """Granian's factory target: settings from ``VOXGATE_*``, behind request ids and metrics."""
+    settings = Settings.from_env()
+    return Observed(create_app(settings), settings)

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
@@ -24,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
-    from voxgate.runtime import WORKERS_ENV
+    from voxgate.logs import dict_config
 
     try:
         settings = Settings.from_env()
@@ -44,6 +46,11 @@ def _serve(args: argparse.Namespace) -> int:
             f"voxgate: generated API key (stored in {settings.data_dir}/api_key): {generated}",
             flush=True,
         )
+    if args.workers > 1:
+        _share_metrics(Path(settings.data_dir) / "metrics")
+    # Imported only now: it loads prometheus_client, which must see the directory above.
+    from voxgate.runtime import WORKERS_ENV
+
     os.environ[WORKERS_ENV] = str(args.workers)
     server = Server(
         "voxgate.app:app_from_env",
@@ -53,13 +60,25 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         factory=True,
         websockets=True,
-        log_access=False,
+        log_access=False,  # it would log query strings, and ?token= is one
+        log_dictconfig=dict_config(settings.log_level),
         # A worker still alive this long after SIGTERM is killed: exit is bounded even
         # if a commit hangs (acks follow durability, so nothing acked is lost).
         workers_kill_timeout=math.ceil(settings.shutdown_grace_s) + KILL_AFTER_GRACE_S,
     )
     server.serve()
     return 0
+
+
+def _share_metrics(directory: Path) -> None:
+    """Multiprocess metrics: every worker writes its values under ``directory``.
+
+    Set before any worker imports prometheus_client; emptied first so values of
+    a previous run do not count.
+    """
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # voxgate.metrics.MULTIPROC_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from voxgate.retention.archive import ArchiveError
@@ -32,6 +34,45 @@ _TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+class Problem(msgspec.Struct):
+    """RFC 9457 problem details, as every error answers (extra members may follow)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+# What each error status means on voxgate's API, for the OpenAPI schema.
+_MEANING = {
+    400: "Malformed request: bad JSON, wrong types, missing or unknown fields, broken framing",
+    401: "Missing or invalid credential (API key, or stream token where one is named)",
+    403: "The stream token is for another session",
+    404: "Unknown session",
+    409: "The session has gaps (pass allow_gaps=true)",
+    410: "The session was deleted",
+    413: "Request body above the configured limit",
+    415: "Wrong Content-Type",
+    416: "Range outside the stored bytes",
+    422: "Well-formed but out of range (token ttl_s above the maximum, format not possible)",
+    429: "Rate limit: see Retry-After and the RateLimit-* headers",
+    503: "Storage or token store unavailable: retry after Retry-After",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """``responses=`` for a route handler: each status answers problem details."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_MEANING[status],
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
 
 
 class ApiError(Exception):

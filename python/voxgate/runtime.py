@@ -12,9 +12,11 @@ from redis.asyncio import Redis
 
 from voxgate import _native
 from voxgate.auth import ensure_api_keys
+from voxgate.clientip import parse_networks
 from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
+from voxgate.limits import Limits, RedisRateLimiter
 from voxgate.retention.runner import Retention, RetentionSchedule
 from voxgate.settings import Settings
 from voxgate.store.base import Store
@@ -22,6 +24,7 @@ from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
+from voxgate.tokens.metered import MeteredTokenStore
 from voxgate.tokens.redis import (
     REDIS_ERRORS,
     RedisTokenStore,
@@ -67,7 +70,7 @@ class Runtime:
         self.settings = settings
         self.api_keys, generated = ensure_api_keys(settings)
         if generated is not None:
-            log.warning("generated API key (kept in %s/api_key): %s", settings.data_dir, generated)
+            log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store_for(settings)
@@ -93,6 +96,15 @@ class Runtime:
         else:
             self.tokens = MemoryTokenStore()
             log.warning(_SINGLE_INSTANCE, "this process's memory")
+        self.tokens = MeteredTokenStore(self.tokens)
+        workers = int(os.environ.get(WORKERS_ENV, "1"))
+        self.limits = Limits(
+            settings,
+            # The one Redis client of this process, when there is Redis.
+            RedisRateLimiter(self.redis) if self.redis is not None else None,
+            shared_file=data_dir / "limits.db" if workers > 1 else None,
+        )
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.writer = Writer(
             self.store, max_frames=settings.commit_max_frames, max_bytes=settings.commit_max_bytes
         )
@@ -159,6 +171,7 @@ class Runtime:
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.tokens.close()
+        await self.limits.close()
         if self.claims is not None:
             await self.claims.close()
         if self.redis is not None:

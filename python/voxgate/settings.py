@@ -9,10 +9,13 @@ from typing import Literal
 
 import msgspec
 
+from voxgate.clientip import parse_networks
+from voxgate.rates import RATE_NAMES, parse_rate
+
 Durability = Literal["fsync", "process"]
 
 # Fields whose environment value is a comma-separated list.
-_LIST_FIELDS = frozenset({"api_keys", "cors_origins"})
+_LIST_FIELDS = frozenset({"api_keys", "cors_origins", "trusted_proxies"})
 
 
 class SettingsError(ValueError):
@@ -57,7 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # PROTOCOL section 5: stream tokens.
     token_ttl_s: int = 60
     token_max_ttl_s: int = 3600
-    # Redis shared by every instance: stream tokens and stream-takeover notices.
+    # Redis shared by every instance: stream tokens, stream-takeover notices and rate limits.
     # Empty: tokens live in this process (or this host's data dir), single instance only.
     redis_url: str = ""
 
@@ -103,6 +106,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backup_keep_weekly: int = 4
     backup_keep_monthly: int = 12
 
+    # Abuse limits (docs/operations.md): per client IP, "COUNT/PERIOD" with PERIOD
+    # in s, m or h (for example "10/5m"), or "off". Shared across instances
+    # through redis_url when it is set.
+    rate_limit_sessions: str = "10/5m"
+    rate_limit_tokens: str = "20/15m"
+    rate_limit_transcripts: str = "120/1m"
+    # Stream connections accepted per session (not per IP) in a window.
+    rate_limit_session_connects: str = "30/1m"
+    # Open streams one worker process serves for one client IP; 0 for no cap.
+    max_streams_per_ip: int = 64
+    # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
+    trusted_proxies: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
             raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
@@ -131,6 +147,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.database_timeout_s <= 0:
             raise SettingsError("VOXGATE_DATABASE_TIMEOUT_S must be positive")
+        if self.max_streams_per_ip < 0:
+            raise SettingsError("VOXGATE_MAX_STREAMS_PER_IP must be 0 (no cap) or more")
+        for name in RATE_NAMES:
+            try:
+                parse_rate(getattr(self, f"rate_limit_{name}"))
+            except ValueError as exc:
+                raise SettingsError(f"VOXGATE_RATE_LIMIT_{name.upper()}: {exc}") from None
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"VOXGATE_TRUSTED_PROXIES: {exc}") from None
         if not 0 <= self.retention_hot_days <= self.retention_warm_days:
             raise SettingsError(
                 "VOXGATE_RETENTION_HOT_DAYS must be between 0 and VOXGATE_RETENTION_WARM_DAYS"

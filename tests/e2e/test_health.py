@@ -64,7 +64,7 @@ def test_without_redis_ready_reports_the_store_and_start_warns_single_instance(
         warnings = [
             line
             for line in server.log_text().splitlines()
-            if "WARNING" in line and SINGLE_INSTANCE_WARNING in line
+            if '"level":"warning"' in line and SINGLE_INSTANCE_WARNING in line  # JSON lines
         ]
         assert len(warnings) == 1, server.log_tail()
         assert "VOXGATE_REDIS_URL" in warnings[0]

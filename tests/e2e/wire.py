@@ -462,6 +462,7 @@ class Api:
         via: TokenVia = "header",
         origin: str | None = None,
         mint: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> Stream:
         """Open a raw stream; mints a token unless ``token`` is given or ``mint`` is False.
 
@@ -471,7 +472,7 @@ class Api:
         if token is None and mint:
             token = await self.mint_token(session_id)
         url = f"{self.server.ws_url}/v1/sessions/{session_id}/stream"
-        headers: dict[str, str] = {}
+        headers = dict(headers or {})
         subprotocols: list[Subprotocol] | None = None
         if token is not None:
             if via == "header":

@@ -6,7 +6,7 @@ import asyncio
 import re
 import struct
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get
@@ -14,7 +14,7 @@ from litestar.response import Stream
 
 from voxgate.api.sessions import live_session, runtime_of
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError
+from voxgate.errors import ApiError, problem_responses
 from voxgate.retention.archive import ArchiveError, ArchiveReader
 from voxgate.store.base import FrameEntry, Session, Store, Tier
 
@@ -34,7 +34,12 @@ class MissingReport(msgspec.Struct):
     complete: bool
 
 
-@get("/v1/sessions/{session_id:str}/missing", guards=[require_api_key], tags=["sessions"])
+@get(
+    "/v1/sessions/{session_id:str}/missing",
+    guards=[require_api_key],
+    tags=["sessions"],
+    responses=problem_responses(401, 404, 410, 503),
+)
 async def missing(request: Request[Any, Any, Any], session_id: str) -> MissingReport:
     """The same truth as the stream's hello: what a resuming client must resend."""
     runtime = runtime_of(request)
@@ -179,11 +184,16 @@ class ArchivedAudio:
             self._reader.close()
 
 
-@get("/v1/sessions/{session_id:str}/audio", guards=[require_api_key], tags=["sessions"])
+@get(
+    "/v1/sessions/{session_id:str}/audio",
+    guards=[require_api_key],
+    tags=["sessions"],
+    responses=problem_responses(400, 401, 404, 409, 410, 416, 422, 503),
+)
 async def audio(
     request: Request[Any, Any, Any],
     session_id: str,
-    format: str | None = None,
+    format: Literal["raw", "wav"] | None = None,
     allow_gaps: bool = False,
 ) -> Response[Any]:
     """Stored payloads in seq order, as raw bytes or WAV; honours a single ``Range``."""

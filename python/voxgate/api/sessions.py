@@ -2,38 +2,60 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError
+from voxgate.errors import ApiError, problem_responses
+from voxgate.limits import rate_limited
+from voxgate.rates import SESSIONS
 from voxgate.store.base import Session, SessionState
 
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
+
+T = TypeVar("T")
 
 Codec = Literal["pcm_s16le", "opus", "webm", "mulaw", "alaw", "flac", "mp3", "aac", "wav", "other"]
 
 
 class SessionCreate(msgspec.Struct, forbid_unknown_fields=True):
     codec: Codec | None = None
-    sample_rate: int | None = msgspec.field(default=None)
-    channels: int | None = None
+    sample_rate: Annotated[int, msgspec.Meta(ge=1, le=768_000)] | None = None
+    channels: Annotated[int, msgspec.Meta(ge=1, le=255)] | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.sample_rate is not None and not 1 <= self.sample_rate <= 768_000:
-            raise ValueError("sample_rate must be between 1 and 768000")
-        if self.channels is not None and not 1 <= self.channels <= 255:
-            raise ValueError("channels must be between 1 and 255")
 
 
 class SessionPage(msgspec.Struct):
     sessions: list[Session]
     next: str | None
+
+
+async def strict_body(request: Request[Any, Any, Any], kind: type[T]) -> T | None:
+    """The JSON body decoded with JSON's own types: ``"2"`` is not a number here.
+
+    Litestar converts bodies leniently (as it must for query strings); the
+    management API refuses wrong types with 400 instead of guessing.
+    """
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    if isinstance(value, dict):
+        # JSON Schema counts 16000.0 as an integer; so do we, for the top-level fields.
+        value = {
+            k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in value.items()
+        }
+    try:
+        return msgspec.convert(value, type=kind | None, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_body", f"invalid request body: {exc}") from None
 
 
 def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
@@ -56,12 +78,17 @@ class SessionController(Controller):
     guards = [require_api_key]
     tags = ["sessions"]
 
-    @post("/", status_code=201)
+    @post(
+        "/",
+        status_code=201,
+        guards=[rate_limited(SESSIONS)],
+        responses=problem_responses(400, 401, 413, 429, 503),
+    )
     async def create(
         self, request: Request[Any, Any, Any], data: SessionCreate | None = None
     ) -> Session:
         """Create an open session."""
-        body = data or SessionCreate()
+        body = await strict_body(request, SessionCreate) or SessionCreate()
         return await runtime_of(request).store.create_session(
             codec=body.codec,
             sample_rate=body.sample_rate,
@@ -69,7 +96,7 @@ class SessionController(Controller):
             metadata=body.metadata,
         )
 
-    @get("/")
+    @get("/", responses=problem_responses(400, 401, 503))
     async def list_sessions(
         self,
         request: Request[Any, Any, Any],
@@ -82,11 +109,11 @@ class SessionController(Controller):
         sessions = sessions[:limit]
         return SessionPage(sessions, sessions[-1].id if more and sessions else None)
 
-    @get("/{session_id:str}")
+    @get("/{session_id:str}", responses=problem_responses(401, 404, 410, 503))
     async def read(self, request: Request[Any, Any, Any], session_id: str) -> Session:
         return await live_session(runtime_of(request), session_id)
 
-    @delete("/{session_id:str}", status_code=204)
+    @delete("/{session_id:str}", status_code=204, responses=problem_responses(401, 404, 410, 503))
     async def remove(self, request: Request[Any, Any, Any], session_id: str) -> None:
         """Delete a session: its frames and payload bytes are removed for good."""
         runtime = runtime_of(request)

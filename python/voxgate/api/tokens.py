@@ -8,9 +8,11 @@ from typing import Any
 import msgspec
 from litestar import Request, post
 
-from voxgate.api.sessions import live_session, runtime_of
+from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError
+from voxgate.errors import ApiError, problem_responses
+from voxgate.limits import rate_limited
+from voxgate.rates import TOKENS
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -25,9 +27,10 @@ class TokenResponse(msgspec.Struct):
 
 @post(
     "/v1/sessions/{session_id:str}/tokens",
-    guards=[require_api_key],
+    guards=[require_api_key, rate_limited(TOKENS)],
     status_code=201,
     tags=["tokens"],
+    responses=problem_responses(400, 401, 404, 410, 413, 422, 429, 503),
 )
 async def mint_token(
     request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
@@ -35,6 +38,7 @@ async def mint_token(
     """A single-use stream token bound to the session, valid for ``ttl_s`` seconds."""
     runtime = runtime_of(request)
     settings = runtime.settings
+    data = await strict_body(request, TokenRequest)
     ttl_s = settings.token_ttl_s if data is None or data.ttl_s is None else data.ttl_s
     if not 1 <= ttl_s <= settings.token_max_ttl_s:
         raise ApiError(

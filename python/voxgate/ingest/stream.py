@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -21,9 +22,10 @@ import orjson
 from litestar import WebSocket, websocket
 from litestar.types import WebSocketSendEvent
 
-from voxgate import _native
+from voxgate import _native, logs, metrics
 from voxgate.auth import bearer
 from voxgate.ingest.tally import WINDOW, Tally, precheck
+from voxgate.rates import SESSION_CONNECTS
 from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError, Tier
 from voxgate.tokens.base import TokenStoreError
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
 log = logging.getLogger("voxgate.stream")
+events = logs.get("voxgate.stream")
 
 SUBPROTOCOL = "voxgate.v1"
 TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
@@ -194,6 +197,9 @@ class StreamConnection:
         self._commits: set[asyncio.Future[CommitResult]] = set()
         self.frames = 0
         self.bytes = 0
+        self._opened = time.monotonic()
+        self._ack_since: float | None = None  # receipt of the oldest frame awaiting an ack
+        self._peer_code: int | None = None
 
     # -- signals from other tasks -------------------------------------------------
 
@@ -262,10 +268,29 @@ class StreamConnection:
             pass
         finally:
             await _stop(reader)
+            self._log_close()
             self.runtime.streams.unregister(self)
             self._ledger_open = False
             if self._ledger.close(self._handle):
                 self.runtime.streams.pressure_relieved()
+
+    def _log_close(self) -> None:
+        metrics.ACTIVE_STREAMS.dec()
+        if self._close is not None and not self._disconnected:
+            code, by, error = self._close.code, "server", self._close.error
+        else:
+            code, by, error = self._peer_code or 1006, "client", None
+        metrics.STREAM_CLOSES.labels(str(code), by).inc()
+        events.info(
+            "stream.close",
+            session_id=self.session_id,
+            code=code,
+            by=by,
+            error=error,
+            frames=self.frames,
+            bytes=self.bytes,
+            duration_s=round(time.monotonic() - self._opened, 3),
+        )
 
     async def _quiesce(self) -> None:
         """Before a close: announce window 0, ack what becomes durable, and wait (at most
@@ -299,6 +324,7 @@ class StreamConnection:
         if tally.gone:
             self.fail(Close(4410, "gone", "session archived or deleted: it takes no frames"))
         for reason, ranges in tally.take_rejections():
+            metrics.record_nack("websocket", reason, ranges)
             await self._send({"type": "nack", "ranges": ranges, "reason": reason})
         if tally.has_acks() or self._window_offer:
             self._window_offer = False
@@ -308,6 +334,11 @@ class StreamConnection:
             await self._send(
                 {"type": "ack", "acked": acked, "duplicate": duplicate, "window_bytes": window}
             )
+            metrics.record_acks("websocket", acked, duplicate)
+            metrics.ACK_WINDOW.observe(window)
+            if self._ack_since is not None:
+                metrics.ACK_LATENCY.observe(time.monotonic() - self._ack_since)
+                self._ack_since = None
         while self._pongs:
             await self._send({"type": "pong", "t": self._pongs.pop(0)})
         if self._complete is not None and not self._complete_sent:
@@ -323,6 +354,7 @@ class StreamConnection:
         while self._close is None or self._close.code in _QUIESCE_CODES:
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                self._peer_code = message.get("code")
                 self._disconnected = True
                 self._wake.set()
                 return
@@ -379,12 +411,13 @@ class StreamConnection:
         if batch:
             future = asyncio.ensure_future(self.runtime.writer.commit(batch))
             self._commits.add(future)
-            future.add_done_callback(lambda f: self._on_commit(f, batch, batch_bytes))
+            rx = self._last_rx
+            future.add_done_callback(lambda f: self._on_commit(f, batch, batch_bytes, rx))
         if tally.rejected:
             self._wake.set()
 
     def _on_commit(
-        self, future: asyncio.Future[CommitResult], batch: list[FrameIn], nbytes: int
+        self, future: asyncio.Future[CommitResult], batch: list[FrameIn], nbytes: int, rx: float
     ) -> None:
         self._commits.discard(future)
         if self._ledger_open and self._ledger.release(self._handle, nbytes):
@@ -404,6 +437,9 @@ class StreamConnection:
         self._tally.record(batch, result.outcomes)
         self.frames += len(batch)
         self.bytes += nbytes
+        metrics.INGESTED_BYTES["websocket"].inc(nbytes)
+        if self._ack_since is None or rx < self._ack_since:
+            self._ack_since = rx
         progress = result.progress.get(self.session_id)
         if progress is not None:
             self._next_seq = max(self._next_seq, progress.next_seq)
@@ -444,6 +480,8 @@ def _credentials(socket: WebSocket[Any, Any, Any]) -> tuple[str | None, bool]:
 
 
 async def _reject(socket: WebSocket[Any, Any, Any], close: Close) -> None:
+    metrics.STREAM_CLOSES.labels(str(close.code), "server").inc()
+    events.info("stream.refused", code=close.code, error=close.error)
     with contextlib.suppress(OSError, Exception):
         await socket.send(
             _text_event({"type": "error", "code": close.error, "message": close.message})
@@ -486,6 +524,14 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
         if token_session != session_id:
             raise Close(4403, "forbidden", "stream token is for another session")
+        connects = await runtime.limits.check(SESSION_CONNECTS, session_id)
+        if connects is not None and not connects.allowed:
+            raise Close(
+                4429,
+                "rate_limited",
+                f"too many connections to this session, retry in "
+                f"{math.ceil(connects.retry_after_s)} s",
+            )
         generation = await runtime.store.claim_stream(session_id)
         # Re-read after claiming so no commit of an older stream slips between.
         session = await runtime.store.get_session(session_id) or session
@@ -510,4 +556,13 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             session.end_seq, session.frames, session.bytes, session.stream_crc32c or 0
         )
     runtime.streams.register(conn)
+    metrics.ACTIVE_STREAMS.inc()
+    events.info(
+        "stream.open",
+        session_id=session_id,
+        generation=generation,
+        next_seq=session.next_seq,
+        missing=len(missing),
+        state=str(session.state),
+    )
     await conn.run(missing)

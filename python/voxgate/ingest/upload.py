@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
 
-from voxgate import _native
+from voxgate import _native, metrics
 from voxgate.auth import bearer
-from voxgate.errors import ApiError, problem
+from voxgate.errors import ApiError, problem, problem_responses
 from voxgate.ingest.tally import Tally, precheck
 from voxgate.store.base import FrameIn, SessionState, Tier
 
@@ -21,7 +21,11 @@ MEDIA_TYPE = "application/vnd.voxgate.frames"
 
 def _answer(tally: Tally) -> dict[str, Any]:
     acked, duplicate = tally.take_acks()
-    rejected = [{"ranges": ranges, "reason": reason} for reason, ranges in tally.take_rejections()]
+    rejections = tally.take_rejections()
+    metrics.record_acks("http", acked, duplicate)
+    for reason, ranges in rejections:
+        metrics.record_nack("http", reason, ranges)
+    rejected = [{"ranges": ranges, "reason": reason} for reason, ranges in rejections]
     return {"acked": acked, "duplicate": duplicate, "rejected": rejected}
 
 
@@ -30,19 +34,22 @@ def _answer(tally: Tally) -> dict[str, Any]:
     name="upload",
     status_code=200,
     request_max_body_size=None,  # checked below against VOXGATE_MAX_UPLOAD_BYTES while streaming
+    tags=["frames"],
+    responses=problem_responses(400, 401, 403, 404, 410, 413, 415, 503),
 )
 async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[Any]:
     """Store the frames of a request body; answers once each is durable or rejected."""
     runtime: Runtime = request.app.state.runtime
     settings = runtime.settings
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != MEDIA_TYPE:
-        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {MEDIA_TYPE}")
     token = bearer(request.headers.get("authorization"))
     if token is None:
         raise ApiError(
             401, "unauthorized", "missing stream token: send Authorization: Bearer <token>"
         )
+    # Checked before the token is used up, so a wrong Content-Type does not cost one.
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != MEDIA_TYPE:
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {MEDIA_TYPE}")
     token_session = await runtime.tokens.consume(token)
     if token_session is None:
         raise ApiError(401, "unauthorized", "invalid, expired or already used stream token")
@@ -68,6 +75,7 @@ async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[A
         if not batch:
             return
         result = await runtime.writer.commit(batch)
+        metrics.INGESTED_BYTES["http"].inc(batch_bytes)
         tally.record(batch, result.outcomes)
         progress = result.progress.get(session_id)
         if progress is not None:

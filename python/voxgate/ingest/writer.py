@@ -18,8 +18,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
+from voxgate import metrics
 from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.writer")
@@ -188,7 +190,10 @@ class Writer:
         try:
             self.commits += 1
             self.frames += len(frames)
+            metrics.COMMIT_FRAMES.observe(len(frames))
+            started = time.perf_counter()
             result = await self.store.commit(frames)
+            metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
         except asyncio.CancelledError:
             self._settle(batch, StoreError("writer stopped before the commit finished"))
             raise

@@ -1,0 +1,99 @@
+"""What the generated OpenAPI schema cannot learn from type hints, added once at startup.
+
+Litestar derives the schema from the handlers; this fills in the rest: the
+configured token lifetime maximum, closed request objects, the raw frame body
+of the HTTP upload and its answer, and who authenticates how.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+
+# The plugin caches the schema dict it serves; finishing that dict finishes what is served.
+from litestar._openapi.plugin import OpenAPIPlugin
+
+from voxgate.ingest.upload import MEDIA_TYPE
+from voxgate.settings import Settings
+
+_RANGES = {
+    "type": "array",
+    "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+}
+_UPLOAD_ANSWER = {
+    "type": "object",
+    "required": ["acked", "duplicate", "rejected"],
+    "properties": {
+        "acked": _RANGES,
+        "duplicate": _RANGES,
+        "rejected": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["ranges", "reason"],
+                "properties": {
+                    "ranges": _RANGES,
+                    "reason": {
+                        "type": "string",
+                        "enum": ["checksum", "window", "conflict", "too_large", "sequence"],
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+# Probes a load balancer calls without credentials.
+_OPEN = frozenset({"/health", "/ready"})
+
+
+def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
+    """Finish ``app``'s OpenAPI schema (served at ``/schema/openapi.json``) and return it."""
+    schema: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in ("SessionCreate", "TokenRequest"):
+        if name in schemas:
+            schemas[name]["additionalProperties"] = False
+    ttl = schemas.get("TokenRequest", {}).get("properties", {}).get("ttl_s")
+    if ttl is not None:
+        for branch in ttl.get("oneOf", [ttl]):
+            if branch.get("type") == "integer":
+                branch.update(minimum=1, maximum=settings.token_max_ttl_s)
+        ttl["description"] = "token lifetime in seconds; above the server's maximum: 422"
+    components["securitySchemes"] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "an API key"},
+        "streamToken": {"type": "http", "scheme": "bearer", "description": "a stream token"},
+    }
+    for path, item in schema.get("paths", {}).items():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            if path in _OPEN:
+                operation["security"] = []
+            elif path.endswith("/frames"):
+                operation["security"] = [{"streamToken": []}]
+            else:
+                operation["security"] = [{"apiKey": []}]
+    paths = schema.get("paths", {})
+    for path in ("/v1/sessions", "/v1/sessions/{session_id}/tokens"):
+        body = paths.get(path, {}).get("post", {}).get("requestBody")
+        if body is not None:
+            body["required"] = False  # PROTOCOL 2.3: every member is optional
+    audio = paths.get("/v1/sessions/{session_id}/audio", {}).get("get")
+    if audio is not None:
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        content = {"application/octet-stream": binary, "audio/wav": binary}
+        audio["responses"]["200"] = {"description": "the payloads in seq order", "content": content}
+        audio["responses"]["206"] = {"description": "the asked Range of them", "content": content}
+    upload = paths.get("/v1/sessions/{session_id}/frames", {}).get("post")
+    if upload is not None:
+        upload["requestBody"] = {
+            "required": True,
+            "description": "frames back to back (PROTOCOL section 1)",
+            "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+        upload["responses"]["200"]["content"] = {"application/json": {"schema": _UPLOAD_ANSWER}}
+    return schema

@@ -1,0 +1,202 @@
+"""Prometheus metrics, served at ``GET /metrics`` (docs/operations.md lists them all).
+
+The ingest hot path pays at most a counter increment per message or per ack
+and one histogram observation per ack or commit, never anything per frame.
+Values read from the ledger and the process (in-flight bytes, pressure,
+memory) are sampled once a second by :func:`sample`.
+
+With ``voxgate serve --workers N`` every worker is its own process: the CLI
+then points ``PROMETHEUS_MULTIPROC_DIR`` at a directory of the data dir and
+``/metrics`` answers the sum over all live workers, whichever one serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_WINDOW_BUCKETS = tuple(float(1 << n) for n in range(10, 27, 2))  # 1 KiB .. 64 MiB
+
+# -- ingest -------------------------------------------------------------------------
+
+FRAMES_INGESTED = Counter(
+    "voxgate_frames_ingested", "Frames newly stored (acked, not duplicate)", ["transport"]
+)
+BYTES_INGESTED = Counter(
+    "voxgate_bytes_ingested",
+    "Payload bytes of frames handed to the store (new and duplicate)",
+    ["transport"],
+)
+FRAMES_DUPLICATE = Counter(
+    "voxgate_frames_duplicate",
+    "Frames acked as duplicate (already stored, same CRC)",
+    ["transport"],
+)
+FRAMES_CONFLICT = Counter(
+    "voxgate_frames_conflict",
+    "Frames refused as conflict (seq stored with another CRC)",
+    ["transport"],
+)
+NACKS = Counter("voxgate_nacks", "Frames refused, by nack reason", ["transport", "reason"])
+ACK_LATENCY = Histogram(
+    "voxgate_ack_latency_seconds",
+    "From receipt of the oldest frame an ack covers to the ack being sent",
+    buckets=_LATENCY_BUCKETS,
+)
+ACK_WINDOW = Histogram(
+    "voxgate_ack_window_bytes", "Window advertised in each ack", buckets=_WINDOW_BUCKETS
+)
+COMMIT_FRAMES = Histogram(
+    "voxgate_commit_batch_frames", "Frames per group commit", buckets=_SIZE_BUCKETS
+)
+COMMIT_LATENCY = Histogram(
+    "voxgate_commit_latency_seconds", "Duration of one group commit", buckets=_LATENCY_BUCKETS
+)
+STREAM_CLOSES = Counter(
+    "voxgate_stream_closes",
+    "WebSocket streams ended, by close code and by who closed (server or client)",
+    ["code", "by"],
+)
+ACTIVE_STREAMS = Gauge(
+    "voxgate_active_streams", "Open WebSocket streams", multiprocess_mode="livesum"
+)
+
+# -- credit and process (sampled) ------------------------------------------------------
+
+INFLIGHT_BYTES = Gauge(
+    "voxgate_inflight_bytes",
+    "Payload bytes admitted and not yet acked, all streams",
+    multiprocess_mode="livesum",
+)
+BACKPRESSURE = Gauge(
+    "voxgate_backpressure",
+    "1 while in-flight bytes are above the high watermark (windows shrink)",
+    multiprocess_mode="livemax",
+)
+BACKPRESSURE_EVENTS = Counter("voxgate_backpressure_events", "Times backpressure began")
+WINDOW_CONFIGURED = Gauge(
+    "voxgate_window_bytes_configured", "VOXGATE_WINDOW_BYTES", multiprocess_mode="livemax"
+)
+MEMORY_RSS = Gauge(
+    "voxgate_memory_rss_bytes", "Resident memory of the server", multiprocess_mode="livesum"
+)
+
+# -- tokens, limits, HTTP ------------------------------------------------------------
+
+TOKENS_MINTED = Counter("voxgate_tokens_minted", "Stream tokens minted")
+TOKENS_CONSUMED = Counter("voxgate_tokens_consumed", "Stream tokens used up by a stream or upload")
+TOKENS_REJECTED = Counter(
+    "voxgate_tokens_rejected", "Stream tokens refused: unknown, used or expired"
+)
+RATE_LIMITED = Counter(
+    "voxgate_rate_limited", "Requests or connections refused by an abuse limit", ["limit"]
+)
+RATE_LIMIT_ERRORS = Counter(
+    "voxgate_rate_limit_errors", "Rate-limit checks that failed (Redis unreachable: allowed)"
+)
+HTTP_REQUESTS = Counter(
+    "voxgate_http_requests", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "voxgate_http_request_duration_seconds",
+    "HTTP request duration, to the end of the response body",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+
+def count_ranges(ranges: Iterable[list[int]]) -> int:
+    """Seqs covered by inclusive ``[first, last]`` ranges."""
+    return sum(last - first + 1 for first, last in ranges)
+
+
+# Children bound once: ``labels()`` costs more than the increment itself.
+TRANSPORTS = ("websocket", "http")
+_INGESTED = {t: FRAMES_INGESTED.labels(t) for t in TRANSPORTS}
+_DUPLICATE = {t: FRAMES_DUPLICATE.labels(t) for t in TRANSPORTS}
+_CONFLICT = {t: FRAMES_CONFLICT.labels(t) for t in TRANSPORTS}
+INGESTED_BYTES = {t: BYTES_INGESTED.labels(t) for t in TRANSPORTS}
+_NACKS = {
+    (t, r): NACKS.labels(t, r)
+    for t in TRANSPORTS
+    for r in ("checksum", "window", "conflict", "too_large", "sequence")
+}
+
+
+def record_acks(transport: str, acked: list[list[int]], duplicate: list[list[int]]) -> None:
+    """Count the frames one ack (or upload answer) reports as stored and as duplicate."""
+    if acked:
+        _INGESTED[transport].inc(count_ranges(acked))
+    if duplicate:
+        _DUPLICATE[transport].inc(count_ranges(duplicate))
+
+
+def record_nack(transport: str, reason: str, ranges: list[list[int]]) -> None:
+    """Count the frames one nack (or upload rejection) refuses."""
+    n = count_ranges(ranges)
+    _NACKS[transport, reason].inc(n)
+    if reason == "conflict":
+        _CONFLICT[transport].inc(n)
+
+
+def exposition() -> bytes:
+    """The text exposition of every metric (summed over workers in multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def worker_exited() -> None:
+    """Drop this process's live gauges from the multiprocess sums."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def sample(runtime: Runtime, every_s: float = 1.0) -> None:
+    """Copy ledger and process figures into gauges every ``every_s`` until cancelled."""
+    WINDOW_CONFIGURED.set(runtime.settings.window_bytes)
+    seen_events = runtime.ledger.stats().pressure_events
+    while True:
+        stats = runtime.ledger.stats()
+        INFLIGHT_BYTES.set(stats.inflight_bytes)
+        BACKPRESSURE.set(1 if stats.pressure else 0)
+        if stats.pressure_events > seen_events:
+            BACKPRESSURE_EVENTS.inc(stats.pressure_events - seen_events)
+            seen_events = stats.pressure_events
+        MEMORY_RSS.set(_rss_bytes())
+        await asyncio.sleep(every_s)
