@@ -52,7 +52,7 @@ _MEANING = {
     403: "The stream token is for another session",
     404: "Unknown session",
     409: "The session has gaps (pass allow_gaps=true)",
-    410: "The session was deleted",
+    410: "The session was deleted (audio and archive: its audio expired, tier cold)",
     413: "Request body above the configured limit",
     415: "Wrong Content-Type",
     416: "Range outside the stored bytes",

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import zstandard
+from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.wire import Api, assert_problem, frame, payload_for
 from servers import Server, start_server
@@ -227,6 +228,22 @@ async def test_storage_reports_tiers_and_the_last_run(
     last = report["last_run"]
     assert (last["outcome"], last["archived"], last["failed"]) == ("ok", 2, 0)
     assert datetime.fromisoformat(last["finished_at"]) <= datetime.now(UTC)
+
+    # The same figures as Prometheus gauges, read from the store at each scrape.
+    scraped = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families((await http.get("/metrics")).text)
+        for sample in family.samples
+    }
+    for tier, figures in report["tiers"].items():
+        assert scraped[("voxgate_storage_sessions", (("tier", tier),))] == figures["sessions"]
+        assert scraped[("voxgate_storage_bytes", (("tier", tier),))] == figures["bytes"]
+        assert scraped[("voxgate_storage_audio_bytes", (("tier", tier),))] == figures["audio_bytes"]
+    assert scraped[("voxgate_retention_last_run_ok", ())] == 1
+    assert scraped[("voxgate_retention_last_run_sessions", (("result", "archived"),))] == 2
+    assert scraped[("voxgate_retention_last_run_finished_seconds", ())] == pytest.approx(
+        datetime.fromisoformat(last["finished_at"]).timestamp()
+    )
 
     assert (
         await http.get("/v1/storage", headers={"Authorization": "Bearer nope"})

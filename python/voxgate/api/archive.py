@@ -14,6 +14,7 @@ from litestar.response import Stream
 from voxgate.api.audio import parse_range, refuse_cold
 from voxgate.api.sessions import live_session, runtime_of
 from voxgate.auth import require_api_key
+from voxgate.errors import problem_responses
 from voxgate.retention.archive import (
     MEDIA_TYPE,
     SUFFIX,
@@ -42,7 +43,12 @@ async def _file_bytes(path: Path, first: int, last: int) -> AsyncIterator[bytes]
         os.close(fd)
 
 
-@get("/v1/sessions/{session_id:str}/archive", guards=[require_api_key], tags=["sessions"])
+@get(
+    "/v1/sessions/{session_id:str}/archive",
+    guards=[require_api_key],
+    tags=["sessions"],
+    responses=problem_responses(401, 404, 410, 416, 503),
+)
 async def download_archive(request: Request[Any, Any, Any], session_id: str) -> Response[Any]:
     """The session's ``.tar.zst`` archive (docs/operations.md describes the format).
 

@@ -9,6 +9,7 @@ from litestar import Request, get
 
 from voxgate.api.sessions import runtime_of
 from voxgate.auth import require_api_key
+from voxgate.errors import problem_responses
 from voxgate.retention import metrics
 from voxgate.store.base import RetentionRun, TierStats
 
@@ -26,7 +27,12 @@ class StorageReport(msgspec.Struct):
     policy: RetentionPolicy
 
 
-@get("/v1/storage", guards=[require_api_key], tags=["storage"])
+@get(
+    "/v1/storage",
+    guards=[require_api_key],
+    tags=["storage"],
+    responses=problem_responses(401, 503),
+)
 async def storage(request: Request[Any, Any, Any]) -> StorageReport:
     """Sessions and bytes per tier, each tier's oldest session, the last retention run."""
     runtime = runtime_of(request)

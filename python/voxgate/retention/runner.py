@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
 
-from voxgate.retention import metrics
 from voxgate.retention.archive import (
     SUFFIX,
     ArchiveError,
@@ -332,38 +331,23 @@ def next_run_after(now: datetime, at: time_of_day) -> datetime:
 
 
 class RetentionSchedule:
-    """Inside the server: retention once a day at ``VOXGATE_RETENTION_AT`` (UTC), and the
-    storage gauges refreshed from the store every ``refresh_s``."""
+    """Runs retention inside the server once a day at ``VOXGATE_RETENTION_AT`` (UTC)."""
 
-    def __init__(self, retention: Retention, at: str, refresh_s: float = 60.0) -> None:
+    def __init__(self, retention: Retention, at: str) -> None:
         self.retention = retention
         self.at = parse_time_of_day(at) if at != "off" else None
-        self.refresh_s = refresh_s
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._tasks:
-            return
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._refresh_loop()))
-        if self.at is not None:
-            self._tasks.append(loop.create_task(self._run_loop(self.at)))
+        if self.at is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run_loop(self.at))
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        task, self._task = self._task, None
+        if task is not None:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            try:
-                await metrics.refresh(self.retention.store)
-            except Exception as exc:
-                log.warning("storage figures unavailable: %s", exc)
-            await asyncio.sleep(self.refresh_s)
 
     async def _run_loop(self, at: time_of_day) -> None:
         due = next_run_after(datetime.now(UTC), at)
@@ -375,7 +359,6 @@ class RetentionSchedule:
                 continue
             try:
                 await self.retention.run()
-                await metrics.refresh(self.retention.store)
             except Exception:
                 log.exception("retention run failed")
             due = next_run_after(max(due, datetime.now(UTC)), at)
