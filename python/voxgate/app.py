@@ -15,11 +15,14 @@ from voxgate import logs, metrics
 from voxgate.api.archive import download_archive
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health, ready
+from voxgate.api.listen import events, listen, listener_stats, mint_listen_token
 from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
+from voxgate.api.stats import stats
 from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
+from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.stream import stream
 from voxgate.ingest.upload import upload
@@ -59,6 +62,9 @@ def create_app(settings: Settings) -> Litestar:
             audio,
             upload,
             stream,
+            stats,
+            *(post_transcript, list_transcripts, relay_transcript),
+            *(events, listen, mint_listen_token, listener_stats),
             download_archive,
             storage,
         ],

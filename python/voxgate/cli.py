@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import math
 import os
+import platform
 import shutil
 import sys
 from collections.abc import Sequence
@@ -49,9 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         _share_metrics(Path(settings.data_dir) / "metrics")
     # Imported only now: it loads prometheus_client, which must see the directory above.
-    from voxgate.runtime import WORKERS_ENV
+    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook
 
     os.environ[WORKERS_ENV] = str(args.workers)
+    install_shutdown_hook()
     server = Server(
         "voxgate.app:app_from_env",
         address=args.host,
@@ -95,8 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# glibc reads this when a process starts; ``voxgate serve`` re-runs itself with it set.
+MALLOC_ARENAS = "2"
+
+
+def _limit_malloc_arenas() -> None:
+    """Re-execute this command with ``MALLOC_ARENA_MAX=2`` unless it is set (glibc only).
+
+    Granian's I/O threads allocate the messages the event loop frees; with
+    glibc's default of 8 arenas per core, what is freed that way stays spread
+    over many arenas: resident memory stepped up by 9 to 18 MB in 15-minute
+    soaks and stayed there. With 2 arenas it stayed flat. Setting it from
+    inside the process (mallopt) came too late to take effect.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+        return
+    os.environ["MALLOC_ARENA_MAX"] = MALLOC_ARENAS
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "serve":
+        _limit_malloc_arenas()  # only for a real command line: it replaces the process
     result = args.handler(args)
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)

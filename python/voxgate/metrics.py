@@ -106,6 +106,19 @@ MEMORY_RSS = Gauge(
     "voxgate_memory_rss_bytes", "Resident memory of the server", multiprocess_mode="livesum"
 )
 
+# -- listeners (sampled) ---------------------------------------------------------------
+
+LISTENERS = Gauge(
+    "voxgate_listeners", "Listeners connected (SSE and WebSocket)", multiprocess_mode="livesum"
+)
+LISTENER_FEEDS = Gauge(
+    "voxgate_listener_feeds", "Sessions with a listener here", multiprocess_mode="livesum"
+)
+EVENTS_PUBLISHED = Counter("voxgate_events_published", "Session events handed to the event bus")
+EVENTS_DROPPED = Counter(
+    "voxgate_events_dropped", "Session events the Redis bus could not publish (listeners re-read)"
+)
+
 # -- tokens, limits, HTTP ------------------------------------------------------------
 
 TOKENS_MINTED = Counter("voxgate_tokens_minted", "Stream tokens minted")
@@ -191,6 +204,7 @@ async def sample(runtime: Runtime, every_s: float = 1.0) -> None:
     """Copy ledger and process figures into gauges every ``every_s`` until cancelled."""
     WINDOW_CONFIGURED.set(runtime.settings.window_bytes)
     seen_events = runtime.ledger.stats().pressure_events
+    seen_bus = runtime.hub.bus.stats()
     while True:
         stats = runtime.ledger.stats()
         INFLIGHT_BYTES.set(stats.inflight_bytes)
@@ -199,4 +213,10 @@ async def sample(runtime: Runtime, every_s: float = 1.0) -> None:
             BACKPRESSURE_EVENTS.inc(stats.pressure_events - seen_events)
             seen_events = stats.pressure_events
         MEMORY_RSS.set(_rss_bytes())
+        LISTENERS.set(len(runtime.hub.listeners))
+        LISTENER_FEEDS.set(len(runtime.hub.feeds))
+        bus = runtime.hub.bus.stats()
+        EVENTS_PUBLISHED.inc(bus["published"] - seen_bus["published"])
+        EVENTS_DROPPED.inc(bus["dropped"] - seen_bus["dropped"])
+        seen_bus = bus
         await asyncio.sleep(every_s)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
-from voxgate import _native
 from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
+from voxgate.core import NAME as CORE_NAME
+from voxgate.core import native as _native
+from voxgate.fanout.hub import Hub
 from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
@@ -38,6 +44,33 @@ log = logging.getLogger("voxgate")
 
 # Set by ``voxgate serve`` for its worker processes.
 WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
+
+# The shutdown trigger Granian made for this worker's event loop (see install_shutdown_hook).
+_GRANIAN_SHUTDOWN: list[Any] = []
+
+
+def install_shutdown_hook() -> None:
+    """Let each Granian worker's runtime find the trigger Granian's signal handler sets.
+
+    Called by ``voxgate serve`` before Granian starts its workers, which then
+    inherit it. Granian registers its SIGTERM/SIGINT handler on the worker's
+    loop; with uvloop there is no way to read it back, so the trigger it sets
+    is remembered when Granian makes it.
+    """
+    import granian._signals as granian_signals
+
+    original: Callable[[Any], Any] = granian_signals.set_loop_signals
+    if getattr(original, "voxgate_hook", False):
+        return
+
+    def set_loop_signals(loop: Any) -> Any:
+        trigger = original(loop)
+        _GRANIAN_SHUTDOWN.append(trigger)
+        return trigger
+
+    set_loop_signals.voxgate_hook = True  # type: ignore[attr-defined]
+    granian_signals.set_loop_signals = set_loop_signals
+
 
 _SINGLE_INSTANCE = (
     "VOXGATE_REDIS_URL is not set: stream tokens live in %s, so this is single-instance "
@@ -115,14 +148,18 @@ class Runtime:
             # Hard cap: credit already granted may overshoot the high watermark by this much.
             2 * settings.global_high_bytes,
         )
+        self.hub = Hub(settings, self.store, self.streams, self.redis)
+        self.writer.on_commit = self.hub.committed
         self.retention = Retention(self.store, settings)
         self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        log.info("hot-path core: %s (%s)", CORE_NAME, _native.__name__)
         await self.store.open()
         await self.writer.start()
+        await self.hub.start()
         self.streams.start(self)
         self.retention_schedule.start()
         if self.redis is not None and self.claims is not None:
@@ -133,22 +170,37 @@ class Runtime:
                 # Not fatal: minting answers 503 until Redis is back, then all recovers.
                 log.error("Redis unreachable at start, tokens unavailable until it is: %s", exc)
         self._take_over_signals()
+        # What exists after start-up lives as long as the process: keep it out of
+        # every later collection (the ingest path allocates fast; full collections
+        # that rescan the whole heap showed up as a fifth of the server's CPU).
+        gc.collect()
+        gc.freeze()
+        # The store thread hands the GIL back and forth with the event loop; at the
+        # default 5 ms each hand-over can stall a commit that long under load.
+        sys.setswitchinterval(0.001)
 
     def _take_over_signals(self) -> None:
         # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
         # the lifespan shutdown runs. Drain first (close streams with 1001 after
-        # their acks), then hand the signal to Granian's own handler. asyncio keeps
-        # that handler in a private table; without it, Granian's default stands.
+        # their acks), then do what Granian's own handler does. Its shutdown trigger
+        # comes from the hook ``voxgate serve`` installs (any event loop, uvloop
+        # included); failing that, asyncio keeps the handler in a private table.
         loop = asyncio.get_running_loop()
-        handlers = getattr(loop, "_signal_handlers", None)
-        if not isinstance(handlers, dict):
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = handlers.get(sig)
-            if isinstance(previous, asyncio.Handle):
-                loop.add_signal_handler(sig, self._on_signal, previous)
+        stops: dict[signal.Signals, Callable[[], object]] = {}
+        if _GRANIAN_SHUTDOWN:
+            trigger = _GRANIAN_SHUTDOWN[-1]
+            stops = {sig: trigger.set for sig in (signal.SIGTERM, signal.SIGINT)}
+        else:
+            handlers = getattr(loop, "_signal_handlers", None)
+            if isinstance(handlers, dict):
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    previous = handlers.get(sig)
+                    if isinstance(previous, asyncio.Handle):
+                        stops[sig] = previous._run
+        for sig, stop in stops.items():
+            loop.add_signal_handler(sig, self._on_signal, stop)
 
-    def _on_signal(self, previous: asyncio.Handle) -> None:
+    def _on_signal(self, stop: Callable[[], object]) -> None:
         if self._drain is not None:
             return
 
@@ -158,9 +210,10 @@ class Runtime:
             )
             try:
                 self.draining = True
+                self.hub.close_listeners()
                 await self.streams.close_all(self.settings.shutdown_grace_s)
             finally:
-                previous._run()  # Granian's handler: stop serving, then lifespan shutdown
+                stop()  # Granian's handler: stop serving, then lifespan shutdown
 
         self._drain = asyncio.get_running_loop().create_task(drain_then_stop())
 
@@ -168,8 +221,10 @@ class Runtime:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
         await self.retention_schedule.stop()
+        self.hub.close_listeners()
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
+        await self.hub.stop(self.settings.shutdown_grace_s)
         await self.tokens.close()
         await self.limits.close()
         if self.claims is not None:

@@ -60,7 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # PROTOCOL section 5: stream tokens.
     token_ttl_s: int = 60
     token_max_ttl_s: int = 3600
-    # Redis shared by every instance: stream tokens, stream-takeover notices and rate limits.
+    # Redis shared by every instance: stream tokens, stream-takeover notices, rate limits
+    # and live events.
     # Empty: tokens live in this process (or this host's data dir), single instance only.
     redis_url: str = ""
 
@@ -88,7 +89,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Bounds connecting, waiting for a pooled connection and each statement.
     database_timeout_s: float = 30.0
 
+    # Listeners and fan-out (docs/api.md "Listeners"). With VOXGATE_REDIS_URL, events
+    # cross instances through Redis pub/sub; without it they stay in this process.
+    # Open listeners one worker process serves at once; more are refused (429 / 4429).
+    max_listeners: int = 10_000
+    # Transcript and state events queued per listener; past it the listener re-reads the store.
+    listen_buffer_events: int = 1024
+    # An audio listener this many frames behind the live edge is closed with a resume point.
+    listen_max_lag_frames: int = 3000
+    # A send to a listener that makes no progress this long drops the connection.
+    listen_stall_timeout_s: float = 30.0
+    # How often feeds re-read the store; 0: only with several workers and no Redis (0.25 s).
+    listen_poll_s: float = 0.0
+
     log_level: str = "INFO"
+    # The hot-path core: "rust" (voxgate._native) or "python" (voxgate._pynative, for
+    # benchmark comparisons only). Read once at import by voxgate.core.
+    native: Literal["rust", "python"] = "rust"
 
     # -- retention (docs/operations.md) --
     # Ages count from a session's last activity (its last stored frame, or creation).
@@ -158,6 +175,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
             raise SettingsError(f"VOXGATE_TRUSTED_PROXIES: {exc}") from None
+        if self.listen_buffer_events < 1 or self.listen_max_lag_frames < 1:
+            raise SettingsError(
+                "VOXGATE_LISTEN_BUFFER_EVENTS and VOXGATE_LISTEN_MAX_LAG_FRAMES must be at least 1"
+            )
+        if self.listen_stall_timeout_s <= 0:
+            raise SettingsError("VOXGATE_LISTEN_STALL_TIMEOUT_S must be positive")
+        if self.listen_poll_s < 0:
+            raise SettingsError("VOXGATE_LISTEN_POLL_S must not be negative")
         if not 0 <= self.retention_hot_days <= self.retention_warm_days:
             raise SettingsError(
                 "VOXGATE_RETENTION_HOT_DAYS must be between 0 and VOXGATE_RETENTION_WARM_DAYS"

@@ -19,14 +19,19 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     Outcome,
     RetentionRun,
     Session,
     Store,
+    StoredFrame,
     StoreError,
     Tier,
     TierMove,
     TierStats,
+    Transcript,
+    TranscriptIn,
+    TranscriptResult,
 )
 
 
@@ -140,6 +145,27 @@ class CountingStore:
 
     def retention_lock(self) -> AbstractAsyncContextManager[bool]:
         return self.inner.retention_lock()
+
+    async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
+        return await self.inner.add_transcript(session_id, entry)
+
+    async def list_transcripts(
+        self, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Transcript]:
+        return await self.inner.list_transcripts(session_id, after=after, limit=limit)
+
+    async def last_transcript_id(self, session_id: str) -> int:
+        return await self.inner.last_transcript_id(session_id)
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        return await self.inner.listen_snapshot(session_id)
+
+    async def read_frames(
+        self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
+    ) -> list[StoredFrame]:
+        return await self.inner.read_frames(
+            session_id, first_seq, last_seq, max_frames=max_frames, max_bytes=max_bytes
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -332,3 +358,97 @@ async def test_commit_needs_a_running_writer(store: CountingStore) -> None:
     assert (await writer.commit([])).outcomes == []
     with pytest.raises(ValueError, match="at least 1"):
         Writer(store, max_frames=0, max_bytes=100)
+
+
+class Answers:
+    """Collects what :meth:`Writer.submit` calls back with; ``wait`` until ``n`` came."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[CommitResult | None, BaseException | None]] = []
+        self._event = asyncio.Event()
+
+    def __call__(self, result: CommitResult | None, exc: BaseException | None) -> None:
+        self.got.append((result, exc))
+        self._event.set()
+
+    async def wait(self, n: int) -> None:
+        async with asyncio.timeout(30):
+            while len(self.got) < n:
+                self._event.clear()
+                await self._event.wait()
+
+
+async def test_submitted_frames_share_transactions_with_commits(
+    store: CountingStore, writer: Writer
+) -> None:
+    sessions = await new_sessions(store, 3)
+    store.gate = asyncio.Event()
+    answers = [Answers() for _ in sessions]
+    first = asyncio.ensure_future(writer.commit([frame(sessions[0], 0, b"held")]))
+    for _ in range(20):  # a few loop turns: the writer takes it to the store
+        await asyncio.sleep(0)
+    assert len(store.batches) == 1  # being committed, held at the gate
+    for sid, answer in zip(sessions, answers, strict=True):
+        batch = [frame(sid, 1, b"a"), frame(sid, 2, b"b")]
+        writer.submit(batch, 2, answer, sid)
+    store.gate.set()
+    assert (await first).outcomes == [Outcome.STORED]
+    for sid, answer in zip(sessions, answers, strict=True):
+        await answer.wait(1)
+        ((result, exc),) = answer.got  # called exactly once
+        assert exc is None
+        assert result is not None
+        assert result.outcomes == [Outcome.STORED, Outcome.STORED]
+        assert set(result.progress) == {sid}, "each caller hears of its own session only"
+        assert result.progress[sid].next_seq == 3
+    assert len(store.batches) == 2  # the held commit, then all three submissions in one
+
+
+async def test_submit_splits_what_one_transaction_cannot_take(store: CountingStore) -> None:
+    writer = Writer(store, max_frames=4, max_bytes=100)
+    await writer.start()
+    try:
+        (sid,) = await new_sessions(store, 1)
+        frames = [frame(sid, seq, bytes([seq]) * 30, end=seq == 10) for seq in range(11)]
+        answer = Answers()
+        writer.submit(frames, 330, answer, sid)
+        await answer.wait(1)
+        ((result, exc),) = answer.got
+        assert exc is None
+        assert result is not None
+        assert result.outcomes == [Outcome.STORED] * 11
+        assert result.progress[sid].complete
+        assert all(len(b) <= 4 for b in store.batches)
+    finally:
+        await writer.stop()
+
+
+async def test_submit_refuses_at_once_or_calls_back_with_the_error(
+    store: CountingStore,
+) -> None:
+    writer = Writer(store, max_frames=100, max_bytes=1000)  # hard limit 4000 bytes
+    (sid,) = await new_sessions(store, 1)
+    never = Answers()
+    with pytest.raises(StoreError, match="not running"):
+        writer.submit([frame(sid, 0, b"x")], 1, never, sid)
+    await writer.start()
+    try:
+        store.gate = asyncio.Event()
+        held = [Answers() for _ in range(4)]
+        for seq, answer in enumerate(held):
+            writer.submit([frame(sid, seq, b"a" * 1000)], 1000, answer, sid)
+        with pytest.raises(WriterFull):
+            writer.submit([frame(sid, 9, b"c")], 1, never, sid)
+        store.fail_with = StoreError("disk on fire")
+        store.gate.set()
+        for answer in held:
+            await answer.wait(1)
+            ((result, exc),) = answer.got
+            assert result is None
+            assert isinstance(exc, StoreError)
+            assert "disk on fire" in str(exc)
+        assert writer.held_bytes == 0
+        assert never.got == []  # refused submissions are never called back
+    finally:
+        store.fail_with = None
+        await writer.stop()

@@ -86,18 +86,22 @@ class PostgresBackend(Backend):
         conn = await asyncpg.connect(self.dsn)
         try:
             await migrations.apply(conn)
-            await conn.execute("TRUNCATE sessions, frames, retention_runs")
+            await conn.execute(
+                "TRUNCATE sessions, frames, transcripts, transcript_heads, retention_runs"
+            )
         finally:
             await conn.close()
 
     async def holds_bytes(self, needle: bytes) -> bool:
-        # What any reader of the database sees: frame payloads and session rows.
+        # What any reader of the database sees: frame payloads, session and transcript rows.
         conn = await asyncpg.connect(self.dsn)
         try:
             found: bool = await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM frames WHERE position($1::bytea IN payload) > 0)"
                 " OR EXISTS (SELECT 1 FROM sessions"
-                " WHERE position($1::bytea IN convert_to(sessions::text, 'UTF8')) > 0)",
+                " WHERE position($1::bytea IN convert_to(sessions::text, 'UTF8')) > 0)"
+                " OR EXISTS (SELECT 1 FROM transcripts"
+                " WHERE position($1::bytea IN convert_to(transcripts::text, 'UTF8')) > 0)",
                 needle,
             )
             return found

@@ -12,6 +12,7 @@ from voxgate.store.base import (
     SessionState,
     Store,
     Tier,
+    TranscriptIn,
 )
 
 from .conftest import Backend, frame, payload_of
@@ -254,3 +255,18 @@ async def test_the_retention_lock_admits_one_holder(backend: Backend) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_cold_sessions_keep_their_transcripts(store: Store) -> None:
+    session = await new_session(store)
+    await stream(store, session.id, range(2), end=1)
+    said = TranscriptIn(role="caller", text="hello there", is_final=True, timestamp=1.5, seq=0)
+    await store.add_transcript(session.id, said)
+    before = await store.list_transcripts(session.id)
+    assert [t.text for t in before] == ["hello there"]
+    listed = (await store.retention_moves(**cutoffs(warm=LATER)))[0]
+    assert listed.target is Tier.COLD
+    assert await store.begin_move(session.id, Tier.COLD, listed.last_activity_at)
+    assert await store.finish_cold(session.id)
+    assert await store.frame_index(session.id) == []
+    assert await store.list_transcripts(session.id) == before

@@ -19,7 +19,7 @@ from voxgate._native import crc32c
 from voxgate.retention.runner import Retention
 from voxgate.settings import Settings
 from voxgate.store import migrations
-from voxgate.store.base import Outcome, SessionState, Store, Tier
+from voxgate.store.base import Outcome, SessionState, Store, Tier, TranscriptIn
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 
@@ -62,6 +62,8 @@ async def snapshot(store: Store, ids: list[str]) -> dict[str, object]:
             await store.missing(sid),
             await store.frame_index(sid),
             [item async for item in store.read_payloads(sid)],
+            await store.list_transcripts(sid, limit=1000),
+            await store.last_transcript_id(sid),
         )
     seen["generations"] = await store.stream_generations(ids)
     seen["listed"] = [s.id for s in await store.list_sessions(limit=1000, after=None)]
@@ -86,6 +88,16 @@ async def build_source(data_dir: Path) -> list[str]:
             )
         await store.claim_stream(complete)
         await store.claim_stream(complete)
+        lines: list[tuple[str, bool, int | None, int | float | str]] = [
+            ("hel", False, 0, 1.5),
+            ("hello", True, 0, "2024-05-01T10:00:00Z"),
+            ("one mo", False, None, 3),
+        ]
+        for text, final, seq, timestamp in lines:
+            entry = TranscriptIn(
+                role="user", text=text, is_final=final, timestamp=timestamp, seq=seq
+            )
+            await store.add_transcript(complete, entry)
 
         gappy = await new_session(store, kind="ended with gaps")
         await store.commit([frame(gappy, s, payload_of(gappy, s)) for s in (0, 1, 4, 7)])
@@ -100,6 +112,9 @@ async def build_source(data_dir: Path) -> list[str]:
         empty = await new_session(store)
         doomed = await new_session(store, secret="gone")
         await store.commit([frame(doomed, 0, b"doomed audio")])
+        await store.add_transcript(
+            doomed, TranscriptIn(role="user", text="doomed words", is_final=True, timestamp=0)
+        )
         await store.delete_session(doomed)
         return [complete, gappy, open_one, empty, doomed]
     finally:
@@ -113,7 +128,7 @@ async def test_migrate_applies_once(dsn: str) -> None:
     again = run("db", "migrate", "--database-url", dsn)
     assert again.returncode == 0, again.stderr
     assert "applied" not in again.stdout
-    assert f"schema at version {len(migrations.load())}" in again.stdout
+    assert f"schema at version {migrations.latest_version()}" in again.stdout
 
 
 async def test_migrate_needs_a_reachable_database(postgres_server: PostgresServer) -> None:

@@ -120,6 +120,7 @@ class SessionController(Controller):
         await live_session(runtime, session_id)
         if not await runtime.store.delete_session(session_id):
             raise ApiError(410, "gone", f"session {session_id} was deleted")
+        runtime.hub.session_deleted(session_id)
         # A warm session's payloads live in its archive: remove it too (the retention
         # runner removes it should this fail).
         record = await runtime.store.archive_record(session_id)

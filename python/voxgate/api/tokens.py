@@ -36,6 +36,13 @@ async def mint_token(
     request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
 ) -> TokenResponse:
     """A single-use stream token bound to the session, valid for ``ttl_s`` seconds."""
+    return await issue_token(request, session_id, data, subject=session_id)
+
+
+async def issue_token(
+    request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None, *, subject: str
+) -> TokenResponse:
+    """Mint a token for ``subject`` (what ``consume`` gives back) on a live session."""
     runtime = runtime_of(request)
     settings = runtime.settings
     data = await strict_body(request, TokenRequest)
@@ -47,5 +54,5 @@ async def mint_token(
             f"ttl_s must be between 1 and {settings.token_max_ttl_s}",
         )
     await live_session(runtime, session_id)
-    minted = await runtime.tokens.mint(session_id, ttl_s)
+    minted = await runtime.tokens.mint(subject, ttl_s)
     return TokenResponse(minted.token, minted.expires_at, minted.ttl_s)

@@ -3,8 +3,9 @@
 One ``StreamConnection`` per open socket. Its handler task owns every send
 and the close (Granian ignores a close sent from any other task); a reader
 task receives, decodes with one native call per message, checks credit and
-hands frames to the group-commit writer. Commit completions gather acks in a
-:class:`Tally` and wake the handler task, which coalesces them into one ack.
+hands frames to the group-commit writer with a callback (no task or future per
+message). Commit completions gather acks in a :class:`Tally` and wake the
+handler task, which coalesces them into one ack.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import orjson
 from litestar import WebSocket, websocket
 from litestar.types import WebSocketSendEvent
 
-from voxgate import _native, logs, metrics
+from voxgate import logs, metrics
 from voxgate.auth import bearer
+from voxgate.core import native as _native
 from voxgate.ingest.tally import WINDOW, Tally, precheck
 from voxgate.rates import SESSION_CONNECTS
 from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError, Tier
@@ -103,6 +105,11 @@ class StreamRegistry:
             del self._by_session[conn.session_id]
             if not self._by_session:
                 self._emptied.set()
+
+    def window_of(self, session_id: str) -> int | None:
+        """The credit window of the session's stream in this process, if one is open."""
+        conn = self._by_session.get(session_id)
+        return None if conn is None else conn._ledger.window(conn._handle)
 
     def pressure_relieved(self) -> None:
         """Tell every stream held at a small window that credit is back."""
@@ -194,7 +201,9 @@ class StreamConnection:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._last_rx = time.monotonic()
-        self._commits: set[asyncio.Future[CommitResult]] = set()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._commits = 0  # submitted to the writer, not yet answered
+        self._commits_done = asyncio.Event()
         self.frames = 0
         self.bytes = 0
         self._opened = time.monotonic()
@@ -242,15 +251,9 @@ class StreamConnection:
         try:
             await self._send(hello)
             reader = asyncio.create_task(self._read())
-            idle = self.runtime.settings.idle_timeout_s
+            self._watch_idle()
             while True:
-                remaining = self._last_rx + idle - time.monotonic()
-                if remaining <= 0 and not self._commits:
-                    self.fail(Close(4408, "idle", f"no message for {idle:g} s"))
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(remaining, 0.05)):
-                            await self._wake.wait()
+                await self._wake.wait()
                 self._wake.clear()
                 await self._flush()
                 if self._close is not None or self._disconnected:
@@ -261,18 +264,36 @@ class StreamConnection:
             await _stop(reader)
             if self._close is not None and not self._disconnected:
                 if self._commits:  # ack what becomes durable before closing
-                    await asyncio.wait(list(self._commits), timeout=_CLOSE_FLUSH_S)
+                    self._commits_done.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_CLOSE_FLUSH_S):
+                            await self._commits_done.wait()
                     await self._flush()
                 await self._send_close(self._close)
         except OSError:  # the peer vanished mid-send
             pass
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             await _stop(reader)
             self._log_close()
             self.runtime.streams.unregister(self)
             self._ledger_open = False
             if self._ledger.close(self._handle):
                 self.runtime.streams.pressure_relieved()
+
+    def _watch_idle(self) -> None:
+        """Close with 4408 after ``idle_timeout_s`` without a message (one timer, re-armed)."""
+        self._idle_timer = None
+        if self._close is not None or self._disconnected:
+            return
+        idle = self.runtime.settings.idle_timeout_s
+        remaining = self._last_rx + idle - time.monotonic()
+        if remaining <= 0 and not self._commits:
+            self.fail(Close(4408, "idle", f"no message for {idle:g} s"))
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(max(remaining, 0.05), self._watch_idle)
 
     def _log_close(self) -> None:
         metrics.ACTIVE_STREAMS.dec()
@@ -364,7 +385,7 @@ class StreamConnection:
                 self._on_binary(data)
             else:
                 self._on_text(cast("str | None", message.get("text")) or "")
-            if self._tally.pending_rejections() > _MAX_PENDING_REJECTIONS:
+            if self._tally.rejected and self._tally.pending_rejections() > _MAX_PENDING_REJECTIONS:
                 self._drained.clear()
                 self._wake.set()
                 await self._drained.wait()
@@ -409,22 +430,34 @@ class StreamConnection:
                 )
                 batch_bytes += length
         if batch:
-            future = asyncio.ensure_future(self.runtime.writer.commit(batch))
-            self._commits.add(future)
             rx = self._last_rx
-            future.add_done_callback(lambda f: self._on_commit(f, batch, batch_bytes, rx))
+
+            def done(result: CommitResult | None, exc: BaseException | None) -> None:
+                self._on_commit(result, exc, batch, batch_bytes, rx)
+
+            try:
+                self.runtime.writer.submit(batch, batch_bytes, done, session_id)
+            except StoreError as exc:  # WriterFull or stopped: answered like a failed commit
+                self._commits += 1
+                done(None, exc)
+            else:
+                self._commits += 1
         if tally.rejected:
             self._wake.set()
 
     def _on_commit(
-        self, future: asyncio.Future[CommitResult], batch: list[FrameIn], nbytes: int, rx: float
+        self,
+        result: CommitResult | None,
+        exc: BaseException | None,
+        batch: list[FrameIn],
+        nbytes: int,
+        rx: float,
     ) -> None:
-        self._commits.discard(future)
+        self._commits -= 1
+        if not self._commits:
+            self._commits_done.set()
         if self._ledger_open and self._ledger.release(self._handle, nbytes):
             self.runtime.streams.pressure_relieved()
-        if future.cancelled():
-            return
-        exc = future.exception()
         if isinstance(exc, StoreError):
             log.error("commit failed for session %s: %s", self.session_id, exc)
             self.fail(Close(1013, "store_unavailable", "storage unavailable, reconnect later"))
@@ -433,7 +466,7 @@ class StreamConnection:
             log.error("commit failed for session %s", self.session_id, exc_info=exc)
             self.fail(Close(1011, "internal", "unexpected server error"))
             return
-        result = future.result()
+        assert result is not None
         self._tally.record(batch, result.outcomes)
         self.frames += len(batch)
         self.bytes += nbytes

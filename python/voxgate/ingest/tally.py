@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from voxgate import _native
+from voxgate.core import native as _native
 from voxgate.ranges import to_ranges
 from voxgate.store.base import FrameIn, Outcome
 
@@ -37,6 +37,15 @@ def precheck(seq: int, verdict: int, end_seq: int | None, seq_limit: int) -> str
     return None
 
 
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """:func:`to_ranges` for acked seqs, which are unique: one run skips the sort."""
+    if seqs:
+        first, last = min(seqs), max(seqs)
+        if last - first + 1 == len(seqs):
+            return [[first, last]]
+    return to_ranges(seqs)
+
+
 class Tally:
     """Seqs acked, acked as duplicate, and refused by reason, until taken."""
 
@@ -53,6 +62,11 @@ class Tally:
 
     def record(self, frames: Sequence[FrameIn], outcomes: Sequence[Outcome]) -> None:
         """Sort a commit's outcomes; GONE marks the session as deleted."""
+        if len(frames) != len(outcomes):
+            raise ValueError("a commit answered a different number of frames")
+        if outcomes.count(Outcome.STORED) == len(outcomes):  # the usual case: all new
+            self.acked.extend([frame.seq for frame in frames])
+            return
         for frame, outcome in zip(frames, outcomes, strict=True):
             if outcome is Outcome.STORED:
                 self.acked.append(frame.seq)
@@ -68,7 +82,7 @@ class Tally:
 
     def take_acks(self) -> tuple[list[list[int]], list[list[int]]]:
         """(acked, duplicate) ranges, clearing them."""
-        acked, duplicate = to_ranges(self.acked), to_ranges(self.duplicate)
+        acked, duplicate = _ranges(self.acked), to_ranges(self.duplicate)
         self.acked, self.duplicate = [], []
         return acked, duplicate
 

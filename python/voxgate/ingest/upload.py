@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
 
-from voxgate import _native, metrics
+from voxgate import metrics
 from voxgate.auth import bearer
+from voxgate.core import native as _native
 from voxgate.errors import ApiError, problem, problem_responses
 from voxgate.ingest.tally import Tally, precheck
 from voxgate.store.base import FrameIn, SessionState, Tier

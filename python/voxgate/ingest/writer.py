@@ -1,6 +1,8 @@
 """Group commit: frames of many streams share one store transaction (and one fsync).
 
-Callers hand their frames to :meth:`Writer.commit` and wait. One background task
+Callers hand their frames to :meth:`Writer.commit` and wait, or to
+:meth:`Writer.submit` with a callback (the WebSocket stream: no task per
+message). One background task
 runs store commits back to back: while one runs, new submissions queue up; when it
 finishes, everything queued (up to ``max_frames`` frames and ``max_bytes`` payload
 bytes) goes into the next single commit. Batches grow with load and no timer
@@ -19,7 +21,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from voxgate import metrics
 from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
@@ -31,15 +33,52 @@ class WriterFull(StoreError):
     """The writer already holds its hard limit of payload bytes; retry after acks drain."""
 
 
+# Called once with the commit's answer for the submitted frames, or with the error.
+Done = Callable[[CommitResult | None, BaseException | None], None]
+
+
 class _Entry:
-    """One caller's frames waiting for a commit."""
+    """One caller's frames waiting for a commit: answered through a future or a callback."""
 
-    __slots__ = ("frames", "future", "nbytes")
+    __slots__ = ("done", "frames", "future", "nbytes", "session_id")
 
-    def __init__(self, frames: Sequence[FrameIn], nbytes: int) -> None:
+    def __init__(
+        self,
+        frames: Sequence[FrameIn],
+        nbytes: int,
+        done: Done | None = None,
+        session_id: str | None = None,
+    ) -> None:
         self.frames = frames
         self.nbytes = nbytes
-        self.future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self.done = done
+        self.session_id = session_id  # set when every frame is of this one session
+        self.future: asyncio.Future[CommitResult] | None = (
+            None if done is not None else asyncio.get_running_loop().create_future()
+        )
+
+    def cancelled(self) -> bool:
+        return self.future is not None and self.future.cancelled()
+
+    def answer(self, result: CommitResult | None, exc: BaseException | None) -> None:
+        if self.done is not None:
+            done, self.done = self.done, None  # at most once
+            try:
+                done(result, exc)
+            except Exception:
+                log.exception("commit callback failed")
+            return
+        future = self.future
+        if future is None or future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+            # Mark retrieved: a caller that gave up must not cause "never retrieved" noise.
+            with contextlib.suppress(BaseException):
+                future.exception()
+        else:
+            assert result is not None
+            future.set_result(result)
 
 
 def _nbytes(frame: FrameIn) -> int:
@@ -62,8 +101,11 @@ class Writer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Called after each store commit with all its frames and its result (live fan-out).
+        self.on_commit: Callable[[Sequence[FrameIn], CommitResult], None] | None = None
         self.commits = 0  # store commits run
         self.frames = 0  # frames handed to the store
+        self.busy_s = 0.0  # time spent waiting for store commits
 
     @property
     def held_bytes(self) -> int:
@@ -114,9 +156,10 @@ class Writer:
         self._queue.extend(entries)
         self._held_bytes += total
         self._wake.set()
-        if len(entries) == 1:
-            return await entries[0].future
-        results = await asyncio.gather(*(e.future for e in entries), return_exceptions=True)
+        futures = [e.future for e in entries if e.future is not None]
+        if len(futures) == 1:
+            return await futures[0]
+        results = await asyncio.gather(*futures, return_exceptions=True)
         outcomes = []
         progress: dict[str, Progress] = {}
         for result in results:
@@ -125,6 +168,45 @@ class Writer:
             outcomes.extend(result.outcomes)
             progress.update(result.progress)  # later chunks carry later counters
         return CommitResult(outcomes, progress)
+
+    def submit(
+        self, frames: Sequence[FrameIn], nbytes: int, done: Done, session_id: str | None = None
+    ) -> None:
+        """Queue ``frames`` (``nbytes`` payload bytes) for a group commit; ``done`` gets the answer.
+
+        The callback form of :meth:`commit`, without a task or a future per
+        call: ``done(result, None)`` or ``done(None, error)`` runs once, on the
+        event loop. ``session_id`` tells that every frame is of that session.
+        Raises :class:`WriterFull` or :class:`StoreError` at once, as
+        :meth:`commit` would, and then never calls ``done``.
+        """
+        if not frames:
+            done(CommitResult([], {}), None)
+            return
+        if self._task is None or self._stopping:
+            raise StoreError("writer is not running")
+        if len(frames) > self.max_frames or nbytes > self.max_bytes:
+            # Needs splitting over several transactions: the general path.
+            task = asyncio.ensure_future(self.commit(frames))
+
+            def finished(task: asyncio.Future[CommitResult]) -> None:
+                if task.cancelled():
+                    done(None, StoreError("writer stopped before the commit finished"))
+                elif task.exception() is not None:
+                    done(None, task.exception())
+                else:
+                    done(task.result(), None)
+
+            task.add_done_callback(finished)
+            return
+        if self._held_bytes + nbytes > self.limit_bytes:
+            raise WriterFull(
+                f"writer holds {self._held_bytes} payload bytes; {nbytes} more would pass "
+                f"its limit of {self.limit_bytes}"
+            )
+        self._queue.append(_Entry(frames, nbytes, done, session_id))
+        self._held_bytes += nbytes
+        self._wake.set()
 
     def _split(self, frames: Sequence[FrameIn]) -> list[tuple[Sequence[FrameIn], int]]:
         """Cut a submission into pieces no larger than one transaction may be."""
@@ -149,7 +231,7 @@ class Writer:
         queue = self._queue
         while queue:
             entry = queue[0]
-            if entry.future.cancelled():  # its caller gave up before it was committed
+            if entry.cancelled():  # its caller gave up before it was committed
                 queue.popleft()
                 self._held_bytes -= entry.nbytes
                 continue
@@ -192,7 +274,10 @@ class Writer:
             self.frames += len(frames)
             metrics.COMMIT_FRAMES.observe(len(frames))
             started = time.perf_counter()
-            result = await self.store.commit(frames)
+            try:
+                result = await self.store.commit(frames)
+            finally:
+                self.busy_s += time.perf_counter() - started
             metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
         except asyncio.CancelledError:
             self._settle(batch, StoreError("writer stopped before the commit finished"))
@@ -206,23 +291,24 @@ class Writer:
             self._settle(batch, StoreError("store answered a different number of frames"))
             return
         start = 0
+        progress = result.progress
         for entry in batch:
             end = start + len(entry.frames)
-            mine = {frame.session_id for frame in entry.frames}
-            answer = CommitResult(
-                result.outcomes[start:end],
-                {sid: p for sid, p in result.progress.items() if sid in mine},
-            )
+            if entry.session_id is not None:
+                # One session: a lookup, not a scan of the batch's sessions per entry.
+                mine = progress.get(entry.session_id)
+                theirs = {} if mine is None else {entry.session_id: mine}
+            else:
+                sessions = {frame.session_id for frame in entry.frames}
+                theirs = {sid: p for sid, p in progress.items() if sid in sessions}
+            answer = CommitResult(result.outcomes[start:end], theirs)
             start = end
             self._held_bytes -= entry.nbytes
-            if not entry.future.done():
-                entry.future.set_result(answer)
+            entry.answer(answer, None)
+        if self.on_commit is not None:
+            self.on_commit(frames, result)
 
     def _settle(self, batch: list[_Entry], exc: BaseException) -> None:
         for entry in batch:
             self._held_bytes -= entry.nbytes
-            if not entry.future.done():
-                entry.future.set_exception(exc)
-                # Mark retrieved: a caller that gave up must not cause "never retrieved" noise.
-                with contextlib.suppress(BaseException):
-                    entry.future.exception()
+            entry.answer(None, exc)

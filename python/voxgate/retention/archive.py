@@ -34,8 +34,10 @@ from typing import IO, Any, BinaryIO
 import msgspec
 import zstandard
 
-from voxgate._native import crc32c, crc32c_combine
+from voxgate.core import native
 from voxgate.store.base import FrameEntry, Session, Store
+
+crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
 
 FORMAT = "voxgate-session-archive"
 VERSION = 1

@@ -31,8 +31,10 @@ from pathlib import Path
 
 import msgspec
 
-from voxgate._native import crc32c, crc32c_combine
+from voxgate.core import native
 from voxgate.store.sqlite import DATA_LOCK, DB_NAME, RETENTION_LOCK, SEGMENTS_DIR
+
+crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
 
 MANIFEST = "backup.json"
 INCOMPLETE = ".incomplete-"

@@ -49,8 +49,12 @@ class Session(msgspec.Struct, kw_only=True):
     tier: Tier = Tier.HOT  # where its audio lives (retention)
 
 
-class FrameIn(msgspec.Struct, array_like=True):
-    """One verified frame to store. ``payload`` may be a memoryview into the message."""
+class FrameIn(msgspec.Struct, array_like=True, gc=False):
+    """One verified frame to store. ``payload`` may be a memoryview into the message.
+
+    Not tracked by the cycle collector (it holds no containers): thousands are in
+    flight under load, and scanning them made every collection slow.
+    """
 
     session_id: str
     seq: int
@@ -237,6 +241,44 @@ class Store(Protocol):
         in this or any other process or instance. Released when the holder dies.
         """
 
+    # -- transcripts and listeners -------------------------------------------------
+    # Live transcripts (docs/api.md "Transcripts") and the reads listeners catch up
+    # with. Kept in one block; every backend implements all of it.
+
+    async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
+        """Append ``entry`` to the session's transcript log, in one transaction.
+
+        Its key is ``(role, seq)`` when ``seq`` is given, otherwise the role's
+        open utterance (its newest unkeyed interim). A stored interim of the
+        same key is superseded: removed, and named in the new entry's
+        ``supersedes``. A stored final closes its key: a final with the same
+        text is DUPLICATE, with another text CONFLICT, an interim STALE (all
+        three store nothing and return the stored final). Unknown or deleted
+        sessions get GONE. Ids are per session, start at 1 and only grow.
+        """
+
+    async def list_transcripts(
+        self, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Transcript]:
+        """Up to ``limit`` stored transcripts with ids greater than ``after``, by id."""
+
+    async def last_transcript_id(self, session_id: str) -> int:
+        """The highest transcript id the session ever used (0 when none or unknown)."""
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        """The session, its gaps and its last transcript id, as of one moment."""
+
+    async def read_frames(
+        self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
+    ) -> list[StoredFrame]:
+        """Stored frames with ``first_seq <= seq <= last_seq`` by seq, with their payloads.
+
+        Stops after ``max_frames`` frames or once ``max_bytes`` payload bytes
+        are reached (always at least one frame when there is one). Meant for
+        listeners: it must not hold up commits more than a plain read does.
+        A frame deleted while it is read ends the list early.
+        """
+
 
 # -- retention ------------------------------------------------------------------
 
@@ -290,3 +332,66 @@ class RetentionRun(msgspec.Struct, kw_only=True):
     errors: list[str] = msgspec.field(default_factory=list)  # "<session id>: <reason>", capped
     dry_run: bool = False
     id: int | None = None
+
+
+# -- transcripts and listeners -------------------------------------------------------
+# Types of the methods in the block of the same name at the end of ``Store``.
+
+TimestampValue = int | float | str
+
+
+class TranscriptIn(msgspec.Struct, kw_only=True):
+    """A transcript as a client posts it; ``timestamp`` is the client's, kept as given."""
+
+    role: str
+    text: str
+    is_final: bool
+    timestamp: TimestampValue
+    seq: int | None = None  # the client's utterance number: the supersession key with role
+
+
+class Transcript(msgspec.Struct, kw_only=True):
+    """A stored transcript entry."""
+
+    id: int  # position in the session's transcript log: 1, 2, 3, ... (superseded ids vanish)
+    session_id: str
+    role: str
+    text: str
+    is_final: bool
+    timestamp: TimestampValue
+    seq: int | None = None
+    supersedes: int | None = None  # id of the interim this entry replaced
+    received_at: datetime
+
+
+class TranscriptOutcome(enum.IntEnum):
+    STORED = 0  # appended (and any interim of the same key superseded)
+    DUPLICATE = 1  # the key's final is stored with the same text: nothing stored
+    STALE = 2  # an interim for a key whose final is stored: nothing stored
+    CONFLICT = 3  # a final for a key whose final is stored with another text: nothing stored
+    GONE = 4  # session unknown or deleted
+
+
+class TranscriptResult(msgspec.Struct):
+    """What ``add_transcript`` did; ``transcript`` is the new entry, or the stored final."""
+
+    outcome: TranscriptOutcome
+    transcript: Transcript | None
+
+
+class ListenSnapshot(msgspec.Struct):
+    """Where a session stands for a new listener: read in one consistent snapshot."""
+
+    session: Session | None  # None: never created
+    missing: list[list[int]]  # as ``Store.missing``
+    last_transcript_id: int  # as ``Store.last_transcript_id``
+
+
+class StoredFrame(msgspec.Struct, array_like=True):
+    """A stored frame with its payload, as listeners receive it."""
+
+    seq: int
+    flags: int
+    pts_us: int
+    crc32c: int
+    payload: bytes

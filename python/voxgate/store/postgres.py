@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from voxgate._native import crc32c
+from voxgate.core import native
 from voxgate.ids import new_session_id
 from voxgate.store import migrations
 from voxgate.store.base import (
@@ -43,18 +43,27 @@ from voxgate.store.base import (
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     OldestSession,
     Outcome,
     RetentionRun,
     Session,
     SessionState,
+    StoredFrame,
     StoreError,
     Tier,
     TierMove,
     TierStats,
+    TimestampValue,
+    Transcript,
+    TranscriptIn,
+    TranscriptOutcome,
+    TranscriptResult,
 )
 from voxgate.store.migrations import Connection
 from voxgate.store.tally import SessionTally
+
+crc32c = native.crc32c
 
 log = logging.getLogger("voxgate.store")
 
@@ -183,6 +192,17 @@ def _session_from_row(row: asyncpg.Record) -> Session:
         stream_crc32c=row["stream_crc32c"],
         tier=Tier(row["tier"]),
     )
+
+
+async def _gaps(conn: Connection, session_id: str) -> list[list[int]]:
+    """Inclusive gaps below the session's next_seq, as they were when it left hot if it did."""
+    kept = await conn.fetchval(
+        "SELECT kept_missing FROM sessions WHERE id = $1 AND state <> 'deleted'", session_id
+    )
+    if kept is not None:  # moved out of hot: its frames are gone
+        gaps: list[list[int]] = msgspec.json.decode(kept)
+        return gaps
+    return [[first, last] for first, last in await conn.fetch(_MISSING, session_id)]
 
 
 def _archive_from_row(row: Sequence[Any]) -> ArchiveRecord:
@@ -392,6 +412,9 @@ class PostgresStore:
                 if state is None or state == SessionState.DELETED.value:
                     return False
                 await conn.execute("DELETE FROM frames WHERE session_id = $1", session_id)
+                # Wait for transcript posts in flight; later ones find the tombstone.
+                await conn.execute(_LOCK_TRANSCRIPT_HEAD, session_id)
+                await conn.execute("DELETE FROM transcripts WHERE session_id = $1", session_id)
                 await conn.execute(
                     "UPDATE sessions SET state = 'deleted', metadata = '{}', next_seq = 0,"
                     " frames = 0, bytes = 0, end_seq = NULL, stream_crc32c = NULL,"
@@ -410,14 +433,7 @@ class PostgresStore:
             return []
 
         async def op(conn: Connection) -> list[list[int]]:
-            kept = await conn.fetchval(
-                "SELECT kept_missing FROM sessions WHERE id = $1 AND state <> 'deleted'",
-                session_id,
-            )
-            if kept is not None:  # moved out of hot: its frames are gone
-                gaps: list[list[int]] = msgspec.json.decode(kept)
-                return gaps
-            return [[first, last] for first, last in await conn.fetch(_MISSING, session_id)]
+            return await _gaps(conn, session_id)
 
         return await self._run(op)
 
@@ -807,3 +823,197 @@ class PostgresStore:
         finally:
             # Closing the connection releases the lock; a killed process's closes by itself.
             await conn.close()
+
+    # -- transcripts and listeners -------------------------------------------------
+
+    async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
+        if not _storable(session_id):
+            return TranscriptResult(TranscriptOutcome.GONE, None)
+        timestamp = msgspec.json.encode(entry.timestamp).decode()
+
+        async def op(conn: Connection) -> TranscriptResult:
+            try:
+                async with conn.transaction():
+                    return await self._add_transcript(conn, session_id, entry, timestamp)
+            except _Gone:
+                return TranscriptResult(TranscriptOutcome.GONE, None)
+
+        return await self._run(op)
+
+    @staticmethod
+    async def _add_transcript(
+        conn: Connection, session_id: str, entry: TranscriptIn, timestamp: str
+    ) -> TranscriptResult:
+        # The head row serializes posts to one session (and orders them after a delete).
+        last: int = await conn.fetchval(_LOCK_TRANSCRIPT_HEAD, session_id)
+        state = await conn.fetchval("SELECT state FROM sessions WHERE id = $1", session_id)
+        if state is None or state == SessionState.DELETED.value:
+            raise _Gone  # rolls back the head row of an unknown id
+        if entry.seq is not None:
+            current = await conn.fetchrow(
+                f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts"
+                " WHERE session_id = $1 AND role = $2 AND seq = $3",
+                session_id,
+                entry.role,
+                entry.seq,
+            )
+        else:
+            current = await conn.fetchrow(
+                f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts"
+                " WHERE session_id = $1 AND role = $2 AND seq IS NULL AND NOT is_final",
+                session_id,
+                entry.role,
+            )
+        if current is not None and current["is_final"]:
+            stored = _transcript_from_row(session_id, current)
+            if not entry.is_final:
+                outcome = TranscriptOutcome.STALE
+            elif entry.text == stored.text:
+                outcome = TranscriptOutcome.DUPLICATE
+            else:
+                outcome = TranscriptOutcome.CONFLICT
+            return TranscriptResult(outcome, stored)
+        transcript = Transcript(
+            id=last + 1,
+            session_id=session_id,
+            role=entry.role,
+            text=entry.text,
+            is_final=entry.is_final,
+            timestamp=entry.timestamp,
+            seq=entry.seq,
+            supersedes=None if current is None else current["id"],
+            received_at=datetime.now(UTC),
+        )
+        await conn.execute(
+            "UPDATE transcript_heads SET last_id = $2 WHERE session_id = $1",
+            session_id,
+            transcript.id,
+        )
+        if current is not None:
+            await conn.execute(
+                "DELETE FROM transcripts WHERE session_id = $1 AND id = $2",
+                session_id,
+                current["id"],
+            )
+        await conn.execute(
+            "INSERT INTO transcripts (session_id, id, role, seq, is_final, text,"
+            " client_timestamp, supersedes, received_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9)",
+            session_id,
+            transcript.id,
+            entry.role,
+            entry.seq,
+            entry.is_final,
+            entry.text,
+            timestamp,
+            transcript.supersedes,
+            transcript.received_at,
+        )
+        return TranscriptResult(TranscriptOutcome.STORED, transcript)
+
+    async def list_transcripts(
+        self, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Transcript]:
+        if limit <= 0 or not _storable(session_id):
+            return []
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts WHERE session_id = $1"
+                " AND id > $2 ORDER BY id LIMIT $3",
+                session_id,
+                min(after, _I64_MAX),
+                limit,
+            )
+
+        return [_transcript_from_row(session_id, row) for row in await self._run(op)]
+
+    async def last_transcript_id(self, session_id: str) -> int:
+        if not _storable(session_id):
+            return 0
+
+        async def op(conn: Connection) -> int | None:
+            value: int | None = await conn.fetchval(
+                "SELECT last_id FROM transcript_heads WHERE session_id = $1", session_id
+            )
+            return value
+
+        return await self._run(op) or 0
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        if not _storable(session_id):
+            return ListenSnapshot(None, [], 0)
+
+        async def op(conn: Connection) -> ListenSnapshot:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = $1", session_id
+                )
+                gaps = await _gaps(conn, session_id)
+                last = await conn.fetchval(
+                    "SELECT last_id FROM transcript_heads WHERE session_id = $1", session_id
+                )
+            return ListenSnapshot(None if row is None else _session_from_row(row), gaps, last or 0)
+
+        return await self._run(op)
+
+    async def read_frames(
+        self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
+    ) -> list[StoredFrame]:
+        if last_seq < first_seq or max_frames <= 0 or not _storable(session_id):
+            return []
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                _READ_FRAMES, session_id, first_seq, last_seq, max_frames, max_bytes
+            )
+
+        frames = []
+        for seq, flags, pts, crc, payload in await self._run(op):
+            if crc32c(payload) != crc:
+                raise StoreError(
+                    f"postgres store {redact(self.dsn)}: payload of {session_id}"
+                    f" seq {seq} does not match its CRC-32C"
+                )
+            frames.append(StoredFrame(seq, flags, pts + _U64 if pts < 0 else pts, crc, payload))
+        return frames
+
+
+class _Gone(Exception):
+    """Inside a transaction: the session is unknown or deleted (rolls the transaction back)."""
+
+
+_TRANSCRIPT_COLUMNS = "id, role, seq, text, client_timestamp, is_final, supersedes, received_at"
+# Create (if needed) and lock a session's transcript head row; answers its last id.
+_LOCK_TRANSCRIPT_HEAD = (
+    "INSERT INTO transcript_heads (session_id, last_id) VALUES ($1, 0)"
+    " ON CONFLICT (session_id) DO UPDATE SET last_id = transcript_heads.last_id"
+    " RETURNING last_id"
+)
+# Up to $4 frames from seq $2 to $3 with payloads, cut after $5 bytes (at least one frame).
+_READ_FRAMES = (
+    "WITH idx AS ("
+    "  SELECT seq, length FROM frames WHERE session_id = $1 AND seq >= $2 AND seq <= $3"
+    "  ORDER BY seq LIMIT $4"
+    "), sized AS ("
+    "  SELECT seq, sum(length) OVER (ORDER BY seq) AS upto,"
+    "  row_number() OVER (ORDER BY seq) AS n FROM idx"
+    ")"
+    " SELECT f.seq, f.flags, f.pts_us, f.crc32c, f.payload FROM sized s"
+    " JOIN frames f ON f.session_id = $1 AND f.seq = s.seq"
+    " WHERE s.n = 1 OR s.upto <= $5 ORDER BY s.seq"
+)
+
+
+def _transcript_from_row(session_id: str, row: asyncpg.Record) -> Transcript:
+    return Transcript(
+        id=row["id"],
+        session_id=session_id,
+        role=row["role"],
+        seq=row["seq"],
+        text=row["text"],
+        timestamp=msgspec.json.decode(row["client_timestamp"], type=TimestampValue),
+        is_final=row["is_final"],
+        supersedes=row["supersedes"],
+        received_at=row["received_at"],
+    )

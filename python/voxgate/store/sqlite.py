@@ -48,27 +48,37 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import orjson
 
-from voxgate._native import crc32c
+from voxgate.core import native
 from voxgate.ids import new_session_id
 from voxgate.store.base import (
     ArchiveRecord,
     CommitResult,
     FrameEntry,
     FrameIn,
+    ListenSnapshot,
     OldestSession,
     Outcome,
     RetentionRun,
     Session,
     SessionState,
+    StoredFrame,
     StoreError,
     Tier,
     TierMove,
     TierStats,
+    TimestampValue,
+    Transcript,
+    TranscriptIn,
+    TranscriptOutcome,
+    TranscriptResult,
 )
 from voxgate.store.tally import SessionTally as _Tally
 
 log = logging.getLogger("voxgate.store")
+
+FLAG_END, crc32c, crc32c_combine = native.FLAG_END, native.crc32c, native.crc32c_combine
 
 T = TypeVar("T")
 
@@ -150,7 +160,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             length INTEGER NOT NULL
         )""",
     ),
-    # Retention: tiers, archive bookkeeping, run records.
+    # 2: transcripts (Store block "transcripts and listeners").
+    (
+        """CREATE TABLE transcripts (
+            session_id TEXT NOT NULL,
+            id INTEGER NOT NULL,                   -- per session: 1, 2, 3, ...
+            role TEXT NOT NULL,
+            seq INTEGER,                           -- the client's utterance number, if given
+            is_final INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            timestamp TEXT NOT NULL,               -- the client's value, JSON-encoded
+            supersedes INTEGER,
+            received_at INTEGER NOT NULL,          -- microseconds since the epoch, UTC
+            PRIMARY KEY (session_id, id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX transcripts_by_key ON transcripts (session_id, role, seq, is_final)",
+    ),
+    # 3: retention: tiers, archive bookkeeping, run records.
     (
         "ALTER TABLE sessions ADD COLUMN tier TEXT NOT NULL DEFAULT 'hot'",
         "ALTER TABLE sessions ADD COLUMN tier_target TEXT",  # a begun move: 'warm' or 'cold'
@@ -169,6 +195,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             report TEXT NOT NULL                   -- the RetentionRun as JSON
         )""",
     ),
+)
+
+
+def _from_json(columns: int) -> str:
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns))
+
+
+_INSERT_FRAMES = (
+    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c, segment, offset)"
+    f" SELECT {_from_json(8)} FROM json_each(?)"
+)
+_UPDATE_SESSIONS = (
+    "UPDATE sessions SET state = u.c0, next_seq = u.c1, frames = u.c2, bytes = u.c3,"
+    " end_seq = u.c4, stream_crc32c = u.c5, prefix_seq = u.c6, prefix_crc32c = u.c7,"
+    " updated_at = u.c8 FROM (SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(10))
+    + " FROM json_each(?)) AS u WHERE sessions.id = u.c9"
 )
 
 _SESSION_COLUMNS = (
@@ -302,6 +345,8 @@ class SqliteStore:
         self._segment: _Segment | None = None
         self._segment_names: dict[int, str] = {}
         self._data_lock: int | None = None
+        # Reads for listeners run on a thread and connection of their own (see read_frames).
+        self._reader: _Reader | None = None
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -386,6 +431,8 @@ class SqliteStore:
         self._set_wal()
         conn.execute(f"PRAGMA synchronous = {'FULL' if self._fsync else 'NORMAL'}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
+        # Deleted rows (transcript text, metadata) are zeroed in the file, not just unlinked.
+        conn.execute("PRAGMA secure_delete = ON")
         self._migrate()
         self._erase_pending()
         self._reap_segments(orphans=True)
@@ -425,6 +472,9 @@ class SqliteStore:
         executor = self._executor
         if executor is None:
             return
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
         try:
             await self._call(self._close_sync)
         finally:
@@ -738,13 +788,16 @@ class SqliteStore:
             if row is None or row[0] == SessionState.DELETED.value:
                 return False
             self._drop_frames(session_id)
+            said = conn.execute(
+                "DELETE FROM transcripts WHERE session_id = ?", (session_id,)
+            ).rowcount
             conn.execute(
                 "UPDATE sessions SET state = ?, metadata = '{}', next_seq = 0, frames = 0,"
                 " bytes = 0, end_seq = NULL, stream_crc32c = NULL, prefix_seq = 0,"
                 " prefix_crc32c = 0, updated_at = ? WHERE id = ?",
                 (SessionState.DELETED.value, _now_us(), session_id),
             )
-        self._erase_dropped(session_id)
+        self._erase_dropped(session_id, checkpoint=bool(said))
         return True
 
     def _drop_frames(self, session_id: str) -> None:
@@ -772,9 +825,15 @@ class SqliteStore:
         )
         conn.execute("DELETE FROM frames WHERE session_id = ?", (session_id,))
 
-    def _erase_dropped(self, session_id: str) -> None:
-        """After committing :meth:`_drop_frames`: overwrite the bytes, unlink emptied segments."""
+    def _erase_dropped(self, session_id: str, *, checkpoint: bool = False) -> None:
+        """After committing :meth:`_drop_frames`: overwrite the bytes, unlink emptied segments.
+
+        ``checkpoint``: deleted rows held text (transcripts) the WAL still keeps.
+        """
         try:
+            if checkpoint:
+                # The WAL still holds page images with the text: write them back and cut it.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             touched = self._erase_pending()
             self._reap_segments(touched)
         except (OSError, sqlite3.Error) as exc:
@@ -789,32 +848,7 @@ class SqliteStore:
 
     def _missing_sync(self, session_id: str) -> list[list[int]]:
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT prefix_seq, next_seq, kept_missing FROM sessions"
-                " WHERE id = ? AND state != ?",
-                (session_id, SessionState.DELETED.value),
-            ).fetchone()
-            if row is not None and row[2] is not None:
-                kept: list[list[int]] = json.loads(row[2])  # moved out of hot: frames are gone
-                return kept
-            if row is None:
-                return []
-            return self._gaps(session_id, row[0], row[1])
-
-    def _gaps(self, session_id: str, prefix_seq: int, next_seq: int) -> list[list[int]]:
-        if prefix_seq >= next_seq:
-            return []
-        # Below prefix_seq nothing is missing, so only frames from there on are scanned.
-        return [
-            [first, last]
-            for first, last in self._conn.execute(
-                "SELECT prev + 1, seq - 1 FROM ("
-                " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
-                " FROM frames WHERE session_id = ?2 AND seq >= ?1"
-                ") WHERE seq > prev + 1",
-                (prefix_seq, session_id),
-            )
-        ]
+            return _gaps(conn, session_id)
 
     async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
         if not frames:
@@ -830,20 +864,22 @@ class SqliteStore:
         session_ids = list(dict.fromkeys(frame.session_id for frame in frames))
         try:
             conn.execute("BEGIN IMMEDIATE")
-            tallies = {
-                row[0]: _Tally(row[1:])
-                for row in conn.execute(
-                    "SELECT id, next_seq, frames, bytes, end_seq, stream_crc32c, prefix_seq,"
-                    " prefix_crc32c FROM sessions"
-                    " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?"
-                    " AND tier = 'hot' AND tier_target IS NULL",
-                    (json.dumps(session_ids), SessionState.DELETED.value),
-                )
-            }
+            # One row holding every session as JSON: one step, one GIL hand-over.
+            (found,) = conn.execute(
+                "SELECT json_group_array(json_array(id, next_seq, frames, bytes, end_seq,"
+                " stream_crc32c, prefix_seq, prefix_crc32c)) FROM sessions"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?"
+                " AND tier = 'hot' AND tier_target IS NULL",
+                (orjson.dumps(session_ids), SessionState.DELETED.value),
+            ).fetchone()
+            tallies = {row[0]: _Tally(tuple(row[1:])) for row in orjson.loads(found)}
             # What is stored already at the seqs asked for: (crc32c, length, flags).
+            # Seqs at or past a session's next_seq cannot be stored yet (we hold the write
+            # lock): only resent frames need a look-up, not the ones streamed in order.
             seqs: dict[str, list[int]] = {}
             for frame in frames:
-                if frame.session_id in tallies:
+                tally = tallies.get(frame.session_id)
+                if tally is not None and frame.seq < tally.next_seq:
                     seqs.setdefault(frame.session_id, []).append(frame.seq)
             known: dict[tuple[str, int], tuple[int, int, int]] = {}
             for session_id, wanted in seqs.items():
@@ -887,11 +923,9 @@ class SqliteStore:
                     offset += length
 
             if rows:
-                conn.executemany(
-                    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c,"
-                    " segment, offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                # One statement for the whole batch: executemany would drop and retake the
+                # GIL once per row, and under load each retake waits on the event loop.
+                conn.execute(_INSERT_FRAMES, (orjson.dumps(rows),))
                 if payloads:
                     wrote = True
                     _pwrite_all(segment.fd, payloads, start)
@@ -922,12 +956,7 @@ class SqliteStore:
                             session_id,
                         )
                     )
-                conn.executemany(
-                    "UPDATE sessions SET state = ?, next_seq = ?, frames = ?, bytes = ?,"
-                    " end_seq = ?, stream_crc32c = ?, prefix_seq = ?, prefix_crc32c = ?,"
-                    " updated_at = ? WHERE id = ?",
-                    updates,
-                )
+                conn.execute(_UPDATE_SESSIONS, (orjson.dumps(updates),))
             conn.execute("COMMIT")
             segment.offset = offset
         except BaseException:
@@ -1159,15 +1188,15 @@ class SqliteStore:
     ) -> bool:
         with self._write() as conn:
             row = conn.execute(
-                "SELECT tier, prefix_seq, next_seq, kept_missing FROM sessions"
+                "SELECT tier, kept_missing FROM sessions"
                 " WHERE id = ? AND state != ? AND tier_target = ?",
                 (session_id, SessionState.DELETED.value, target.value),
             ).fetchone()
             if row is None:
                 return False
-            tier, prefix_seq, next_seq, kept = row
+            tier, kept = row
             if tier == Tier.HOT.value:
-                kept = json.dumps(self._gaps(session_id, prefix_seq, next_seq))
+                kept = json.dumps(_gaps(conn, session_id))
                 self._drop_frames(session_id)
             conn.execute(
                 "UPDATE sessions SET tier = ?, tier_target = NULL, tier_changed_at = ?,"
@@ -1298,6 +1327,312 @@ class SqliteStore:
                 yield True
         finally:
             os.close(fd)
+
+    # -- transcripts and listeners -------------------------------------------------
+
+    async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
+        timestamp = msgspec.json.encode(entry.timestamp).decode()
+        return await self._call(self._add_transcript_sync, session_id, entry, timestamp)
+
+    def _add_transcript_sync(
+        self, session_id: str, entry: TranscriptIn, timestamp: str
+    ) -> TranscriptResult:
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None or row[0] == SessionState.DELETED.value:
+                return TranscriptResult(TranscriptOutcome.GONE, None)
+            # The key's current entry: at most one per (role, seq), at most one open
+            # (interim) unkeyed entry per role; finals without seq never match.
+            if entry.seq is not None:
+                current = conn.execute(
+                    f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts"
+                    " WHERE session_id = ? AND role = ? AND seq = ?",
+                    (session_id, entry.role, entry.seq),
+                ).fetchone()
+            else:
+                current = conn.execute(
+                    f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts"
+                    " WHERE session_id = ? AND role = ? AND seq IS NULL AND is_final = 0",
+                    (session_id, entry.role),
+                ).fetchone()
+            if current is not None and current[5]:  # the key's final is stored
+                stored = _transcript_from_row(session_id, current)
+                if not entry.is_final:
+                    outcome = TranscriptOutcome.STALE
+                elif entry.text == stored.text:
+                    outcome = TranscriptOutcome.DUPLICATE
+                else:
+                    outcome = TranscriptOutcome.CONFLICT
+                return TranscriptResult(outcome, stored)
+            # The highest id is never superseded (only older ones are), so MAX + 1 never reuses one.
+            last = conn.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM transcripts WHERE session_id = ?", (session_id,)
+            ).fetchone()[0]
+            now = _now_us()
+            transcript = Transcript(
+                id=last + 1,
+                session_id=session_id,
+                role=entry.role,
+                text=entry.text,
+                is_final=entry.is_final,
+                timestamp=entry.timestamp,
+                seq=entry.seq,
+                supersedes=None if current is None else int(current[0]),
+                received_at=_to_datetime(now),
+            )
+            if current is not None:
+                conn.execute(
+                    "DELETE FROM transcripts WHERE session_id = ? AND id = ?",
+                    (session_id, current[0]),
+                )
+            conn.execute(
+                "INSERT INTO transcripts (session_id, id, role, seq, is_final, text, timestamp,"
+                " supersedes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    transcript.id,
+                    entry.role,
+                    entry.seq,
+                    int(entry.is_final),
+                    entry.text,
+                    timestamp,
+                    transcript.supersedes,
+                    now,
+                ),
+            )
+        return TranscriptResult(TranscriptOutcome.STORED, transcript)
+
+    async def list_transcripts(
+        self, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Transcript]:
+        if limit <= 0:
+            return []
+        return await self._reads().call(_list_transcripts_sync, session_id, after, limit)
+
+    async def last_transcript_id(self, session_id: str) -> int:
+        return await self._reads().call(_last_transcript_id_sync, session_id)
+
+    async def listen_snapshot(self, session_id: str) -> ListenSnapshot:
+        return await self._reads().call(_listen_snapshot_sync, session_id)
+
+    async def read_frames(
+        self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
+    ) -> list[StoredFrame]:
+        """Frames with payloads, read on the reader thread so commits never wait for them."""
+        if last_seq < first_seq or max_frames <= 0:
+            return []
+        return await self._reads().call(
+            _read_frames_sync, self.segments_dir, session_id, first_seq, last_seq,
+            max_frames, max_bytes,
+        )  # fmt: skip
+
+    def _reads(self) -> _Reader:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        if self._reader is None:
+            self._reader = _Reader(self.data_dir / DB_NAME, self._busy_timeout_s)
+        return self._reader
+
+
+_TRANSCRIPT_COLUMNS = "id, role, seq, text, timestamp, is_final, supersedes, received_at"
+
+
+def _transcript_from_row(session_id: str, row: tuple[Any, ...]) -> Transcript:
+    return Transcript(
+        id=row[0],
+        session_id=session_id,
+        role=row[1],
+        seq=row[2],
+        text=row[3],
+        timestamp=msgspec.json.decode(row[4], type=TimestampValue),
+        is_final=bool(row[5]),
+        supersedes=row[6],
+        received_at=_to_datetime(row[7]),
+    )
+
+
+class _Reader:
+    """A thread and a read-only connection for listener reads.
+
+    Listeners catch up by reading frames and transcripts; on the store thread
+    those reads would queue behind (and ahead of) commits. WAL lets this
+    connection read beside the writer; payloads are read with ``pread`` on
+    segment files opened by name, never through the writer's descriptors.
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="voxgate-store-read"
+        )
+        self._db: sqlite3.Connection | None = None  # touched only on the reader thread
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self._guard, fn, *args))
+
+    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(
+                    self._path, isolation_level=None, timeout=self._busy_timeout_s
+                )
+                self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+                self._db.execute("PRAGMA query_only = 1")
+            return fn(self._db, *args)
+        except StoreError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self._path}: database error: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"sqlite store {self._path}: I/O error: {exc}") from exc
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(self._executor, self._close_sync)
+        self._executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _list_transcripts_sync(
+    conn: sqlite3.Connection, session_id: str, after: int, limit: int
+) -> list[Transcript]:
+    return [
+        _transcript_from_row(session_id, row)
+        for row in conn.execute(
+            f"SELECT {_TRANSCRIPT_COLUMNS} FROM transcripts WHERE session_id = ? AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (session_id, after, limit),
+        )
+    ]
+
+
+def _gaps(conn: sqlite3.Connection, session_id: str) -> list[list[int]]:
+    """Inclusive gaps below the session's next_seq (inside the caller's read transaction)."""
+    row = conn.execute(
+        "SELECT prefix_seq, next_seq, kept_missing FROM sessions WHERE id = ? AND state != ?",
+        (session_id, SessionState.DELETED.value),
+    ).fetchone()
+    if row is not None and row[2] is not None:
+        kept: list[list[int]] = json.loads(row[2])  # moved out of hot: its frames are gone
+        return kept
+    if row is None or row[0] >= row[1]:
+        return []
+    # Below prefix_seq nothing is missing, so only frames from there on are scanned.
+    return [
+        [first, last]
+        for first, last in conn.execute(
+            "SELECT prev + 1, seq - 1 FROM ("
+            " SELECT seq, LAG(seq, 1, ?1 - 1) OVER (ORDER BY seq) AS prev"
+            " FROM frames WHERE session_id = ?2 AND seq >= ?1"
+            ") WHERE seq > prev + 1",
+            (row[0], session_id),
+        )
+    ]
+
+
+def _listen_snapshot_sync(conn: sqlite3.Connection, session_id: str) -> ListenSnapshot:
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        return ListenSnapshot(
+            None if row is None else _session_from_row(row),
+            _gaps(conn, session_id),
+            _last_transcript_id_sync(conn, session_id),
+        )
+    finally:
+        conn.execute("COMMIT")
+
+
+def _last_transcript_id_sync(conn: sqlite3.Connection, session_id: str) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(id), 0) FROM transcripts WHERE session_id = ?", (session_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _read_frames_sync(
+    conn: sqlite3.Connection,
+    segments_dir: Path,
+    session_id: str,
+    first: int,
+    last: int,
+    max_frames: int,
+    max_bytes: int,
+) -> list[StoredFrame]:
+    rows = conn.execute(
+        "SELECT f.seq, f.flags, f.pts_us, f.length, f.crc32c, f.offset, s.name"
+        " FROM frames f LEFT JOIN segments s ON s.id = f.segment"
+        " WHERE f.session_id = ? AND f.seq >= ? AND f.seq <= ? ORDER BY f.seq LIMIT ?",
+        (session_id, first, last, max_frames),
+    ).fetchall()
+    total = 0
+    for i, row in enumerate(rows):
+        if i and total + row[3] > max_bytes:
+            del rows[i:]
+            break
+        total += row[3]
+    out: list[StoredFrame] = []
+    fds: dict[str, int] = {}
+    try:
+        # Frames of one message lie back to back in a segment: one pread per such run.
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while (
+                end < len(rows)
+                and rows[end][6] == rows[start][6]
+                and rows[end][5] == rows[end - 1][5] + rows[end - 1][3]
+            ):
+                end += 1
+            run = rows[start:end]
+            offset, size = run[0][5], run[-1][5] + run[-1][3] - run[0][5]
+            data = _pread_named(fds, segments_dir, run[0][6], offset, size) if size else b""
+            for seq, flags, pts, length, crc, frame_offset, name in run:
+                payload = b""
+                if length:
+                    at = frame_offset - offset
+                    payload = b"" if data is None else data[at : at + length]
+                    if len(payload) != length or crc32c(payload) != crc:
+                        gone = conn.execute(
+                            "SELECT 1 FROM frames WHERE session_id = ? AND seq = ?",
+                            (session_id, seq),
+                        ).fetchone()
+                        if gone is None:
+                            return out  # deleted while we read: stop here
+                        raise StoreError(
+                            f"payload of {session_id} seq {seq} is corrupt in segment {name}"
+                            f" at offset {frame_offset}"
+                        )
+                out.append(StoredFrame(seq, flags, pts + _U64 if pts < 0 else pts, crc, payload))
+            start = end
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
+
+
+def _pread_named(
+    fds: dict[str, int], segments_dir: Path, name: str | None, offset: int, length: int
+) -> bytes | None:
+    if name is None:
+        return None
+    fd = fds.get(name)
+    if fd is None:
+        try:
+            fd = fds[name] = os.open(segments_dir / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+    payload = os.pread(fd, length, offset)
+    return payload if len(payload) == length else None
 
 
 def _us(moment: datetime) -> int:

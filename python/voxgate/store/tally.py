@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from voxgate._native import FLAG_END, crc32c_combine
+from voxgate.core import native
 from voxgate.store.base import Outcome, Progress, SessionState
+
+FLAG_END, crc32c_combine = native.FLAG_END, native.crc32c_combine
 
 
 class SessionTally:

@@ -30,11 +30,20 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from voxgate._native import crc32c, crc32c_combine
-from voxgate.store.base import FrameEntry, Session, SessionState, StoreError, Tier
+from voxgate.core import native
+from voxgate.store.base import (
+    FrameEntry,
+    Session,
+    SessionState,
+    StoreError,
+    Tier,
+    Transcript,
+)
 from voxgate.store.migrations import Connection
 from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.sqlite import DB_NAME, SqliteStore
+
+crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
@@ -59,6 +68,21 @@ _INSERT_FRAMES = (
     "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c, payload)"
     " SELECT $1, * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::integer[],"
     " $6::bigint[], $7::bytea[]) ON CONFLICT (session_id, seq) DO NOTHING"
+)
+
+_INSERT_TRANSCRIPTS = (
+    "INSERT INTO transcripts (session_id, id, role, seq, is_final, text, client_timestamp,"
+    " supersedes, received_at)"
+    " SELECT $1, t.id, t.role, t.seq, t.is_final, t.text, t.ts::json, t.supersedes, t.received"
+    " FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::boolean[], $6::text[],"
+    " $7::text[], $8::bigint[], $9::timestamptz[])"
+    " AS t(id, role, seq, is_final, text, ts, supersedes, received)"
+    " ON CONFLICT (session_id, id) DO NOTHING"
+)
+_UPSERT_TRANSCRIPT_HEAD = (
+    "INSERT INTO transcript_heads (session_id, last_id) VALUES ($1, $2)"
+    " ON CONFLICT (session_id) DO UPDATE"
+    " SET last_id = GREATEST(transcript_heads.last_id, EXCLUDED.last_id)"
 )
 
 
@@ -153,6 +177,7 @@ class Transfer:
             if session.state is SessionState.DELETED:
                 async with conn.transaction():
                     await conn.execute("DELETE FROM frames WHERE session_id = $1", sid)
+                    await conn.execute("DELETE FROM transcripts WHERE session_id = $1", sid)
                     await self._write_session(conn, session, generation, 0, 0)
                 self.report.tombstones += 1
                 self.say(f"tombstone {sid}")
@@ -182,6 +207,7 @@ class Transfer:
                 return
             inserted = await self._copy_frames(conn, session)
             prefix_seq, prefix_crc = await self._verify(conn, session)
+            await self._copy_transcripts(conn, sid)
             async with conn.transaction():
                 await self._write_session(conn, session, generation, prefix_seq, prefix_crc)
         self.report.copied += 1
@@ -196,6 +222,10 @@ class Transfer:
             session.id,
         )
         if row is None:
+            return False
+        if await self._transcript_ids(conn, session.id) != [
+            t.id for t in await self._source_transcripts(session.id)
+        ]:
             return False
         expected = (
             session.state.value,
@@ -324,6 +354,41 @@ class Transfer:
         ):
             raise TransferError("the stream CRC-32C recomputed in PostgreSQL does not match")
         return seen.prefix_seq, seen.prefix_crc
+
+    async def _source_transcripts(self, sid: str) -> list[Transcript]:
+        found: list[Transcript] = []
+        while page := await self.source.list_transcripts(
+            sid, after=found[-1].id if found else 0, limit=1000
+        ):
+            found.extend(page)
+        return found
+
+    @staticmethod
+    async def _transcript_ids(conn: Connection, sid: str) -> list[int]:
+        rows = await conn.fetch("SELECT id FROM transcripts WHERE session_id = $1 ORDER BY id", sid)
+        return [row["id"] for row in rows]
+
+    async def _copy_transcripts(self, conn: Connection, sid: str) -> None:
+        """Copy the session's transcripts and its last id; checked by reading the ids back."""
+        source = await self._source_transcripts(sid)
+        last_id = await self.source.last_transcript_id(sid)
+        async with conn.transaction():
+            if source:
+                await conn.execute(
+                    _INSERT_TRANSCRIPTS,
+                    sid,
+                    [t.id for t in source],
+                    [t.role for t in source],
+                    [t.seq for t in source],
+                    [t.is_final for t in source],
+                    [t.text for t in source],
+                    [msgspec.json.encode(t.timestamp).decode() for t in source],
+                    [t.supersedes for t in source],
+                    [t.received_at for t in source],
+                )
+            await conn.execute(_UPSERT_TRANSCRIPT_HEAD, sid, last_id)
+        if await self._transcript_ids(conn, sid) != [t.id for t in source]:
+            raise TransferError("the transcripts in PostgreSQL differ from the source's")
 
     async def _write_session(
         self, conn: Connection, session: Session, generation: int, prefix_seq: int, prefix_crc: int

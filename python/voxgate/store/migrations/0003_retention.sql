@@ -1,4 +1,4 @@
--- voxgate PostgreSQL schema, version 2: retention tiers, archive bookkeeping, run records.
+-- voxgate PostgreSQL schema, version 3: retention tiers, archive bookkeeping, run records.
 
 ALTER TABLE sessions
     ADD COLUMN tier text NOT NULL DEFAULT 'hot' CHECK (tier IN ('hot', 'warm', 'cold')),

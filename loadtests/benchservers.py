@@ -1,0 +1,271 @@
+"""Servers the benchmarks run, each a subprocess on a free 127.0.0.1 port.
+
+- ``voxgate``: ``voxgate serve`` with a temporary data dir and a fixed API key;
+- ``voxgate-py``: the same with ``VOXGATE_NATIVE=python`` (baseline b);
+- ``litestar``: ``baseline_litestar.py``, a bare Litestar-on-Granian handler (baseline a);
+- ``fastapi``: ``baseline_fastapi.py``, FastAPI on uvicorn parsing, checking CRCs, acking (c);
+- ``picows``: ``baseline_picows.py``, a raw picows sink (d).
+
+Every server advertises the window of ``VOXGATE_WINDOW_BYTES`` so each sees the
+same in-flight cap. A server runs in its own process group; its CPU time and
+resident memory are read from /proc for the whole group (workers included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from voxgate.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+API_KEY = "bench-key"
+STARTUP_TIMEOUT_S = 30.0
+KINDS = ("voxgate", "voxgate-py", "litestar", "fastapi", "picows")
+ALIASES = {"baseline": "litestar"}
+# What each server is, for reports.
+ROLES = {
+    "voxgate": "voxgate (Rust core)",
+    "voxgate-py": "(b) voxgate, pure-Python core",
+    "litestar": "(a) bare Litestar/Granian",
+    "fastapi": "(c) FastAPI/uvicorn + crc32c",
+    "picows": "(d) raw picows sink",
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # field 5 of stat: pgrp
+            pids.append(int(entry.name))
+    return pids
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in the process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _group_pids(pgid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (bytes), open fds and threads of one process; {} if it is gone."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+            elif key == "Threads":
+                out[key] = int(value)
+        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return {}
+    return out
+
+
+def group_memory(pgid: int) -> dict[str, int]:
+    """Summed VmRSS, VmHWM, fds and threads over the process group."""
+    total = {"VmRSS": 0, "VmHWM": 0, "fds": 0, "Threads": 0}
+    for pid in _group_pids(pgid):
+        for key, value in proc_status(pid).items():
+            total[key] += value
+    return total
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated on disk under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+class ServerProcess:
+    """A server subprocess in its own process group, stopped with its workers."""
+
+    def __init__(
+        self, kind: str, command: list[str], env: dict[str, str], log: Path, port: int
+    ) -> None:
+        self.kind = kind
+        self.port = port
+        self.log = log
+        self.data_dir: Path | None = None
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
+        """Until ``/health`` answers (picows: until the port accepts), bounded in time."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited: {self.log.read_text()[-2000:]}")
+            if self.kind == "picows":
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0),
+                ):
+                    return
+            else:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
+                        return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.kind} not ready in {STARTUP_TIMEOUT_S} s")
+
+    def cpu_s(self) -> float:
+        return group_cpu_s(self.proc.pid)
+
+    def memory(self) -> dict[str, int]:
+        return group_memory(self.proc.pid)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+def _voxgate_command() -> list[str]:
+    script = Path(sys.executable).with_name("voxgate")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "voxgate"]
+
+
+def start_server(
+    kind: str,
+    root: Path,
+    *,
+    workers: int = 1,
+    durability: str = "fsync",
+    window_bytes: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start a server of ``kind`` (see :data:`KINDS`) under ``root``; waits until ready."""
+    kind = ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise ValueError(f"unknown server {kind!r}: one of {', '.join(KINDS)}")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
+    if window_bytes is not None:
+        env["VOXGATE_WINDOW_BYTES"] = str(window_bytes)
+        # The window may not be below the largest frame: a small one lowers that too.
+        if window_bytes < Settings().max_frame_bytes:
+            env["VOXGATE_MAX_FRAME_BYTES"] = str(window_bytes)
+    data_dir = None
+    if kind in ("voxgate", "voxgate-py"):
+        data_dir = root / f"data-{kind}-{port}"
+        env |= {
+            "VOXGATE_DATA_DIR": str(data_dir),
+            "VOXGATE_API_KEYS": API_KEY,
+            "VOXGATE_DURABILITY": durability,
+            "VOXGATE_LOG_LEVEL": "WARNING",
+            "VOXGATE_NATIVE": "python" if kind == "voxgate-py" else "rust",
+            # Every simulated stream has its own session and token, all from one address.
+            "VOXGATE_RATE_LIMIT_SESSIONS": "off",
+            "VOXGATE_RATE_LIMIT_TOKENS": "off",
+            "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": "off",
+            "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
+            "VOXGATE_MAX_STREAMS_PER_IP": "0",
+        }
+        command = [*_voxgate_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--workers", str(workers)]
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        script = HERE / f"baseline_{kind}.py"
+        command = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--workers", str(workers)]
+    env |= extra_env or {}
+    server = ServerProcess(kind, command, env, root / f"{kind}-{port}.log", port)
+    server.data_dir = data_dir
+    server.wait_ready()
+    return server
+
+
+async def _create(base_url: str, api_key: str, streams: int) -> tuple[list[str], list[str]]:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    gate = asyncio.Semaphore(16)
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=30.0, limits=limits
+    ) as http:
+
+        async def one() -> tuple[str, str]:
+            async with gate:
+                created = await http.post("/v1/sessions", json={"codec": "pcm_s16le"})
+                created.raise_for_status()
+                session_id = created.json()["id"]
+                minted = await http.post(f"/v1/sessions/{session_id}/tokens", json={"ttl_s": 3600})
+                minted.raise_for_status()
+                return session_id, minted.json()["token"]
+
+        pairs = await asyncio.gather(*(one() for _ in range(streams)))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def sessions_and_tokens(
+    kind: str, base_url: str, streams: int, api_key: str = API_KEY
+) -> tuple[list[str], list[str]]:
+    """Sessions with a fresh stream token each (voxgate); placeholders for the baselines."""
+    if kind not in ("voxgate", "voxgate-py"):
+        return [f"ses_baseline_{i}" for i in range(streams)], ["unused"] * streams
+    return asyncio.run(_create(base_url, api_key, streams))

@@ -1,0 +1,332 @@
+"""Listeners: server-sent events, the WebSocket listen endpoint, listen tokens.
+
+Both transports share authentication (an API key in ``Authorization``, or a
+single-use listen token), resume parameters and the event stream of
+:class:`~voxgate.fanout.listener.Listener`; docs/api.md "Listeners" is the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs
+
+import orjson
+from litestar import Request, WebSocket, get, post, websocket
+from litestar.response import Stream
+from litestar.types import WebSocketSendEvent
+
+from voxgate.api.sessions import runtime_of
+from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
+from voxgate.auth import bearer, key_matches, require_api_key
+from voxgate.errors import ApiError, problem_responses
+from voxgate.fanout.bus import BusError
+from voxgate.fanout.events import AUDIO, KEEPALIVE, End
+from voxgate.fanout.listener import Listener
+from voxgate.ingest.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Close, _reject, _stop
+from voxgate.limits import rate_limited
+from voxgate.rates import TOKENS
+from voxgate.store.base import SessionState, StoreError
+from voxgate.tokens.base import TokenStoreError
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
+
+log = logging.getLogger("voxgate.listen")
+
+# What a listen token is bound to: never equal to a session id, so a stream token
+# (bound to the bare id) cannot listen and a listen token cannot stream.
+LISTEN_SUBJECT_PREFIX = "listen:"
+
+# HTTP statuses of listener refusals and the WebSocket close codes that say the same.
+_CLOSE_CODES = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 410: 4410, 429: 4429, 503: 1013}
+
+
+class ListenParams:
+    """What a listener asked for: audio or not, and where to resume."""
+
+    def __init__(self, audio: bool, from_seq: int, last_event_id: int) -> None:
+        self.audio = audio
+        self.from_seq = from_seq
+        self.last_event_id = last_event_id
+
+
+def _integer(query: Mapping[str, list[str]], name: str, header: str | None = None) -> int:
+    values = query.get(name)
+    raw = values[-1] if values else header
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "bad_parameter", f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def listen_params(
+    query: Mapping[str, list[str]], last_event_id_header: str | None, *, audio_allowed: bool
+) -> ListenParams:
+    """Parse ``audio``, ``from_seq`` and ``last_event_id`` (or ``Last-Event-ID``); 400 if bad."""
+    audio_values = query.get("audio")
+    audio_raw = (audio_values[-1] if audio_values else "false").lower()
+    if audio_raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, "bad_parameter", "audio must be true or false")
+    audio = audio_raw in ("true", "1")
+    if audio and not audio_allowed:
+        raise ApiError(
+            400, "bad_parameter", "audio frames are sent over the WebSocket listen endpoint only"
+        )
+    return ListenParams(
+        audio,
+        _integer(query, "from_seq"),
+        _integer(query, "last_event_id", last_event_id_header),
+    )
+
+
+async def authorize(
+    runtime: Runtime, session_id: str, authorization: str | None, token: str | None
+) -> None:
+    """Accept an API key (from ``Authorization`` only) or a listen token for this session.
+
+    ``token`` is the listen token from the query or the subprotocol, when
+    ``Authorization`` carries none. Raises :class:`ApiError` 401, 403 or 503.
+    """
+    credential = bearer(authorization)
+    if credential is not None and key_matches(credential, runtime.api_keys):
+        return
+    token = credential or token
+    if token is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing credentials: send an API key (Authorization: Bearer) or a listen token",
+        )
+    try:
+        subject = await runtime.tokens.consume(token)
+    except TokenStoreError as exc:
+        log.error("token store unavailable: %s", exc)
+        raise ApiError(503, "token_store_unavailable", "token store unavailable") from exc
+    if subject is None:
+        raise ApiError(401, "unauthorized", "invalid API key, or invalid, expired or used token")
+    if subject == session_id:
+        raise ApiError(403, "forbidden", "a stream token cannot listen: mint a listen token")
+    if subject != LISTEN_SUBJECT_PREFIX + session_id:
+        raise ApiError(403, "forbidden", "the listen token is for another session")
+
+
+async def admit(runtime: Runtime, session_id: str) -> None:
+    """The session must exist and not be deleted, and this process must have room."""
+    if runtime.draining:
+        raise ApiError(503, "draining", "server is shutting down, reconnect")
+    session = await runtime.store.get_session(session_id)
+    if session is None:
+        raise ApiError(404, "not_found", f"unknown session {session_id}")
+    if session.state is SessionState.DELETED:
+        raise ApiError(410, "gone", f"session {session_id} was deleted")
+    if len(runtime.hub.listeners) >= runtime.settings.max_listeners:
+        raise ApiError(429, "too_many_listeners", "too many listeners, retry later")
+
+
+def _new_listener(runtime: Runtime, session_id: str, params: ListenParams) -> Listener:
+    return Listener(
+        runtime.hub,
+        session_id,
+        audio=params.audio,
+        from_seq=params.from_seq,
+        last_event_id=params.last_event_id,
+    )
+
+
+def _error_fields(end: End) -> dict[str, Any]:
+    fields: dict[str, Any] = {"code": end.error, "message": end.message}
+    if end.resume is not None:
+        fields["resume"] = end.resume
+    return fields
+
+
+# -- listen tokens --------------------------------------------------------------------
+
+
+@post(
+    "/v1/sessions/{session_id:str}/listen-tokens",
+    guards=[require_api_key, rate_limited(TOKENS)],
+    status_code=201,
+    tags=["listeners"],
+    responses=problem_responses(400, 401, 404, 410, 413, 422, 429, 503),
+)
+async def mint_listen_token(
+    request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
+) -> TokenResponse:
+    """A single-use listen token bound to the session (not usable to stream)."""
+    return await issue_token(request, session_id, data, subject=LISTEN_SUBJECT_PREFIX + session_id)
+
+
+@get(
+    "/v1/listeners",
+    guards=[require_api_key],
+    tags=["listeners"],
+    responses=problem_responses(401),
+)
+async def listener_stats(request: Request[Any, Any, Any]) -> dict[str, object]:
+    """This process's listeners, feeds and bus counters."""
+    return runtime_of(request).hub.stats()
+
+
+# -- server-sent events ---------------------------------------------------------------
+
+
+def _sse(kind: str, data: bytes, event_id: int | None = None) -> bytes:
+    head = b"" if event_id is None else b"id: %d\n" % event_id
+    return head + b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+@get(
+    "/v1/sessions/{session_id:str}/events",
+    tags=["listeners"],
+    responses=problem_responses(400, 401, 403, 404, 410, 429, 503),
+)
+async def events(request: Request[Any, Any, Any], session_id: str) -> Stream:
+    """The session's events as Server-Sent Events (no audio)."""
+    runtime = runtime_of(request)
+    query = parse_qs(request.scope.get("query_string", b"").decode(errors="replace"))
+    params = listen_params(query, request.headers.get("last-event-id"), audio_allowed=False)
+    token = query["token"][-1] if query.get("token") else None
+    await authorize(runtime, session_id, request.headers.get("authorization"), token)
+    await admit(runtime, session_id)
+    return Stream(
+        _sse_body(runtime, session_id, params),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse_body(
+    runtime: Runtime, session_id: str, params: ListenParams
+) -> AsyncIterator[bytes]:
+    hub = runtime.hub
+    listener = _new_listener(runtime, session_id, params)
+    try:
+        try:
+            await hub.join(listener)
+        except (BusError, StoreError) as exc:
+            log.error("listener of %s cannot start: %s", session_id, exc)
+            end = End(1013, "unavailable", "events are unavailable right now, retry")
+            yield _sse("error", orjson.dumps(_error_fields(end)))
+            return
+        yield b"retry: 2000\n\n"
+        async with contextlib.aclosing(listener.run()) as outs:
+            async for out in outs:
+                if isinstance(out, End):
+                    yield _sse("error", orjson.dumps(_error_fields(out)))
+                    return
+                if out.kind == KEEPALIVE:
+                    yield b": keepalive\n\n"
+                else:
+                    yield _sse(out.kind, out.data, out.event_id)
+    finally:
+        hub.leave(listener)
+
+
+# -- WebSocket ------------------------------------------------------------------------
+
+
+def _ws_event(out_data: bytes, binary: bool) -> WebSocketSendEvent:
+    if binary:
+        return {"type": "websocket.send", "bytes": out_data, "text": None}
+    return {"type": "websocket.send", "bytes": None, "text": out_data.decode()}
+
+
+@websocket("/v1/sessions/{session_id:str}/listen", name="listen")
+async def listen(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
+    """The session's events as WebSocket text messages, and its audio (``audio=true``)."""
+    runtime: Runtime = socket.app.state.runtime
+    offered: list[str] = list(socket.scope.get("subprotocols") or [])
+    token: str | None = None
+    for proto in offered:
+        if proto.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            token = proto[len(TOKEN_SUBPROTOCOL_PREFIX) :] or None
+    query = parse_qs(socket.scope.get("query_string", b"").decode(errors="replace"))
+    if token is None and query.get("token"):
+        token = query["token"][-1]
+    await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    try:
+        origin = socket.headers.get("origin")
+        allowed = runtime.settings.cors_origins
+        if origin is not None and "*" not in allowed and origin not in allowed:
+            raise ApiError(403, "origin", "Origin not allowed")
+        params = listen_params(query, socket.headers.get("last-event-id"), audio_allowed=True)
+        await authorize(runtime, session_id, socket.headers.get("authorization"), token)
+        await admit(runtime, session_id)
+    except ApiError as exc:
+        await _reject(socket, Close(_CLOSE_CODES.get(exc.status, 4400), exc.code, exc.detail))
+        return
+    except StoreError as exc:
+        log.error("store unavailable at listen: %s", exc)
+        await _reject(socket, Close(1013, "store_unavailable", "storage unavailable"))
+        return
+    hub = runtime.hub
+    listener = _new_listener(runtime, session_id, params)
+    try:
+        await hub.join(listener)
+    except (BusError, StoreError) as exc:
+        log.error("listener of %s cannot start: %s", session_id, exc)
+        await _reject(socket, Close(1013, "unavailable", "events are unavailable right now"))
+        return
+    try:
+        await _serve(socket, listener, runtime.settings.listen_stall_timeout_s)
+    finally:
+        hub.leave(listener)
+
+
+async def _serve(socket: WebSocket[Any, Any, Any], listener: Listener, stall_s: float) -> None:
+    """Send what the listener yields; the reader task only answers pings and sees the peer go."""
+    gone = asyncio.Event()
+    reader = asyncio.create_task(_read_controls(socket, listener, gone))
+    end: End | None = None
+    try:
+        async with contextlib.aclosing(listener.run()) as outs:
+            async for out in outs:
+                if gone.is_set():
+                    return
+                if isinstance(out, End):
+                    end = out
+                    break
+                if out.kind == KEEPALIVE:
+                    continue
+                async with asyncio.timeout(stall_s):
+                    await socket.send(_ws_event(out.data, out.kind == AUDIO))
+        # Granian drops a close while a receive is pending: stop the reader first.
+        await _stop(reader)
+        if end is not None and not gone.is_set():
+            async with asyncio.timeout(stall_s):
+                if end.code >= 4000:
+                    error = {"type": "error", **_error_fields(end)}
+                    await socket.send(_ws_event(orjson.dumps(error), False))
+                await socket.close(end.code, end.message.encode()[:123].decode(errors="ignore"))
+    except TimeoutError:
+        log.info("listener of %s stalled for %gs: dropping it", listener.session_id, stall_s)
+    except OSError:  # the peer vanished mid-send
+        pass
+    finally:
+        await _stop(reader)
+
+
+async def _read_controls(
+    socket: WebSocket[Any, Any, Any], listener: Listener, gone: asyncio.Event
+) -> None:
+    while True:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            gone.set()
+            listener.finish(End(1000, "closed", "the listener left"))
+            return
+        text = cast("str | None", message.get("text"))
+        control: object = None
+        if text is not None:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                control = orjson.loads(text)
+        if not isinstance(control, dict) or control.get("type") != "ping":
+            listener.finish(End(4400, "bad_control", "listeners send only ping messages"))
+            return
+        listener.pong(control.get("t"))

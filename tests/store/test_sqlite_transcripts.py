@@ -1,0 +1,97 @@
+"""The embedded store's transcripts and listener reads: schema upgrade, segments, corruption."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from voxgate.store.base import StoreError, TranscriptIn, TranscriptOutcome
+from voxgate.store.sqlite import DB_NAME, MIGRATIONS, SEGMENTS_DIR, SqliteStore
+
+from .conftest import frame
+
+
+async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = SqliteStore(data_dir, durability="process")
+    await store.open()
+    session = await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})
+    await store.commit([frame(session.id, 0, b"kept")])
+    await store.close()
+    # Turn it back into what a voxgate without transcripts left behind.
+    with sqlite3.connect(data_dir / DB_NAME) as conn:
+        conn.execute("DROP TABLE transcripts")
+        # and what the migrations after it added (retention)
+        conn.execute("DROP TABLE retention_runs")
+        conn.execute("DROP INDEX sessions_by_tier")
+        for column in (
+            "tier",
+            "tier_target",
+            "tier_changed_at",
+            "kept_missing",
+            "archive_path",
+            "archive_bytes",
+            "archive_crc32c",
+            "archived_at",
+        ):
+            conn.execute(f"ALTER TABLE sessions DROP COLUMN {column}")
+        conn.execute("PRAGMA user_version = 1")
+
+    store = SqliteStore(data_dir, durability="process")
+    await store.open()
+    try:
+        result = await store.add_transcript(
+            session.id, TranscriptIn(role="user", text="hi", is_final=True, timestamp=1)
+        )
+        assert result.outcome is TranscriptOutcome.STORED
+        assert [t.text for t in await store.list_transcripts(session.id)] == ["hi"]
+        assert [
+            f.payload for f in await store.read_frames(session.id, 0, 0, max_frames=1, max_bytes=9)
+        ] == [b"kept"]
+    finally:
+        await store.close()
+    with sqlite3.connect(data_dir / DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_read_frames_across_segments_and_messages(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "data", durability="process", segment_max_bytes=700)
+    await store.open()
+    try:
+        sid = (
+            await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})
+        ).id
+        other = (
+            await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})
+        ).id
+        payloads = {seq: bytes([seq]) * (50 + seq) for seq in range(40)}
+        # Interleaved with another session and spread over several small segments.
+        for start in range(0, 40, 5):
+            batch = []
+            for seq in range(start, start + 5):
+                batch += [frame(sid, seq, payloads[seq]), frame(other, seq, b"x" * 30)]
+            await store.commit(batch)
+        assert len(list((tmp_path / "data" / SEGMENTS_DIR).iterdir())) > 1
+        got = await store.read_frames(sid, 0, 39, max_frames=1000, max_bytes=1 << 20)
+        assert [(f.seq, f.payload) for f in got] == sorted(payloads.items())
+    finally:
+        await store.close()
+
+
+async def test_read_frames_refuses_a_corrupt_payload(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = SqliteStore(data_dir, durability="process")
+    await store.open()
+    try:
+        sid = (
+            await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})
+        ).id
+        await store.commit([frame(sid, 0, b"GOOD-PAYLOAD"), frame(sid, 1, b"NEXT-PAYLOAD")])
+        for path in (data_dir / SEGMENTS_DIR).iterdir():
+            path.write_bytes(path.read_bytes().replace(b"NEXT-PAYLOAD", b"EVIL-PAYLOAD"))
+        with pytest.raises(StoreError, match="corrupt"):
+            await store.read_frames(sid, 0, 1, max_frames=10, max_bytes=1000)
+    finally:
+        await store.close()
