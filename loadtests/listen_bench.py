@@ -14,11 +14,7 @@
   from the store by seq range (what voxgate does), or pushed through Redis
   pub/sub with every commit. Both report MB/s and CPU seconds per MB.
 
-``ingest`` starts ``voxgate serve`` (twice with ``--redis``: listeners on the
-second instance) and runs ``ingest_bench.py``'s load generator while N audio
-listeners (one per stream, in a process of their own) read everything; it
-prints the ingest rate for each listener count and how much audio the
-listeners received. Only 127.0.0.1 is ever targeted; every phase is bounded.
+Only 127.0.0.1 is ever targeted; every phase is bounded.
 """
 
 from __future__ import annotations
@@ -27,23 +23,19 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
-from websockets.asyncio.client import connect
 
-from voxgate._native import FLAG_END, StreamDecoder, crc32c
+from voxgate._native import crc32c
 from voxgate.fanout.bus import RedisBus
 from voxgate.fanout.events import Out
 from voxgate.fanout.hub import Hub
@@ -53,11 +45,6 @@ from voxgate.settings import Settings
 from voxgate.store.base import FrameIn
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.redis import redis_client
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ingest_bench  # the load generator and server helpers
-
-API_KEY = ingest_bench.API_KEY
 
 
 def free_port() -> int:
@@ -271,148 +258,6 @@ def run_micro(args: argparse.Namespace) -> dict[str, Any]:
 # -- ingest with listeners ----------------------------------------------------------------
 
 
-def _listener_process(
-    conn: Connection, ws_base: str, session_ids: list[str], seconds: float
-) -> None:
-    conn.send(asyncio.run(_listen(ws_base, session_ids, seconds)))
-    conn.close()
-
-
-async def _listen(ws_base: str, session_ids: list[str], seconds: float) -> dict[str, Any]:
-    frames = 0
-    payload_bytes = 0
-    closes: list[str] = []
-
-    async def one(sid: str) -> None:
-        nonlocal frames, payload_bytes
-        decoder = StreamDecoder(1 << 20)
-        url = f"{ws_base}/v1/sessions/{sid}/listen?audio=true"
-        async with connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {API_KEY}"},
-            max_size=None,
-            compression=None,
-            ping_interval=None,
-        ) as ws:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    async for message in ws:
-                        if isinstance(message, bytes):
-                            for _, flags, _, payload, _, _ in decoder.feed(message):
-                                frames += 1
-                                payload_bytes += len(payload or b"")
-                                if flags & FLAG_END:
-                                    return
-            if ws.close_code is not None:
-                closes.append(str(ws.close_code))
-
-    await asyncio.gather(*(one(sid) for sid in session_ids), return_exceptions=True)
-    return {"frames": frames, "bytes": payload_bytes, "closes": closes}
-
-
-def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    counts = [int(n) for n in args.listeners.split(",")]
-    with tempfile.TemporaryDirectory(prefix="voxgate-listen-bench-") as tmp:
-        root = Path(tmp)
-        with private_redis(root) if args.redis else contextlib.nullcontext() as redis_url:
-            if args.redis and redis_url is None:
-                raise SystemExit("--redis needs redis-server installed")
-            for n in counts:
-                run_root = root / f"run{n}"
-                run_root.mkdir()
-                extra = {"VOXGATE_REDIS_URL": redis_url} if redis_url else {}
-                ingest_server = _start(run_root / "a", run_root / "data", args.durability, extra)
-                listen_server = (
-                    _start(run_root / "b", run_root / "data", args.durability, extra)
-                    if redis_url
-                    else ingest_server
-                )
-                try:
-                    sessions, tokens = ingest_bench._sessions_and_tokens(
-                        ingest_server.base_url, args.streams
-                    )
-                    context = multiprocessing.get_context("spawn")
-                    parent, child = context.Pipe(duplex=False)
-                    listeners = context.Process(
-                        target=_listener_process,
-                        args=(
-                            child,
-                            f"ws://127.0.0.1:{listen_server.port}",
-                            sessions[:n],
-                            args.duration + 30,
-                        ),
-                        daemon=True,
-                    )
-                    if n:
-                        listeners.start()
-                        time.sleep(1.0)  # let them connect before the load starts
-                    spec = ingest_bench.LoadSpec(
-                        target="voxgate",
-                        ws_base=f"ws://127.0.0.1:{ingest_server.port}",
-                        session_ids=sessions,
-                        tokens=tokens,
-                        frame_bytes=args.frame_bytes,
-                        frames_per_message=args.frames_per_message,
-                        duration_s=args.duration,
-                        verify=True,
-                    )
-                    print(
-                        f"ingest with {n} audio listeners for {args.duration:g} s ...", flush=True
-                    )
-                    load = ingest_bench.run_load(spec, ingest_server)
-                    heard: dict[str, Any] = {}
-                    if n:
-                        heard = parent.recv() if parent.poll(args.duration + 60) else {}
-                        listeners.join(5)
-                        if listeners.is_alive():
-                            listeners.kill()
-                    results[str(n)] = {"load": load, "listeners": heard}
-                finally:
-                    ingest_server.stop()
-                    if listen_server is not ingest_server:
-                        listen_server.stop()
-    where = "on a second instance via Redis" if args.redis else "on the same instance"
-    print(f"\ningest of {args.streams} streams, listeners {where}:")
-    print(
-        f"{'listeners':>9} {'frames/s':>11} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
-        f" {'heard MB':>9} {'A CPU us/frame':>15} {'other CPU s':>11}"
-    )
-    for count, result in results.items():
-        load, heard = result["load"], result["listeners"]
-        lat = load["latency_ms"]
-        print(
-            f"{count:>9} {load['frames_per_s']:>11,.0f} {load['mb_per_s']:>7.2f} "
-            f"{lat.get('p50', float('nan')):>7.2f} {lat.get('p99', float('nan')):>7.2f} "
-            f"{heard.get('bytes', 0) / 2**20:>9.1f}"
-            f" {1e6 * load['server_cpu_s'] / max(1, load['frames_acked']):>15.1f}"
-            f" {load['other_cpu_s']:>11.1f}"
-        )
-        if load["errors"]:
-            print(f"  errors: {load['errors'][:3]}")
-    return results
-
-
-def _start(
-    root: Path, data_dir: Path, durability: str, extra: dict[str, str]
-) -> ingest_bench.ServerProcess:
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
-    env |= {
-        "VOXGATE_DATA_DIR": str(data_dir),
-        "VOXGATE_API_KEYS": API_KEY,
-        "VOXGATE_DURABILITY": durability,
-        "VOXGATE_LOG_LEVEL": "WARNING",
-        **extra,
-    }
-    command = [*ingest_bench._voxgate_command(), "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port)]
-    server = ingest_bench.ServerProcess("voxgate", command, env, root / "voxgate.log")
-    server.wait_healthy()
-    return server
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="voxgate live fan-out benchmark")
     parser.add_argument("--json", dest="json_out", default=None, help="write results here")
@@ -420,26 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     micro = commands.add_parser("micro", help="in-process: publishing cost, audio paths")
     micro.add_argument("--rounds", type=int, default=2000)
     micro.add_argument("--megabytes", type=int, default=64)
-    ingest = commands.add_parser("ingest", help="servers: ingest rate with audio listeners")
-    ingest.add_argument("--streams", type=int, default=16)
-    ingest.add_argument("--listeners", default="0,16", help="comma-separated listener counts")
-    ingest.add_argument("--frame-bytes", type=int, default=640)
-    ingest.add_argument("--frames-per-message", type=int, default=10)
-    ingest.add_argument("--duration", type=float, default=10.0)
-    ingest.add_argument("--durability", choices=("fsync", "process"), default="fsync")
-    ingest.add_argument("--redis", action="store_true", help="two instances, listeners on B")
     args = parser.parse_args(argv)
-    if args.command == "micro":
-        if not 1 <= args.rounds <= 100_000 or not 1 <= args.megabytes <= 1024:
-            parser.error("--rounds must be 1..100000 and --megabytes 1..1024")
-        document = run_micro(args)
-    else:
-        counts = [int(n) for n in args.listeners.split(",")]
-        if not 1 <= args.streams <= 1000 or any(not 0 <= n <= args.streams for n in counts):
-            parser.error("--streams must be 1..1000 and each listener count 0..streams")
-        if not 0 < args.duration <= 600:
-            parser.error("--duration must be 0..600 s")
-        document = run_ingest(args)
+    if not 1 <= args.rounds <= 100_000 or not 1 <= args.megabytes <= 1024:
+        parser.error("--rounds must be 1..100000 and --megabytes 1..1024")
+    document = run_micro(args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(document, indent=2) + "\n")
     return 0
