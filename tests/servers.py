@@ -93,6 +93,7 @@ class Server:
                 # defaults allow from one address; tests of the limits set their own.
                 "VOXGATE_RATE_LIMIT_SESSIONS": "off",
                 "VOXGATE_RATE_LIMIT_TOKENS": "off",
+                "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
                 "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": "off",
             }
         )

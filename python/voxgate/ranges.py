@@ -38,28 +38,6 @@ def contains(ranges: list[list[int]], seq: int) -> bool:
     return False
 
 
-def remove(ranges: list[list[int]], seq: int) -> None:
-    """Remove ``seq`` from sorted, non-overlapping ``ranges`` in place (no-op when absent)."""
-    lo, hi = 0, len(ranges)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        first, last = ranges[mid]
-        if seq < first:
-            hi = mid
-        elif seq > last:
-            lo = mid + 1
-        else:
-            if first == last:
-                del ranges[mid]
-            elif seq == first:
-                ranges[mid][0] = seq + 1
-            elif seq == last:
-                ranges[mid][1] = seq - 1
-            else:
-                ranges[mid : mid + 1] = [[first, seq - 1], [seq + 1, last]]
-            return
-
-
 def union(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
     """Sorted, non-overlapping ranges covering what ``a`` or ``b`` (each sorted) covers."""
     out: list[list[int]] = []
