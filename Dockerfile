@@ -33,8 +33,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VOXGATE_DATA_DIR=/var/lib/voxgate/data
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/voxgate --create-home voxgate \
-    && mkdir -p /var/lib/voxgate/data \
-    && chown voxgate:voxgate /var/lib/voxgate/data
+    && mkdir -p /var/lib/voxgate/data /var/lib/voxgate/archive \
+    && chown voxgate:voxgate /var/lib/voxgate/data /var/lib/voxgate/archive
 COPY --from=build /src/dist/ /tmp/dist/
 RUN python -m pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist
 USER voxgate

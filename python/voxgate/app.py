@@ -12,6 +12,7 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
 from voxgate import logs, metrics
+from voxgate.api.archive import download_archive
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
@@ -19,6 +20,7 @@ from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
 from voxgate.api.stats import stats
+from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.errors import EXCEPTION_HANDLERS
@@ -63,6 +65,8 @@ def create_app(settings: Settings) -> Litestar:
             stats,
             *(post_transcript, list_transcripts, relay_transcript),
             *(events, listen, mint_listen_token),
+            download_archive,
+            storage,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,4 +1,4 @@
-"""``voxgate`` command line: serve, stream, db."""
+"""``voxgate`` command line: serve, stream, retention, db."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from voxgate.auth import ensure_api_keys
 from voxgate.client.cli import add_stream_command
+from voxgate.retention.cli import add_retention_command
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.base import StoreError
 from voxgate.store.cli import add_db_command, check_database
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
     add_stream_command(commands)
+    add_retention_command(commands)
     add_db_command(commands)
     return parser
 

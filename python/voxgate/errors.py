@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from voxgate.retention.archive import ArchiveError
 from voxgate.store.base import StoreError
 from voxgate.tokens.base import TokenStoreError
 
@@ -51,7 +52,7 @@ _MEANING = {
     403: "The stream token is for another session",
     404: "Unknown session",
     409: "The session has gaps (pass allow_gaps=true)",
-    410: "The session was deleted",
+    410: "The session was deleted (audio and archive: its audio expired, tier cold)",
     413: "Request body above the configured limit",
     415: "Wrong Content-Type",
     416: "Range outside the stored bytes",
@@ -146,6 +147,11 @@ def _token_store_error(_: Request[Any, Any, Any], exc: TokenStoreError) -> Respo
     )
 
 
+def _archive_error(_: Request[Any, Any, Any], exc: ArchiveError) -> Response[dict[str, Any]]:
+    log.error("archive unreadable: %s", exc)
+    return problem(500, "archive_unreadable", "the session's archive cannot be read")
+
+
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unexpected error", exc_info=exc)
     return problem(500, "internal", "unexpected server error")
@@ -156,5 +162,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     StoreError: _store_error,
     TokenStoreError: _token_store_error,
+    ArchiveError: _archive_error,
     Exception: _unexpected,
 }

@@ -23,6 +23,7 @@ from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
 from voxgate.limits import Limits, RedisRateLimiter
+from voxgate.retention.runner import Retention, RetentionSchedule
 from voxgate.settings import Settings
 from voxgate.store.base import Store
 from voxgate.store.postgres import PostgresStore
@@ -77,6 +78,24 @@ _SINGLE_INSTANCE = (
 )
 
 
+def store_for(settings: Settings) -> Store:
+    """The store ``settings`` select (unopened): PostgreSQL with a URL, else the embedded one."""
+    if settings.database_url:
+        # PostgreSQL's commit is the durability point at either durability level.
+        return PostgresStore(
+            settings.database_url,
+            pool_min=settings.database_pool_min,
+            pool_max=settings.database_pool_max,
+            migrate=settings.database_migrate,
+            timeout_s=settings.database_timeout_s,
+        )
+    return SqliteStore(
+        Path(settings.data_dir),
+        durability=settings.durability,
+        segment_max_bytes=settings.segment_max_bytes,
+    )
+
+
 class Runtime:
     """Store, writer, tokens, ledger and open streams of this process."""
 
@@ -87,22 +106,7 @@ class Runtime:
             log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store: Store
-        if settings.database_url:
-            # PostgreSQL's commit is the durability point at either durability level.
-            self.store = PostgresStore(
-                settings.database_url,
-                pool_min=settings.database_pool_min,
-                pool_max=settings.database_pool_max,
-                migrate=settings.database_migrate,
-                timeout_s=settings.database_timeout_s,
-            )
-        else:
-            self.store = SqliteStore(
-                data_dir,
-                durability=settings.durability,
-                segment_max_bytes=settings.segment_max_bytes,
-            )
+        self.store = store_for(settings)
         self.streams = StreamRegistry()
         self.tokens: TokenStore
         # Redis, when configured, is shared by every instance: tokens and takeover notices.
@@ -146,6 +150,8 @@ class Runtime:
         )
         self.hub = Hub(settings, self.store, self.streams, self.redis)
         self.writer.on_commit = self.hub.committed
+        self.retention = Retention(self.store, settings)
+        self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -155,6 +161,7 @@ class Runtime:
         await self.writer.start()
         await self.hub.start()
         self.streams.start(self)
+        self.retention_schedule.start()
         if self.redis is not None and self.claims is not None:
             self.claims.start()
             try:
@@ -213,6 +220,7 @@ class Runtime:
     async def stop(self) -> None:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
+        await self.retention_schedule.stop()
         self.hub.close_listeners()
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, time
 from typing import Literal
 
 import msgspec
@@ -19,6 +20,18 @@ _LIST_FIELDS = frozenset({"api_keys", "cors_origins", "trusted_proxies"})
 
 class SettingsError(ValueError):
     """A ``VOXGATE_*`` variable has a value voxgate cannot use."""
+
+
+def parse_time_of_day(value: str) -> time | None:
+    """``"HH:MM"`` or ``"HH:MM:SS"`` as a UTC time of day, or None when malformed."""
+    parts = value.strip().split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() and len(p) == 2 for p in parts):
+        return None
+    hour, minute, second = (int(p) for p in [*parts, "00"][:3])
+    try:
+        return time(hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +107,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # benchmark comparisons only). Read once at import by voxgate.core.
     native: Literal["rust", "python"] = "rust"
 
+    # -- retention (docs/operations.md) --
+    # Ages count from a session's last activity (its last stored frame, or creation).
+    # Hot: frames in the store; warm: one verified archive; cold: metadata only.
+    retention_hot_days: float = 7.0
+    retention_warm_days: float = 30.0
+    # An open session (no END frame) moves only after this long without a frame.
+    retention_idle_hours: float = 24.0
+    # When the in-server runner starts each day, "HH:MM" or "HH:MM:SS" UTC; "off" disables it.
+    retention_at: str = "03:30"
+    archive_dir: str = ""  # default <data_dir>/archive
+    backup_dir: str = ""  # default <data_dir>/backups
+    # Backups kept: the newest of each of the last N days, ISO weeks and months.
+    backup_keep_daily: int = 7
+    backup_keep_weekly: int = 4
+    backup_keep_monthly: int = 12
+
     # Abuse limits (docs/operations.md): per client IP, "COUNT/PERIOD" with PERIOD
     # in s, m or h (for example "10/5m"), or "off". Shared across instances
     # through redis_url when it is set.
@@ -154,6 +183,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_LISTEN_STALL_TIMEOUT_S must be positive")
         if self.listen_poll_s < 0:
             raise SettingsError("VOXGATE_LISTEN_POLL_S must not be negative")
+        if not 0 <= self.retention_hot_days <= self.retention_warm_days:
+            raise SettingsError(
+                "VOXGATE_RETENTION_HOT_DAYS must be between 0 and VOXGATE_RETENTION_WARM_DAYS"
+            )
+        if self.retention_idle_hours < 0:
+            raise SettingsError("VOXGATE_RETENTION_IDLE_HOURS must not be negative")
+        if self.retention_at != "off" and parse_time_of_day(self.retention_at) is None:
+            raise SettingsError('VOXGATE_RETENTION_AT must be "HH:MM", "HH:MM:SS" (UTC) or "off"')
+        if min(self.backup_keep_daily, self.backup_keep_weekly, self.backup_keep_monthly) < 0:
+            raise SettingsError("VOXGATE_BACKUP_KEEP_* must not be negative")
+        if self.backup_keep_daily + self.backup_keep_weekly + self.backup_keep_monthly < 1:
+            raise SettingsError("VOXGATE_BACKUP_KEEP_* must keep at least one backup")
+
+    @property
+    def archive_path(self) -> str:
+        """Where warm archives live."""
+        return self.archive_dir or os.path.join(self.data_dir, "archive")
+
+    @property
+    def backup_path(self) -> str:
+        """Where ``voxgate db backup`` writes."""
+        return self.backup_dir or os.path.join(self.data_dir, "backups")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +15,20 @@ from store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate._native import FLAG_END, crc32c
 from voxgate.ingest.writer import Writer, WriterFull
 from voxgate.store.base import (
+    ArchiveRecord,
     CommitResult,
     FrameEntry,
     FrameIn,
     ListenSnapshot,
     Outcome,
+    RetentionRun,
     Session,
     Store,
     StoredFrame,
     StoreError,
+    Tier,
+    TierMove,
+    TierStats,
     Transcript,
     TranscriptIn,
     TranscriptResult,
@@ -96,6 +103,48 @@ class CountingStore:
 
     async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
         return await self.inner.stream_generations(session_ids)
+
+    # -- retention --
+
+    async def retention_moves(
+        self, *, hot_before: datetime, warm_before: datetime, idle_before: datetime
+    ) -> list[TierMove]:
+        return await self.inner.retention_moves(
+            hot_before=hot_before, warm_before=warm_before, idle_before=idle_before
+        )
+
+    async def begin_move(self, session_id: str, target: Tier, seen_activity: datetime) -> bool:
+        return await self.inner.begin_move(session_id, target, seen_activity)
+
+    async def cancel_move(self, session_id: str) -> None:
+        await self.inner.cancel_move(session_id)
+
+    async def finish_archive(self, session_id: str, archive: ArchiveRecord) -> bool:
+        return await self.inner.finish_archive(session_id, archive)
+
+    async def finish_cold(self, session_id: str) -> bool:
+        return await self.inner.finish_cold(session_id)
+
+    async def archive_record(self, session_id: str) -> ArchiveRecord | None:
+        return await self.inner.archive_record(session_id)
+
+    async def archives_to_discard(self) -> list[tuple[str, ArchiveRecord]]:
+        return await self.inner.archives_to_discard()
+
+    async def forget_archive(self, session_id: str) -> None:
+        await self.inner.forget_archive(session_id)
+
+    async def storage_stats(self) -> dict[Tier, TierStats]:
+        return await self.inner.storage_stats()
+
+    async def record_retention_run(self, run: RetentionRun) -> RetentionRun:
+        return await self.inner.record_retention_run(run)
+
+    async def last_retention_run(self) -> RetentionRun | None:
+        return await self.inner.last_retention_run()
+
+    def retention_lock(self) -> AbstractAsyncContextManager[bool]:
+        return self.inner.retention_lock()
 
     async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
         return await self.inner.add_transcript(session_id, entry)

@@ -86,7 +86,9 @@ class PostgresBackend(Backend):
         conn = await asyncpg.connect(self.dsn)
         try:
             await migrations.apply(conn)
-            await conn.execute("TRUNCATE sessions, frames, transcripts, transcript_heads")
+            await conn.execute(
+                "TRUNCATE sessions, frames, transcripts, transcript_heads, retention_runs"
+            )
         finally:
             await conn.close()
 

@@ -23,6 +23,20 @@ async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
     # Turn it back into what a voxgate without transcripts left behind.
     with sqlite3.connect(data_dir / DB_NAME) as conn:
         conn.execute("DROP TABLE transcripts")
+        # and what the migrations after it added (retention)
+        conn.execute("DROP TABLE retention_runs")
+        conn.execute("DROP INDEX sessions_by_tier")
+        for column in (
+            "tier",
+            "tier_target",
+            "tier_changed_at",
+            "kept_missing",
+            "archive_path",
+            "archive_bytes",
+            "archive_crc32c",
+            "archived_at",
+        ):
+            conn.execute(f"ALTER TABLE sessions DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 1")
 
     store = SqliteStore(data_dir, durability="process")

@@ -16,8 +16,10 @@ import pytest
 
 from services import PostgresServer
 from voxgate._native import crc32c
+from voxgate.retention.runner import Retention
+from voxgate.settings import Settings
 from voxgate.store import migrations
-from voxgate.store.base import Outcome, SessionState, Store, TranscriptIn
+from voxgate.store.base import Outcome, SessionState, Store, Tier, TranscriptIn
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 
@@ -279,5 +281,51 @@ async def test_an_interrupted_copy_is_finished_by_running_it_again(
             assert session.state is SessionState.COMPLETE
             joined = b"".join(payload_of(sid, s, 2000) for s in range(400))
             assert session.stream_crc32c == crc32c(joined)
+    finally:
+        await target.close()
+
+
+async def test_warm_and_cold_sessions_keep_their_tier_gaps_and_archive(
+    tmp_path: Path, dsn: str
+) -> None:
+    data_dir = tmp_path / "data"
+    ids = await build_source(data_dir)
+    settings = Settings(
+        data_dir=str(data_dir), archive_dir=str(tmp_path / "archive"), retention_hot_days=0
+    )
+    source = SqliteStore(data_dir)
+    await source.open()
+    try:
+        archived = await Retention(source, settings).run()
+        assert archived is not None
+        assert archived.archived == 2  # the complete and the gappy (ended) sessions
+        warm = [s for s in await source.list_sessions(limit=10, after=None) if s.tier == "warm"]
+        # One of them goes on to cold.
+        assert await source.begin_move(warm[1].id, Tier.COLD, warm[1].updated_at)
+        assert await source.finish_cold(warm[1].id)
+        expected = {
+            sid: (
+                await source.get_session(sid),
+                await source.missing(sid),
+                await source.archive_record(sid),
+            )
+            for sid in ids[:4]
+        }
+    finally:
+        await source.close()
+
+    result = run("db", "migrate-from-sqlite", str(data_dir), "--database-url", dsn)
+    assert result.returncode == 0, result.stderr
+    target = PostgresStore(dsn, migrate=False)
+    await target.open()
+    try:
+        for sid, (session, gaps, archive) in expected.items():
+            assert await target.get_session(sid) == session
+            assert await target.missing(sid) == gaps
+            assert await target.archive_record(sid) == archive
+        tiers = {sid: s.tier for sid, (s, _, _) in expected.items() if s is not None}
+        assert sorted(tiers.values()) == ["cold", "hot", "hot", "warm"]
+        late = await target.commit([frame(warm[0].id, 99, b"late")])
+        assert late.outcomes == [Outcome.GONE]
     finally:
         await target.close()

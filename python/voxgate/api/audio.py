@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get
@@ -14,7 +15,11 @@ from litestar.response import Stream
 from voxgate.api.sessions import live_session, runtime_of
 from voxgate.auth import require_api_key
 from voxgate.errors import ApiError, problem_responses
-from voxgate.store.base import FrameEntry, Store
+from voxgate.retention.archive import ArchiveError, ArchiveReader
+from voxgate.store.base import FrameEntry, Session, Store, Tier
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 WAV_HEADER_BYTES = 44
@@ -131,6 +136,54 @@ async def _payload_bytes(
             break
 
 
+def refuse_cold(session: Session) -> None:
+    """410 for a cold session: its audio is gone for good."""
+    if session.tier is Tier.COLD:
+        raise ApiError(
+            410,
+            "audio_expired",
+            f"session {session.id} is in the cold tier: its audio expired under the retention"
+            " policy; its metadata and transcripts remain",
+        )
+
+
+class ArchivedAudio:
+    """``audio.bin`` of a warm session's archive, read a block at a time off the event loop."""
+
+    def __init__(self, reader: ArchiveReader, offset: int, size: int) -> None:
+        self._reader = reader
+        self._offset = offset
+        self.size = size
+
+    @classmethod
+    async def open(cls, runtime: Runtime, session_id: str) -> ArchivedAudio:
+        """Raises :class:`ArchiveError` when the session has no readable archive."""
+        record = await runtime.store.archive_record(session_id)
+        if record is None:
+            raise ArchiveError(f"session {session_id} is warm but has no archive record")
+        path = runtime.retention.archive_file(record)
+
+        def open_reader() -> ArchivedAudio:
+            reader = ArchiveReader(path)
+            try:
+                offset, size = reader.audio_span()
+            except BaseException:
+                reader.close()
+                raise
+            return cls(reader, offset, size)
+
+        return await asyncio.to_thread(open_reader)
+
+    async def read(self, first: int, last: int) -> AsyncIterator[bytes]:
+        """Bytes ``first..last`` (inclusive) of the audio; closes the archive when done."""
+        try:
+            pieces = self._reader.read(self._offset + first, last - first + 1)
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                yield piece
+        finally:
+            self._reader.close()
+
+
 @get(
     "/v1/sessions/{session_id:str}/audio",
     guards=[require_api_key],
@@ -149,6 +202,7 @@ async def audio(
     session = await live_session(runtime, session_id)
     if format not in (None, "raw", "wav"):
         raise ApiError(422, "bad_format", "format must be raw or wav")
+    refuse_cold(session)
     if not allow_gaps:
         gaps = await store.missing(session_id)
         if gaps:
@@ -158,9 +212,15 @@ async def audio(
                 "the session has gaps; pass allow_gaps=true to download anyway",
                 extra={"missing": gaps},
             )
-    # One snapshot of the index sizes the body, even while frames keep arriving.
-    index = await store.frame_index(session_id)
-    data_total = sum(entry.length for entry in index)
+    archived: ArchivedAudio | None = None
+    index: list[FrameEntry] = []
+    if session.tier is Tier.WARM:
+        archived = await ArchivedAudio.open(runtime, session_id)
+        data_total = archived.size
+    else:
+        # One snapshot of the index sizes the body, even while frames keep arriving.
+        index = await store.frame_index(session_id)
+        data_total = sum(entry.length for entry in index)
     header = b""
     media_type = "application/octet-stream"
     if format == "wav":
@@ -177,7 +237,10 @@ async def audio(
             yield header[first : last + 1]
         data_first = max(first - len(header), 0)
         data_last = last - len(header)
-        if data_last >= data_first:
+        if archived is not None:
+            async for piece in archived.read(data_first, data_last):
+                yield piece
+        elif data_last >= data_first:
             async for piece in _payload_bytes(store, session_id, index, data_first, data_last):
                 yield piece
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from litestar import Response, get
+import logging
+from typing import Any
+
+from litestar import Request, Response, get
 
 from voxgate import metrics
+from voxgate.retention import metrics as storage_metrics
+from voxgate.store.base import StoreError
+
+log = logging.getLogger("voxgate.api")
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
-def prometheus_metrics() -> Response[bytes]:
+@get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Every voxgate metric in the Prometheus text format (summed over workers)."""
+    try:
+        # The storage figures are the store's: read them as of this scrape.
+        await storage_metrics.refresh(request.app.state.runtime.store)
+    except StoreError as exc:
+        log.warning("storage figures not refreshed: %s", exc)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -15,6 +15,7 @@ from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 
 from voxgate.ingest.upload import MEDIA_TYPE
+from voxgate.retention.archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
 from voxgate.settings import Settings
 
 _RANGES = {
@@ -93,6 +94,11 @@ def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
         content = {"application/octet-stream": binary, "audio/wav": binary}
         audio["responses"]["200"] = {"description": "the payloads in seq order", "content": content}
         audio["responses"]["206"] = {"description": "the asked Range of them", "content": content}
+    archive = paths.get("/v1/sessions/{session_id}/archive", {}).get("get")
+    if archive is not None:
+        content = {ARCHIVE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
+        archive["responses"]["200"] = {"description": "the session's archive", "content": content}
+        archive["responses"]["206"] = {"description": "the asked Range of it", "content": content}
     upload = paths.get("/v1/sessions/{session_id}/frames", {}).get("post")
     if upload is not None:
         upload["requestBody"] = {

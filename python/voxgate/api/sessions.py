@@ -121,3 +121,8 @@ class SessionController(Controller):
         if not await runtime.store.delete_session(session_id):
             raise ApiError(410, "gone", f"session {session_id} was deleted")
         runtime.hub.session_deleted(session_id)
+        # A warm session's payloads live in its archive: remove it too (the retention
+        # runner removes it should this fail).
+        record = await runtime.store.archive_record(session_id)
+        if record is not None:
+            await runtime.retention.discard_archive(session_id, record)

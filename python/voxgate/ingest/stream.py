@@ -28,7 +28,7 @@ from voxgate.auth import bearer
 from voxgate.core import native as _native
 from voxgate.ingest.tally import WINDOW, Tally, precheck
 from voxgate.rates import SESSION_CONNECTS
-from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError
+from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError, Tier
 from voxgate.tokens.base import TokenStoreError
 
 if TYPE_CHECKING:
@@ -343,7 +343,7 @@ class StreamConnection:
     async def _flush(self) -> None:
         tally = self._tally
         if tally.gone:
-            self.fail(Close(4410, "gone", "session deleted: it no longer accepts frames"))
+            self.fail(Close(4410, "gone", "session archived or deleted: it takes no frames"))
         for reason, ranges in tally.take_rejections():
             metrics.record_nack("websocket", reason, ranges)
             await self._send({"type": "nack", "ranges": ranges, "reason": reason})
@@ -553,6 +553,8 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
             raise Close(4404, "not_found", "unknown session")
         if session.state is SessionState.DELETED:
             raise Close(4410, "gone", "session deleted: it no longer accepts frames")
+        if session.tier is not Tier.HOT:
+            raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
         if token_session != session_id:
             raise Close(4403, "forbidden", "stream token is for another session")
         connects = await runtime.limits.check(SESSION_CONNECTS, session_id)

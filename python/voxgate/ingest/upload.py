@@ -12,7 +12,7 @@ from voxgate.auth import bearer
 from voxgate.core import native as _native
 from voxgate.errors import ApiError, problem, problem_responses
 from voxgate.ingest.tally import Tally, precheck
-from voxgate.store.base import FrameIn, SessionState
+from voxgate.store.base import FrameIn, SessionState, Tier
 
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
@@ -59,6 +59,8 @@ async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[A
         raise ApiError(404, "not_found", f"unknown session {session_id}")
     if session.state is SessionState.DELETED:
         raise ApiError(410, "gone", "session deleted: it no longer accepts frames")
+    if session.tier is not Tier.HOT:
+        raise ApiError(410, "gone", f"session archived ({session.tier}): it takes no frames")
     if not hmac.compare_digest(token_session, session_id):
         raise ApiError(403, "forbidden", "stream token is for another session")
 
@@ -114,5 +116,5 @@ async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[A
         )
     await commit()
     if tally.gone:
-        raise ApiError(410, "gone", "session deleted: it no longer accepts frames")
+        raise ApiError(410, "gone", "session archived or deleted: it takes no frames")
     return Response(_answer(tally), status_code=200)

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
 import msgspec
+
+
+class Tier(enum.StrEnum):
+    """Where a session's audio lives (voxgate.retention moves sessions down, never up)."""
+
+    HOT = "hot"  # frames in the store
+    WARM = "warm"  # one verified archive file; no frames in the store
+    COLD = "cold"  # metadata (and transcripts) only: the audio expired
 
 
 class SessionState(enum.StrEnum):
@@ -37,6 +46,7 @@ class Session(msgspec.Struct, kw_only=True):
     bytes: int = 0  # stored payload bytes
     end_seq: int | None = None  # seq of the stored END frame
     stream_crc32c: int | None = None  # CRC-32C of all payloads in seq order, once complete
+    tier: Tier = Tier.HOT  # where its audio lives (retention)
 
 
 class FrameIn(msgspec.Struct, array_like=True, gc=False):
@@ -163,6 +173,74 @@ class Store(Protocol):
     async def stream_generations(self, session_ids: Sequence[str]) -> dict[str, int]:
         """Current stream generation of each given session (missing ids are left out)."""
 
+    # -- retention ------------------------------------------------------------------
+    # Tiers, archive bookkeeping, storage figures and retention run records, used by
+    # voxgate.retention. A move is begun (the session stops taking frames), then
+    # finished (frames dropped, payload bytes erased) or cancelled; a move left
+    # begun by a killed runner is listed again with ``resumed=True``.
+
+    async def retention_moves(
+        self, *, hot_before: datetime, warm_before: datetime, idle_before: datetime
+    ) -> list[TierMove]:
+        """Sessions to move now, oldest activity first, begun-but-unfinished moves first.
+
+        A hot session moves when its last activity is before ``hot_before`` and it
+        is ended, complete, or open without activity since ``idle_before``: to
+        cold when that activity is also before ``warm_before``, else to warm. A
+        warm session moves to cold when its last activity is before ``warm_before``.
+        Deleted sessions never move.
+        """
+
+    async def begin_move(self, session_id: str, target: Tier, seen_activity: datetime) -> bool:
+        """Mark the move and stop the session taking frames (commits answer GONE).
+
+        Only when the session is live, has no move under way and its last
+        activity is still ``seen_activity``; returns whether the move began.
+        """
+
+    async def cancel_move(self, session_id: str) -> None:
+        """Forget a begun move: the session takes frames again if it is hot."""
+
+    async def finish_archive(self, session_id: str, archive: ArchiveRecord) -> bool:
+        """Complete a begun move to warm: record ``archive``, keep the gaps, drop the frames.
+
+        Payload bytes are erased like :meth:`delete_session` erases them. Returns
+        False (changing nothing) when no move to warm is under way, e.g. because
+        the session was deleted meanwhile.
+        """
+
+    async def finish_cold(self, session_id: str) -> bool:
+        """Complete a begun move to cold: drop any frames; metadata and counters stay.
+
+        An archive record stays until :meth:`forget_archive`, so the file is
+        removed even after a crash. False when no move to cold is under way.
+        """
+
+    async def archive_record(self, session_id: str) -> ArchiveRecord | None:
+        """The archive the session's record names (warm, or cold/deleted awaiting removal)."""
+
+    async def archives_to_discard(self) -> list[tuple[str, ArchiveRecord]]:
+        """Archives of cold or deleted sessions whose files are still to be removed."""
+
+    async def forget_archive(self, session_id: str) -> None:
+        """Clear the session's archive record once its file is gone."""
+
+    async def storage_stats(self) -> dict[Tier, TierStats]:
+        """Sessions and bytes per tier (deleted sessions excluded), every tier present."""
+
+    async def record_retention_run(self, run: RetentionRun) -> RetentionRun:
+        """Persist a finished run; returns it with its ``id``."""
+
+    async def last_retention_run(self) -> RetentionRun | None:
+        """The most recently finished run, or None before the first."""
+
+    def retention_lock(self) -> AbstractAsyncContextManager[bool]:
+        """Hold the one retention runner lock of this store's deployment while inside.
+
+        Yields False at once (without waiting) when another runner holds it,
+        in this or any other process or instance. Released when the holder dies.
+        """
+
     # -- transcripts and listeners -------------------------------------------------
     # Live transcripts (docs/api.md "Transcripts") and the reads listeners catch up
     # with. Kept in one block; every backend implements all of it.
@@ -200,6 +278,60 @@ class Store(Protocol):
         listeners: it must not hold up commits more than a plain read does.
         A frame deleted while it is read ends the list early.
         """
+
+
+# -- retention ------------------------------------------------------------------
+
+
+class ArchiveRecord(msgspec.Struct, kw_only=True):
+    """A warm session's archive file, as verified before its frames were dropped."""
+
+    path: str  # relative to the archive dir
+    bytes: int  # size of the archive file
+    payload_crc32c: int  # CRC-32C of every payload in seq order
+    created_at: datetime
+
+
+class TierMove(msgspec.Struct, kw_only=True):
+    """One session the retention runner should move."""
+
+    session_id: str
+    tier: Tier  # where it is now
+    target: Tier  # where it goes
+    last_activity_at: datetime
+    resumed: bool = False  # begun by an earlier run that did not finish
+
+
+class OldestSession(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: datetime
+    last_activity_at: datetime
+
+
+class TierStats(msgspec.Struct, kw_only=True):
+    """One tier's figures: ``bytes`` is what it occupies, ``audio_bytes`` the payloads it covers."""
+
+    sessions: int = 0
+    bytes: int = 0  # hot: payload bytes in the store; warm: archive files; cold: 0
+    audio_bytes: int = 0
+    oldest: OldestSession | None = None  # by creation
+
+
+class RetentionRun(msgspec.Struct, kw_only=True):
+    """What one retention run did."""
+
+    started_at: datetime
+    finished_at: datetime
+    outcome: str  # "ok": every move done; "partial": some failed; "failed": none could be made
+    archived: int = 0  # hot -> warm, archive written now
+    reused: int = 0  # hot -> warm, a verified archive left by a killed run was kept
+    expired: int = 0  # -> cold
+    discarded: int = 0  # archive files of cold or deleted sessions removed
+    failed: int = 0
+    bytes_archived: int = 0  # archive file bytes written or kept
+    errors: list[str] = msgspec.field(default_factory=list)  # "<session id>: <reason>", capped
+    dry_run: bool = False
+    id: int | None = None
 
 
 # -- transcripts and listeners -------------------------------------------------------

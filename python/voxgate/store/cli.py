@@ -1,4 +1,4 @@
-"""``voxgate db migrate`` and ``voxgate db migrate-from-sqlite DATA_DIR``."""
+"""``voxgate db``: ``migrate``, ``migrate-from-sqlite DATA_DIR``, and the backup commands."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncpg
 
 from voxgate.settings import Settings, SettingsError
 from voxgate.store import migrations
+from voxgate.store.backup_cli import add_backup_commands
 from voxgate.store.base import StoreError
 from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.transfer import copy_sqlite_to_postgres
@@ -17,8 +18,11 @@ from voxgate.store.transfer import copy_sqlite_to_postgres
 
 def add_db_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``db`` and its sub-commands."""
-    db = subparsers.add_parser("db", help="PostgreSQL store: migrations and data transfer")
+    db = subparsers.add_parser(
+        "db", help="PostgreSQL migrations and transfer; backups of the embedded store"
+    )
     commands = db.add_subparsers(dest="db_command", required=True)
+    add_backup_commands(commands)
     url_help = "PostgreSQL URL (default: env VOXGATE_DATABASE_URL)"
 
     migrate = commands.add_parser(

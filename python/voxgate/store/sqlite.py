@@ -53,15 +53,21 @@ import orjson
 from voxgate.core import native
 from voxgate.ids import new_session_id
 from voxgate.store.base import (
+    ArchiveRecord,
     CommitResult,
     FrameEntry,
     FrameIn,
     ListenSnapshot,
+    OldestSession,
     Outcome,
+    RetentionRun,
     Session,
     SessionState,
     StoredFrame,
     StoreError,
+    Tier,
+    TierMove,
+    TierStats,
     TimestampValue,
     Transcript,
     TranscriptIn,
@@ -77,6 +83,9 @@ FLAG_END, crc32c, crc32c_combine = native.FLAG_END, native.crc32c, native.crc32c
 T = TypeVar("T")
 
 DB_NAME = "voxgate.db"
+# Every open store holds a shared flock on it; ``voxgate db restore`` needs it exclusively.
+DATA_LOCK = "voxgate.lock"
+RETENTION_LOCK = "retention.lock"
 SEGMENTS_DIR = "segments"
 SEGMENT_SUFFIX = ".seg"
 
@@ -167,6 +176,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX transcripts_by_key ON transcripts (session_id, role, seq, is_final)",
     ),
+    # 3: retention: tiers, archive bookkeeping, run records.
+    (
+        "ALTER TABLE sessions ADD COLUMN tier TEXT NOT NULL DEFAULT 'hot'",
+        "ALTER TABLE sessions ADD COLUMN tier_target TEXT",  # a begun move: 'warm' or 'cold'
+        "ALTER TABLE sessions ADD COLUMN tier_changed_at INTEGER",
+        "ALTER TABLE sessions ADD COLUMN kept_missing TEXT",  # gaps as they were when moved
+        "ALTER TABLE sessions ADD COLUMN archive_path TEXT",
+        "ALTER TABLE sessions ADD COLUMN archive_bytes INTEGER",
+        "ALTER TABLE sessions ADD COLUMN archive_crc32c INTEGER",
+        "ALTER TABLE sessions ADD COLUMN archived_at INTEGER",
+        "CREATE INDEX sessions_by_tier ON sessions (tier, updated_at)",
+        """CREATE TABLE retention_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at INTEGER NOT NULL,
+            finished_at INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            report TEXT NOT NULL                   -- the RetentionRun as JSON
+        )""",
+    ),
 )
 
 
@@ -188,7 +216,7 @@ _UPDATE_SESSIONS = (
 
 _SESSION_COLUMNS = (
     "id, state, codec, sample_rate, channels, metadata, created_at, updated_at,"
-    " next_seq, frames, bytes, end_seq, stream_crc32c"
+    " next_seq, frames, bytes, end_seq, stream_crc32c, tier"
 )
 
 
@@ -215,6 +243,7 @@ def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Session:
         bytes=row[10],
         end_seq=row[11],
         stream_crc32c=row[12],
+        tier=Tier(row[13]),
     )
 
 
@@ -315,6 +344,7 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._segment: _Segment | None = None
         self._segment_names: dict[int, str] = {}
+        self._data_lock: int | None = None
         # Reads for listeners run on a thread and connection of their own (see read_frames).
         self._reader: _Reader | None = None
 
@@ -389,6 +419,10 @@ class SqliteStore:
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         if created and self._fsync:
             _fsync_dir(self.data_dir)
+        self._data_lock = os.open(
+            self.data_dir / DATA_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        fcntl.flock(self._data_lock, fcntl.LOCK_SH)
         conn = sqlite3.connect(
             self.data_dir / DB_NAME, isolation_level=None, timeout=self._busy_timeout_s
         )
@@ -462,6 +496,9 @@ class SqliteStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._data_lock is not None:
+            os.close(self._data_lock)
+            self._data_lock = None
 
     # -- segments ------------------------------------------------------------------
 
@@ -750,29 +787,7 @@ class SqliteStore:
             row = conn.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None or row[0] == SessionState.DELETED.value:
                 return False
-            ranges: list[list[int]] = []  # [segment, offset, length], adjacent ones merged
-            counts: dict[int, int] = {}
-            for segment_id, offset, length in conn.execute(
-                "SELECT segment, offset, length FROM frames WHERE session_id = ?"
-                " ORDER BY segment, offset",
-                (session_id,),
-            ):
-                counts[segment_id] = counts.get(segment_id, 0) + 1
-                if length == 0:
-                    continue
-                last = ranges[-1] if ranges else None
-                if last is not None and last[0] == segment_id and last[1] + last[2] == offset:
-                    last[2] += length
-                else:
-                    ranges.append([segment_id, offset, length])
-            conn.executemany(
-                "INSERT INTO erasures (segment, offset, length) VALUES (?, ?, ?)", ranges
-            )
-            conn.executemany(
-                "UPDATE segments SET live = live - ? WHERE id = ?",
-                [(n, segment_id) for segment_id, n in counts.items()],
-            )
-            conn.execute("DELETE FROM frames WHERE session_id = ?", (session_id,))
+            self._drop_frames(session_id)
             said = conn.execute(
                 "DELETE FROM transcripts WHERE session_id = ?", (session_id,)
             ).rowcount
@@ -782,16 +797,49 @@ class SqliteStore:
                 " prefix_crc32c = 0, updated_at = ? WHERE id = ?",
                 (SessionState.DELETED.value, _now_us(), session_id),
             )
+        self._erase_dropped(session_id, checkpoint=bool(said))
+        return True
+
+    def _drop_frames(self, session_id: str) -> None:
+        """Inside a write transaction: drop the session's frames, recording their bytes to erase."""
+        conn = self._conn
+        ranges: list[list[int]] = []  # [segment, offset, length], adjacent ones merged
+        counts: dict[int, int] = {}
+        for segment_id, offset, length in conn.execute(
+            "SELECT segment, offset, length FROM frames WHERE session_id = ?"
+            " ORDER BY segment, offset",
+            (session_id,),
+        ):
+            counts[segment_id] = counts.get(segment_id, 0) + 1
+            if length == 0:
+                continue
+            last = ranges[-1] if ranges else None
+            if last is not None and last[0] == segment_id and last[1] + last[2] == offset:
+                last[2] += length
+            else:
+                ranges.append([segment_id, offset, length])
+        conn.executemany("INSERT INTO erasures (segment, offset, length) VALUES (?, ?, ?)", ranges)
+        conn.executemany(
+            "UPDATE segments SET live = live - ? WHERE id = ?",
+            [(n, segment_id) for segment_id, n in counts.items()],
+        )
+        conn.execute("DELETE FROM frames WHERE session_id = ?", (session_id,))
+
+    def _erase_dropped(self, session_id: str, *, checkpoint: bool = False) -> None:
+        """After committing :meth:`_drop_frames`: overwrite the bytes, unlink emptied segments.
+
+        ``checkpoint``: deleted rows held text (transcripts) the WAL still keeps.
+        """
         try:
-            if said:
+            if checkpoint:
                 # The WAL still holds page images with the text: write them back and cut it.
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             touched = self._erase_pending()
             self._reap_segments(touched)
         except (OSError, sqlite3.Error) as exc:
-            # The tombstone stands; the recorded ranges are erased by the next delete or open.
-            log.warning("session %s deleted, erasing its payload bytes failed: %s", session_id, exc)
-        return True
+            # The index no longer names them; the recorded ranges are erased by the next
+            # delete, move or open.
+            log.warning("erasing payload bytes of session %s failed: %s", session_id, exc)
 
     # -- frames --------------------------------------------------------------------
 
@@ -820,7 +868,8 @@ class SqliteStore:
             (found,) = conn.execute(
                 "SELECT json_group_array(json_array(id, next_seq, frames, bytes, end_seq,"
                 " stream_crc32c, prefix_seq, prefix_crc32c)) FROM sessions"
-                " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?",
+                " WHERE id IN (SELECT value FROM json_each(?)) AND state != ?"
+                " AND tier = 'hot' AND tier_target IS NULL",
                 (orjson.dumps(session_ids), SessionState.DELETED.value),
             ).fetchone()
             tallies = {row[0]: _Tally(tuple(row[1:])) for row in orjson.loads(found)}
@@ -1068,6 +1117,217 @@ class SqliteStore:
             )
         }
 
+    # -- retention -----------------------------------------------------------------
+
+    async def retention_moves(
+        self, *, hot_before: datetime, warm_before: datetime, idle_before: datetime
+    ) -> list[TierMove]:
+        return await self._call(
+            self._retention_moves_sync, _us(hot_before), _us(warm_before), _us(idle_before)
+        )
+
+    def _retention_moves_sync(self, hot: int, warm: int, idle: int) -> list[TierMove]:
+        moves = []
+        for session_id, tier, target, updated_at in self._conn.execute(
+            "SELECT id, tier, tier_target, updated_at FROM sessions WHERE state != ?4 AND ("
+            " tier_target IS NOT NULL"
+            " OR (tier = 'hot' AND updated_at < ?1 AND (end_seq IS NOT NULL OR updated_at < ?3))"
+            " OR (tier = 'warm' AND updated_at < ?2)"
+            ") ORDER BY tier_target IS NULL, updated_at, id",
+            (hot, warm, idle, SessionState.DELETED.value),
+        ):
+            resumed = target is not None
+            if target is None:
+                target = Tier.COLD if updated_at < warm else Tier.WARM
+            moves.append(
+                TierMove(
+                    session_id=session_id,
+                    tier=Tier(tier),
+                    target=Tier(target),
+                    last_activity_at=_to_datetime(updated_at),
+                    resumed=resumed,
+                )
+            )
+        return moves
+
+    async def begin_move(self, session_id: str, target: Tier, seen_activity: datetime) -> bool:
+        return await self._call(self._begin_move_sync, session_id, target, _us(seen_activity))
+
+    def _begin_move_sync(self, session_id: str, target: Tier, seen: int) -> bool:
+        sources = ("hot",) if target is Tier.WARM else ("hot", "warm")
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE sessions SET tier_target = ? WHERE id = ? AND state != ?"
+                " AND tier_target IS NULL AND updated_at = ?"
+                " AND tier IN (SELECT value FROM json_each(?))",
+                (
+                    target.value,
+                    session_id,
+                    SessionState.DELETED.value,
+                    seen,
+                    json.dumps(sources),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    async def cancel_move(self, session_id: str) -> None:
+        await self._call(self._cancel_move_sync, session_id)
+
+    def _cancel_move_sync(self, session_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE sessions SET tier_target = NULL WHERE id = ?", (session_id,))
+
+    async def finish_archive(self, session_id: str, archive: ArchiveRecord) -> bool:
+        return await self._call(self._finish_move_sync, session_id, Tier.WARM, archive)
+
+    async def finish_cold(self, session_id: str) -> bool:
+        return await self._call(self._finish_move_sync, session_id, Tier.COLD, None)
+
+    def _finish_move_sync(
+        self, session_id: str, target: Tier, archive: ArchiveRecord | None
+    ) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT tier, kept_missing FROM sessions"
+                " WHERE id = ? AND state != ? AND tier_target = ?",
+                (session_id, SessionState.DELETED.value, target.value),
+            ).fetchone()
+            if row is None:
+                return False
+            tier, kept = row
+            if tier == Tier.HOT.value:
+                kept = json.dumps(_gaps(conn, session_id))
+                self._drop_frames(session_id)
+            conn.execute(
+                "UPDATE sessions SET tier = ?, tier_target = NULL, tier_changed_at = ?,"
+                " kept_missing = ? WHERE id = ?",
+                (target.value, _now_us(), kept, session_id),
+            )
+            if archive is not None:
+                conn.execute(
+                    "UPDATE sessions SET archive_path = ?, archive_bytes = ?, archive_crc32c = ?,"
+                    " archived_at = ? WHERE id = ?",
+                    (
+                        archive.path,
+                        archive.bytes,
+                        archive.payload_crc32c,
+                        _us(archive.created_at),
+                        session_id,
+                    ),
+                )
+            dropped = tier == Tier.HOT.value
+        if dropped:
+            self._erase_dropped(session_id)
+        return True
+
+    async def archive_record(self, session_id: str) -> ArchiveRecord | None:
+        return await self._call(self._archive_record_sync, session_id)
+
+    def _archive_record_sync(self, session_id: str) -> ArchiveRecord | None:
+        row = self._conn.execute(
+            "SELECT archive_path, archive_bytes, archive_crc32c, archived_at FROM sessions"
+            " WHERE id = ? AND archive_path IS NOT NULL",
+            (session_id,),
+        ).fetchone()
+        return None if row is None else _archive_from_row(row)
+
+    async def archives_to_discard(self) -> list[tuple[str, ArchiveRecord]]:
+        return await self._call(self._archives_to_discard_sync)
+
+    def _archives_to_discard_sync(self) -> list[tuple[str, ArchiveRecord]]:
+        return [
+            (row[0], _archive_from_row(row[1:]))
+            for row in self._conn.execute(
+                "SELECT id, archive_path, archive_bytes, archive_crc32c, archived_at FROM sessions"
+                " WHERE archive_path IS NOT NULL AND (tier = 'cold' OR state = ?) ORDER BY id",
+                (SessionState.DELETED.value,),
+            )
+        ]
+
+    async def forget_archive(self, session_id: str) -> None:
+        await self._call(self._forget_archive_sync, session_id)
+
+    def _forget_archive_sync(self, session_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE sessions SET archive_path = NULL, archive_bytes = NULL,"
+                " archive_crc32c = NULL, archived_at = NULL WHERE id = ?",
+                (session_id,),
+            )
+
+    async def storage_stats(self) -> dict[Tier, TierStats]:
+        return await self._call(self._storage_stats_sync)
+
+    def _storage_stats_sync(self) -> dict[Tier, TierStats]:
+        stats = {tier: TierStats() for tier in Tier}
+        with self._read() as conn:
+            for tier, sessions, audio, archived, oldest_id in conn.execute(
+                "SELECT tier, COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(archive_bytes), 0),"
+                " MIN(id) FROM sessions WHERE state != ? GROUP BY tier",
+                (SessionState.DELETED.value,),
+            ).fetchall():
+                kind = Tier(tier)
+                oldest = conn.execute(
+                    "SELECT created_at, updated_at FROM sessions WHERE id = ?", (oldest_id,)
+                ).fetchone()
+                stats[kind] = TierStats(
+                    sessions=sessions,
+                    bytes={Tier.HOT: audio, Tier.WARM: archived, Tier.COLD: 0}[kind],
+                    audio_bytes=audio,
+                    oldest=OldestSession(
+                        id=oldest_id,
+                        created_at=_to_datetime(oldest[0]),
+                        last_activity_at=_to_datetime(oldest[1]),
+                    ),
+                )
+        return stats
+
+    async def record_retention_run(self, run: RetentionRun) -> RetentionRun:
+        return await self._call(self._record_retention_run_sync, run)
+
+    def _record_retention_run_sync(self, run: RetentionRun) -> RetentionRun:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO retention_runs (started_at, finished_at, outcome, report)"
+                " VALUES (?, ?, ?, '{}')",
+                (_us(run.started_at), _us(run.finished_at), run.outcome),
+            )
+            assert cursor.lastrowid is not None
+            recorded = msgspec.structs.replace(run, id=cursor.lastrowid)
+            conn.execute(
+                "UPDATE retention_runs SET report = ? WHERE id = ?",
+                (msgspec.json.encode(recorded).decode(), recorded.id),
+            )
+        return recorded
+
+    async def last_retention_run(self) -> RetentionRun | None:
+        return await self._call(self._last_retention_run_sync)
+
+    def _last_retention_run_sync(self) -> RetentionRun | None:
+        row = self._conn.execute(
+            "SELECT report FROM retention_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else msgspec.json.decode(row[0], type=RetentionRun)
+
+    @contextlib.asynccontextmanager
+    async def retention_lock(self) -> AsyncIterator[bool]:
+        """A non-blocking ``flock`` on ``retention.lock`` in the data dir."""
+        try:
+            fd = os.open(
+                self.data_dir / RETENTION_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
+            )
+        except OSError as exc:
+            raise StoreError(f"sqlite store {self.data_dir}: retention lock: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+            else:
+                yield True
+        finally:
+            os.close(fd)
+
     # -- transcripts and listeners -------------------------------------------------
 
     async def add_transcript(self, session_id: str, entry: TranscriptIn) -> TranscriptResult:
@@ -1256,9 +1516,12 @@ def _list_transcripts_sync(
 def _gaps(conn: sqlite3.Connection, session_id: str) -> list[list[int]]:
     """Inclusive gaps below the session's next_seq (inside the caller's read transaction)."""
     row = conn.execute(
-        "SELECT prefix_seq, next_seq FROM sessions WHERE id = ? AND state != ?",
+        "SELECT prefix_seq, next_seq, kept_missing FROM sessions WHERE id = ? AND state != ?",
         (session_id, SessionState.DELETED.value),
     ).fetchone()
+    if row is not None and row[2] is not None:
+        kept: list[list[int]] = json.loads(row[2])  # moved out of hot: its frames are gone
+        return kept
     if row is None or row[0] >= row[1]:
         return []
     # Below prefix_seq nothing is missing, so only frames from there on are scanned.
@@ -1370,3 +1633,13 @@ def _pread_named(
             return None
     payload = os.pread(fd, length, offset)
     return payload if len(payload) == length else None
+
+
+def _us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _archive_from_row(row: tuple[Any, ...]) -> ArchiveRecord:
+    return ArchiveRecord(
+        path=row[0], bytes=row[1], payload_crc32c=row[2], created_at=_to_datetime(row[3])
+    )

@@ -31,7 +31,14 @@ import asyncpg
 import msgspec
 
 from voxgate.core import native
-from voxgate.store.base import FrameEntry, Session, SessionState, StoreError, Transcript
+from voxgate.store.base import (
+    FrameEntry,
+    Session,
+    SessionState,
+    StoreError,
+    Tier,
+    Transcript,
+)
 from voxgate.store.migrations import Connection
 from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.sqlite import DB_NAME, SqliteStore
@@ -174,6 +181,29 @@ class Transfer:
                     await self._write_session(conn, session, generation, 0, 0)
                 self.report.tombstones += 1
                 self.say(f"tombstone {sid}")
+                return
+            if session.tier is not Tier.HOT:
+                # Warm or cold: the frames are gone from the source; carry the tier, the
+                # gaps kept at the move and the archive record (the archive files stay put).
+                gaps = await self.source.missing(sid)
+                archive = await self.source.archive_record(sid)
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM frames WHERE session_id = $1", sid)
+                    await self._write_session(conn, session, generation, 0, 0)
+                    await conn.execute(
+                        "UPDATE sessions SET tier = $2, kept_missing = $3::json,"
+                        " archive_path = $4, archive_bytes = $5, archive_crc32c = $6,"
+                        " archived_at = $7 WHERE id = $1",
+                        sid,
+                        session.tier.value,
+                        msgspec.json.encode(gaps).decode(),
+                        archive.path if archive else None,
+                        archive.bytes if archive else None,
+                        archive.payload_crc32c if archive else None,
+                        archive.created_at if archive else None,
+                    )
+                self.report.copied += 1
+                self.say(f"copied {sid}: {session.tier.value}, no frames in the store")
                 return
             inserted = await self._copy_frames(conn, session)
             prefix_seq, prefix_crc = await self._verify(conn, session)
