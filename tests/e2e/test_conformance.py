@@ -492,3 +492,31 @@ async def test_malformed_json_control_message_closes_4400(api: Api) -> None:
     stream = await api.stream(await api.new_session())
     await stream.send_text('{"type": "ping", "t": ')
     await stream.expect_close(4400)
+
+
+# Well-formed JSON that is not a control message a client may send (PROTOCOL section 3:
+# a client sends ping only): closed with 4400 like broken JSON, acked frames kept.
+NOT_CONTROL = {
+    "unknown type": '{"type": "subscribe"}',
+    "a server message": '{"type": "ack", "acked": [[0, 0]], "duplicate": [], "window_bytes": 1}',
+    "no type": '{"t": 1}',
+    "type not a string": '{"type": 5}',
+    "an array": '[{"type": "ping", "t": 1}]',
+    "a string": '"ping"',
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_CONTROL))
+async def test_unknown_control_message_closes_4400_and_keeps_acked_frames(
+    api: Api, case: str
+) -> None:
+    sid = await api.new_session()
+    payload = payload_for(sid, 0, 100)
+    stream = await api.stream(sid)
+    await stream.send(frame(0, payload))
+    assert (await stream.collect([0])).acked == {0}
+    await stream.send_text(NOT_CONTROL[case])
+    messages = await stream.expect_close(4400)
+    assert messages[-1]["code"] == "bad_control", messages
+    assert await api.stored_seqs(sid) == {0}
+    assert await api.audio_bytes(sid) == payload
