@@ -399,6 +399,60 @@ async def test_frame_too_far_ahead_is_refused_as_sequence(api: Api) -> None:
     assert subset(await api.missing(sid), expected) == expected
 
 
+async def test_frames_after_end_in_the_same_message_are_refused_as_sequence(api: Api) -> None:
+    sid = await api.new_session()
+    payloads = {seq: payload_for(sid, seq, 60) for seq in range(4)}
+    stream = await api.stream(sid)
+    await stream.send(*(frame(seq, payloads[seq], end=seq == 1) for seq in range(4)))
+    answers = await stream.collect(range(4))
+    assert answers.summary() == {"acked": [[0, 1]], "duplicate": [], "sequence": [[2, 3]]}
+    complete = await stream.recv_type("complete")
+    assert (complete["last_seq"], complete["frames"]) == (1, 2)
+    assert complete["stream_crc32c"] == crc32c(payloads[0] + payloads[1])
+    assert await api.audio_bytes(sid) == payloads[0] + payloads[1]
+
+
+async def test_an_end_frame_below_a_stored_frame_is_refused_as_sequence(api: Api) -> None:
+    # Storing it would leave seq 5 after the stream's END (docs/api.md, server decisions).
+    sid = await api.new_session()
+    payloads = {seq: payload_for(sid, seq, 60) for seq in range(7)}
+    stream = await api.stream(sid)
+    await stream.send(*(frame(seq, payloads[seq]) for seq in (0, 1, 2, 3, 5)))
+    assert (await stream.collect([0, 1, 2, 3, 5])).acked == {0, 1, 2, 3, 5}
+    await stream.send(frame(4, payloads[4], end=True))
+    assert (await stream.collect([4])).verdict(4) == "sequence"
+    expected = {"next_seq": 6, "missing": [[4, 4]], "ended": False, "complete": False}
+    assert subset(await api.missing(sid), expected) == expected
+
+    await stream.send(frame(6, payloads[6], end=True), frame(4, payloads[4]))
+    assert (await stream.collect([4, 6])).acked == {4, 6}
+    complete = await stream.recv_type("complete")
+    assert (complete["last_seq"], complete["frames"]) == (6, 7)
+    assert complete["stream_crc32c"] == crc32c(joined(payloads))
+
+
+async def test_a_resent_frame_that_adds_or_drops_end_is_a_conflict(api: Api) -> None:
+    # Same payload and CRC, other END flag: another frame (docs/api.md, server decisions).
+    sid = await api.new_session()
+    payloads = {seq: payload_for(sid, seq, 60) for seq in range(4)}
+    stream = await api.stream(sid)
+    await stream.send(*(frame(seq, payloads[seq]) for seq in range(3)))
+    assert (await stream.collect(range(3))).acked == {0, 1, 2}
+    await stream.send(frame(2, payloads[2], end=True))
+    assert (await stream.collect([2])).verdict(2) == "conflict"
+    session = await api.get_session(sid)
+    assert (session["state"], session["end_seq"]) == ("open", None)
+
+    await stream.send(frame(3, payloads[3], end=True))
+    assert (await stream.collect([3])).acked == {3}
+    await stream.recv_type("complete")
+    await stream.send(frame(3, payloads[3]), frame(2, payloads[2]))
+    answers = await stream.collect([2, 3])
+    assert answers.summary() == {"acked": [], "duplicate": [[2, 2]], "conflict": [[3, 3]]}
+    assert (await api.get_session(sid))["end_seq"] == 3
+    assert await api.audio_bytes(sid) == joined(payloads)
+
+
 # --- superseding connection -------------------------------------------------------
 
 

@@ -59,6 +59,20 @@ async def test_create_with_an_empty_body(api: Api) -> None:
     assert response.json()["state"] == "open"
 
 
+async def test_create_without_a_body(api: Api) -> None:
+    # PROTOCOL 2.3: every field is optional, so the body may be left out entirely.
+    response = await api.http.post("/v1/sessions")
+    assert response.status_code == 201, response.text
+    assert response.json()["state"] == "open"
+
+
+@pytest.mark.parametrize("codec", ["pcm_s16le", "opus", "webm", "mulaw", "other"])
+async def test_every_codec_the_contract_names_is_accepted(api: Api, codec: str) -> None:
+    session = await api.create_session(codec=codec)
+    assert session["codec"] == codec
+    assert (await api.get_session(session["id"]))["codec"] == codec
+
+
 async def test_ids_are_unique(api: Api) -> None:
     ids = [await api.new_session() for _ in range(10)]
     assert len(set(ids)) == 10

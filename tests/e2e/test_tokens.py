@@ -68,6 +68,22 @@ async def test_ttl_above_the_maximum_is_422(api: Api) -> None:
     assert at_max.status_code == 201, at_max.text
 
 
+async def test_token_request_without_a_body_gets_the_default_ttl(api: Api) -> None:
+    # PROTOCOL 5: the body MAY ask for a lifetime, so a POST without one is complete.
+    sid = await api.new_session()
+    response = await api.http.post(f"/v1/sessions/{sid}/tokens")
+    assert response.status_code == 201, response.text
+    assert response.json()["ttl_s"] == DEFAULTS.token_ttl_s
+    stream = await api.stream(sid, token=response.json()["token"])
+    assert stream.hello is not None
+
+
+@pytest.mark.parametrize("ttl_s", [0, -1])
+async def test_ttl_below_one_second_is_422(api: Api, ttl_s: int) -> None:
+    sid = await api.new_session()
+    assert_problem(await api.mint_token_response(sid, ttl_s=ttl_s), 422)
+
+
 async def test_token_for_an_unknown_session_is_404(api: Api) -> None:
     response = await api.mint_token_response("ses_does_not_exist")
     assert_problem(response, 404)
