@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,36 @@ async def test_sigterm_mid_stream_acks_what_is_durable_and_closes_1001(tmp_path:
             assert resumed.complete["stream_crc32c"] == stream_crc(
                 payload(seq) for seq in range(FRAMES)
             )
+
+
+async def test_a_stream_opened_while_the_server_drains_closes_1013(tmp_path: Path) -> None:
+    # PROTOCOL section 7: 1013 "overloaded or draining; client reconnects with backoff".
+    with start_server(tmp_path) as server:
+        async with api_for(server) as api:
+            busy_sid, late_sid = await api.new_session(), await api.new_session()
+            late_token = await api.mint_token(late_sid)
+            busy = await api.stream(busy_sid)
+
+            async def chatter() -> None:
+                # A client that is never quiet keeps its stream quiescing (at most 2 s),
+                # and so the drain going, while the late client arrives.
+                with contextlib.suppress(Exception):
+                    for t in range(1000):
+                        await busy.send_json({"type": "ping", "t": t})
+                        await asyncio.sleep(0.02)
+
+            pinger = asyncio.create_task(chatter())
+            stopping = asyncio.create_task(asyncio.to_thread(server.stop))
+            try:
+                # The drain has begun once the busy stream is granted no more credit.
+                quiesced = await busy.recv_type("ack", within=15)
+                assert quiesced["window_bytes"] == 0, quiesced
+                late = await api.connect(late_sid, late_token)
+                messages = await late.expect_close(1013)
+                assert [m.get("code") for m in messages if m["type"] == "error"] == ["draining"]
+                await busy.expect_close(1001, within=15)
+            finally:
+                pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pinger
+            assert await stopping == 0
