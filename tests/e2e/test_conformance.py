@@ -268,6 +268,18 @@ async def test_malformed_message_is_rejected_whole_with_4400(api: Api, case: str
     assert (await again.collect([1])).acked == {1}
 
 
+async def test_empty_binary_message_is_malformed(api: Api) -> None:
+    # A binary message carries one or more complete frames (PROTOCOL 2.1): none is broken.
+    sid = await api.new_session()
+    stream = await api.stream(sid)
+    await stream.send(frame(0, payload_for(sid, 0, 50)))
+    assert (await stream.collect([0])).acked == {0}
+    await stream.send()
+    messages = await stream.expect_close(4400)
+    assert messages[-1]["code"] == "truncated", messages
+    assert await api.stored_seqs(sid) == {0}
+
+
 async def test_zero_length_end_frame_is_accepted(api: Api) -> None:
     sid = await api.new_session()
     payloads = {0: payload_for(sid, 0, 100), 1: payload_for(sid, 1, 100)}
