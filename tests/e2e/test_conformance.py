@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from e2e.listening import WsListener
 from e2e.wire import (
     Api,
     Sender,
@@ -314,6 +315,29 @@ async def test_too_large_frame_is_refused_alone(api: Api) -> None:
     }
     expected = {"next_seq": 4, "missing": [[1, 1]], "frames": 3, "bytes": 200 + max_frame}
     assert subset(await api.missing(sid), expected) == expected
+
+
+async def test_pts_us_is_stored_exactly_as_sent(api: Api) -> None:
+    # PROTOCOL section 1: pts_us is stored, not interpreted; a listener with audio reads
+    # the stored frames back in the wire format, header included.
+    sid = await api.new_session()
+    pts = {0: 2**64 - 1, 1: 0, 2: 2**63, 3: 5, 4: 12_345_678_901}  # not in order, not 20 ms
+    payloads = {seq: payload_for(sid, seq, 40) for seq in pts}
+    stream = await api.stream(sid)
+    await stream.send(*(raw_frame(seq, payloads[seq], pts_us=pts[seq]) for seq in range(3)))
+    assert (await stream.collect(range(3))).acked == {0, 1, 2}
+    body = b"".join(
+        raw_frame(seq, payloads[seq], pts_us=pts[seq], flags=int(seq == 4)) for seq in (3, 4)
+    )
+    assert (await api.upload(sid, body)).json()["acked"] == [[3, 4]]
+
+    listener = await WsListener.open(api.server, sid, audio=True)
+    try:
+        await listener.until(lambda heard: heard.next_audio == 5)
+    finally:
+        await listener.close()
+    got = {seq: (flags, pts_us, payload) for seq, flags, pts_us, payload in listener.heard.frames}
+    assert got == {seq: (int(seq == 4), pts[seq], payloads[seq]) for seq in pts}
 
 
 # --- complete and sequence -------------------------------------------------------
