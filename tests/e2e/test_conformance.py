@@ -396,6 +396,26 @@ async def test_complete_waits_for_the_last_gap(api: Api) -> None:
     assert complete["stream_crc32c"] == crc32c(joined(payloads))
 
 
+async def test_an_open_stream_gets_complete_when_an_upload_fills_the_last_gap(api: Api) -> None:
+    sid = await api.new_session()
+    payloads = {seq: payload_for(sid, seq, 70) for seq in range(3)}
+    stream = await api.stream(sid)
+    await stream.send(frame(0, payloads[0]), frame(2, payloads[2], end=True))
+    assert (await stream.collect([0, 2])).acked == {0, 2}
+    response = await api.upload(sid, frame(1, payloads[1]))
+    assert response.json()["acked"] == [[1, 1]], response.text
+    # The stream's client sends nothing more and still learns that the session is complete.
+    complete = await stream.recv_type("complete")
+    expected = {"last_seq": 2, "frames": 3, "bytes": 210, "stream_crc32c": crc32c(joined(payloads))}
+    assert subset(complete, expected) == expected
+    # Once only.
+    await stream.send(frame(2, payloads[2], end=True))
+    assert (await stream.collect([2])).duplicate == {2}
+    await stream.send_json({"type": "ping", "t": 1})
+    await stream.recv_type("pong")
+    assert not [m for m in stream.backlog if m["type"] == "complete"], stream.backlog
+
+
 async def test_connecting_to_a_complete_session_gets_complete_at_once(api: Api) -> None:
     sid = await api.new_session()
     payloads = {seq: payload_for(sid, seq, 64) for seq in range(5)}

@@ -28,7 +28,14 @@ from voxgate.auth import bearer
 from voxgate.core import native as _native
 from voxgate.ingest.tally import WINDOW, Tally, precheck
 from voxgate.rates import SESSION_CONNECTS
-from voxgate.store.base import CommitResult, FrameIn, SessionState, StoreError, Tier
+from voxgate.store.base import (
+    CommitResult,
+    FrameIn,
+    Progress,
+    SessionState,
+    StoreError,
+    Tier,
+)
 from voxgate.tokens.base import TokenStoreError
 
 if TYPE_CHECKING:
@@ -110,6 +117,13 @@ class StreamRegistry:
         """The credit window of the session's stream in this process, if one is open."""
         conn = self._by_session.get(session_id)
         return None if conn is None else conn._ledger.window(conn._handle)
+
+    def progressed(self, session_id: str, progress: Progress) -> None:
+        """Frames of the session were stored by another transport here (HTTP upload): an
+        open stream of it learns where it stands, and gets ``complete`` if it now is."""
+        conn = self._by_session.get(session_id)
+        if conn is not None:
+            conn.take_progress(progress)
 
     def pressure_relieved(self) -> None:
         """Tell every stream held at a small window that credit is back."""
@@ -475,13 +489,18 @@ class StreamConnection:
             self._ack_since = rx
         progress = result.progress.get(self.session_id)
         if progress is not None:
-            self._next_seq = max(self._next_seq, progress.next_seq)
-            self._end_seq = progress.end_seq
-            if progress.complete and progress.end_seq is not None:
-                self.set_complete(
-                    progress.end_seq, progress.frames, progress.bytes, progress.stream_crc32c or 0
-                )
+            self.take_progress(progress)
         self._wake.set()
+
+    def take_progress(self, progress: Progress) -> None:
+        """The session's counters after a commit: the limits follow, ``complete`` once it is."""
+        self._next_seq = max(self._next_seq, progress.next_seq)
+        if progress.end_seq is not None:  # an END stays: an older report must not undo it
+            self._end_seq = progress.end_seq
+        if progress.complete and progress.end_seq is not None:
+            self.set_complete(
+                progress.end_seq, progress.frames, progress.bytes, progress.stream_crc32c or 0
+            )
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:

@@ -81,6 +81,7 @@ async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[A
         progress = result.progress.get(session_id)
         if progress is not None:
             end_seq, next_seq = progress.end_seq, max(next_seq, progress.next_seq)
+            runtime.streams.progressed(session_id, progress)
         batch, batch_bytes = [], 0
 
     try:
