@@ -45,6 +45,8 @@ def free_port() -> int:
 class Server:
     """One ``voxgate serve`` process (and its workers) on 127.0.0.1."""
 
+    startup_timeout_s = STARTUP_TIMEOUT_S
+
     def __init__(
         self,
         root: Path,
@@ -118,7 +120,7 @@ class Server:
         """Launch the server and wait until ``GET /health`` answers 200.
 
         Raises :class:`ServerError` with the log tail when the process exits
-        or is not healthy within ``STARTUP_TIMEOUT_S``.
+        or is not healthy within ``startup_timeout_s``.
         """
         if self.running:
             raise ServerError("server is already running")
@@ -141,7 +143,7 @@ class Server:
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + self.startup_timeout_s
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             assert self._proc is not None
@@ -159,7 +161,8 @@ class Server:
             time.sleep(0.05)
         self.kill()
         raise ServerError(
-            f"server not healthy after {STARTUP_TIMEOUT_S:.0f} s ({last_error})\n{self.log_tail()}"
+            f"server not healthy after {self.startup_timeout_s:.0f} s ({last_error})\n"
+            f"{self.log_tail()}"
         )
 
     def _signal_group(self, sig: signal.Signals) -> None:

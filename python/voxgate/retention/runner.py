@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
 
+from voxgate.durable import fsync_dir
 from voxgate.retention.archive import (
     SUFFIX,
     ArchiveError,
@@ -65,14 +66,6 @@ def _pause(point: str, session_id: str) -> None:
         time.sleep(3600)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -88,7 +81,7 @@ def _makedirs(path: Path) -> None:
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):
             directory.mkdir()
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
 
 
 class Retention:
@@ -266,7 +259,7 @@ class Retention:
                 os.close(fd)
             await asyncio.to_thread(_makedirs, path.parent)
             os.replace(tmp, path)
-            await asyncio.to_thread(_fsync_dir, path.parent)
+            await asyncio.to_thread(fsync_dir, path.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -310,7 +303,7 @@ class Retention:
             os.unlink(path)
         except FileNotFoundError:
             return
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 class _Archived:

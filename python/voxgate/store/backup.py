@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from voxgate.core import native
+from voxgate.durable import fsync_dir
 from voxgate.store.sqlite import DATA_LOCK, DB_NAME, RETENTION_LOCK, SEGMENTS_DIR
 
 crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
@@ -73,14 +74,6 @@ class RestoreReport(msgspec.Struct, kw_only=True):
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _file_sum(path: Path) -> FileSum:
@@ -295,7 +288,7 @@ def create_backup(
                 raise
             final = backup_dir / name
             os.rename(work, final)
-            _fsync_dir(backup_dir)
+            fsync_dir(backup_dir)
             break
     pruned = prune_backups(backup_dir, daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly)
     return final, info, pruned
@@ -337,7 +330,7 @@ def _snapshot(data_dir: Path, work: Path, name: str, now: datetime) -> BackupInf
             target.close()
     finally:
         source.close()
-    _fsync_dir(work / SEGMENTS_DIR)
+    fsync_dir(work / SEGMENTS_DIR)
     with db_copy.open("rb+") as f:
         os.fsync(f.fileno())
     try:
@@ -359,7 +352,7 @@ def _snapshot(data_dir: Path, work: Path, name: str, now: datetime) -> BackupInf
     manifest.write_bytes(msgspec.json.format(msgspec.json.encode(info)))
     with manifest.open("rb+") as f:
         os.fsync(f.fileno())
-    _fsync_dir(work)
+    fsync_dir(work)
     return info
 
 
@@ -475,17 +468,17 @@ def restore_backup(backup: Path, data_dir: Path, archive_dir: Path) -> RestoreRe
             for p in current:
                 if p.exists():
                     os.rename(p, set_aside / p.name)
-            _fsync_dir(data_dir)
+            fsync_dir(data_dir)
         incoming = data_dir / f"{SEGMENTS_DIR}.restoring"
         shutil.rmtree(incoming, ignore_errors=True)
         incoming.mkdir()
         for segment in (backup / SEGMENTS_DIR).iterdir():
             _copy_prefix(segment, incoming / segment.name, segment.stat().st_size)
-        _fsync_dir(incoming)
+        fsync_dir(incoming)
         _copy_prefix(backup / DB_NAME, data_dir / f"{DB_NAME}.restoring", info.files[DB_NAME].bytes)
         os.rename(data_dir / f"{DB_NAME}.restoring", data_dir / DB_NAME)
         os.rename(incoming, data_dir / SEGMENTS_DIR)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         restored = check_store_files(data_dir)
         if restored != (info.schema_version, info.sessions, info.frames, info.payload_bytes):
             raise BackupError(f"{data_dir}: restored store differs from backup {info.name}")

@@ -51,6 +51,7 @@ import msgspec
 import orjson
 
 from voxgate.core import native
+from voxgate.durable import fsync_dir
 from voxgate.ids import new_session_id
 from voxgate.store.base import (
     ArchiveRecord,
@@ -275,14 +276,6 @@ def _pwrite_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> int:
     return offset
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _try_lock(path: Path) -> int | None:
     """Open ``path`` and take its writer lock without waiting.
 
@@ -419,7 +412,7 @@ class SqliteStore:
         created = not self.segments_dir.exists()
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         if created and self._fsync:
-            _fsync_dir(self.data_dir)
+            fsync_dir(self.data_dir)
         self._data_lock = os.open(
             self.data_dir / DATA_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
         )
@@ -547,7 +540,7 @@ class SqliteStore:
                 raise
             try:
                 if self._fsync:
-                    _fsync_dir(self.segments_dir)
+                    fsync_dir(self.segments_dir)
                 with self._write() as conn:
                     cursor = conn.execute(
                         "INSERT INTO segments (name, pid, created_at) VALUES (?, ?, ?)",
