@@ -1,6 +1,7 @@
 //! `voxgate._native`: thin pyo3 bindings over the pure-Rust frame codec
 //! ([`framing`]), CRC-32C ([`crc`]) and credit ledger ([`ledger`]).
 
+pub mod commit;
 pub mod crc;
 pub mod framing;
 pub mod ledger;
@@ -9,7 +10,7 @@ use std::mem::MaybeUninit;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyString};
 use pyo3::{create_exception, ffi, intern};
 
 /// Work on buffers at least this large runs with the GIL released; below it
@@ -350,6 +351,179 @@ impl PyLedger {
     }
 }
 
+/// The per-frame work of one store commit (see [`commit`]): frames judged,
+/// index rows and session counters built as JSON for the store's statements.
+#[pyclass(module = "voxgate._native", name = "CommitPlan")]
+struct PyCommitPlan {
+    plan: commit::Plan,
+    frames: Vec<commit::Frame>,
+    payloads: Vec<Py<PyAny>>,
+    outcomes: Vec<u8>,
+}
+
+fn session_row(row: &Bound<'_, PyAny>) -> PyResult<commit::SessionRow> {
+    Ok(commit::SessionRow {
+        id: row.get_item(0)?.extract()?,
+        next_seq: row.get_item(1)?.extract()?,
+        frames: row.get_item(2)?.extract()?,
+        bytes: row.get_item(3)?.extract()?,
+        end_seq: row.get_item(4)?.extract()?,
+        stream_crc32c: row.get_item(5)?.extract()?,
+        prefix_seq: row.get_item(6)?.extract()?,
+        prefix_crc32c: row.get_item(7)?.extract()?,
+    })
+}
+
+impl PyCommitPlan {
+    fn session(&self, session_id: &str) -> PyResult<usize> {
+        self.plan
+            .session(session_id)
+            .ok_or_else(|| PyKeyError::new_err(session_id.to_string()))
+    }
+}
+
+#[pymethods]
+impl PyCommitPlan {
+    #[new]
+    fn new(frames: &Bound<'_, PyAny>, sessions: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = frames.py();
+        let mut rows = Vec::new();
+        for row in sessions.try_iter()? {
+            rows.push(session_row(&row?)?);
+        }
+        let plan = commit::Plan::new(rows);
+        let mut out = Vec::with_capacity(frames.len().unwrap_or(0));
+        let mut payloads = Vec::with_capacity(out.capacity());
+        // Frames of one stream come in runs: the same str object, looked up once.
+        let mut last: Option<(Bound<'_, PyAny>, Option<usize>)> = None;
+        for frame in frames.try_iter()? {
+            let frame = frame?;
+            let sid = frame.getattr(intern!(py, "session_id"))?;
+            let session = match &last {
+                Some((prev, s)) if prev.is(&sid) => *s,
+                _ => {
+                    let s = plan.session(sid.cast::<PyString>()?.to_str()?);
+                    last = Some((sid, s));
+                    s
+                }
+            };
+            let payload = frame.getattr(intern!(py, "payload"))?;
+            let length = with_bytes(&payload, |b| b.len() as u64)?;
+            out.push(commit::Frame {
+                session,
+                seq: frame.getattr(intern!(py, "seq"))?.extract()?,
+                flags: frame.getattr(intern!(py, "flags"))?.extract()?,
+                pts_us: frame.getattr(intern!(py, "pts_us"))?.extract()?,
+                crc32c: frame.getattr(intern!(py, "crc32c"))?.extract()?,
+                length,
+            });
+            payloads.push(payload.unbind());
+        }
+        Ok(PyCommitPlan {
+            plan,
+            frames: out,
+            payloads,
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// Seqs that may be stored already, per session: (session_id, seqs).
+    fn lookups(&self) -> Vec<(String, Vec<u64>)> {
+        self.plan
+            .lookups(&self.frames)
+            .into_iter()
+            .map(|(s, seqs)| (self.plan.session_id(s).to_string(), seqs))
+            .collect()
+    }
+
+    /// The frame stored at ``seq`` by an earlier commit.
+    fn known(
+        &mut self,
+        session_id: &str,
+        seq: u64,
+        crc32c: u32,
+        length: u64,
+        flags: u64,
+    ) -> PyResult<()> {
+        let s = self.session(session_id)?;
+        self.plan.known(s, seq, crc32c, length, flags);
+        Ok(())
+    }
+
+    /// Judge every frame: (rows JSON, payloads to write, rows, end offset).
+    fn judge<'py>(
+        &mut self,
+        py: Python<'py>,
+        segment: i64,
+        offset: u64,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyList>, usize, u64)> {
+        let mut stored = Vec::new();
+        let (outcomes, rows, end, nrows) =
+            self.plan.judge(&self.frames, segment, offset, &mut stored);
+        self.outcomes = outcomes;
+        let payloads = PyList::new(py, stored.iter().map(|&i| self.payloads[i].bind(py)))?;
+        Ok((PyBytes::new(py, rows.as_bytes()), payloads, nrows, end))
+    }
+
+    /// Each frame's outcome as ``members[outcome]``.
+    fn outcomes<'py>(
+        &self,
+        py: Python<'py>,
+        members: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let choices = (0..=commit::GONE)
+            .map(|o| members.get_item(o))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, self.outcomes.iter().map(|&o| &choices[o as usize]))
+    }
+
+    /// Extend the prefixes over this commit's frames: (session_id, prefix_seq)
+    /// of the sessions to walk further with ``extend``.
+    fn advance(&mut self) -> Vec<(String, u64)> {
+        let walks = self.plan.advance();
+        walks
+            .into_iter()
+            .map(|(s, seq)| (self.plan.session_id(s).to_string(), seq))
+            .collect()
+    }
+
+    /// Feed stored (seq, crc32c, length) in seq order until the first gap.
+    fn extend(&mut self, session_id: &str, rows: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = self.session(session_id)?;
+        for row in rows.try_iter()? {
+            let (seq, crc, length): (u64, u32, u64) = row?.extract()?;
+            if !self.plan.extend(s, seq, crc, length) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The changed sessions' counters as JSON for the store's update.
+    fn finish<'py>(&mut self, py: Python<'py>, now: i64) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.plan.finish(now).as_bytes())
+    }
+
+    /// (session_id, next_seq, frames, bytes, end_seq, complete, stream_crc32c) per session.
+    #[allow(clippy::type_complexity)]
+    fn progress(&self) -> Vec<(&str, u64, u64, u64, Option<u64>, bool, Option<u32>)> {
+        self.plan
+            .progress()
+            .map(|(id, p)| {
+                (
+                    id,
+                    p.next_seq,
+                    p.frames,
+                    p.bytes,
+                    p.end_seq,
+                    p.complete,
+                    p.stream_crc32c,
+                )
+            })
+            .collect()
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -374,5 +548,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStreamDecoder>()?;
     m.add_class::<PyLedger>()?;
     m.add_class::<PyLedgerStats>()?;
+    m.add_class::<PyCommitPlan>()?;
     Ok(())
 }

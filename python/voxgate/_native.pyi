@@ -1,6 +1,7 @@
 """voxgate's Rust core: frame codec, CRC-32C and the credit ledger (PROTOCOL sections 1 and 4)."""
 
-from typing import Final
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol, TypeVar
 
 from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
 
@@ -127,3 +128,70 @@ class Ledger:
         """The stream's bytes in flight."""
 
     def stats(self) -> LedgerStats: ...
+
+# A frame as CommitPlan reads it (voxgate.store.base.FrameIn fits).
+class _CommitFrame(Protocol):
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def pts_us(self) -> int: ...
+    @property
+    def crc32c(self) -> int: ...
+    @property
+    def payload(self) -> bytes | memoryview: ...
+
+_T = TypeVar("_T")
+
+class CommitPlan:
+    """The per-frame work of one store commit, with the rules of ``SessionTally``.
+
+    Outcomes are numbered as ``voxgate.store.base.Outcome``: 0 stored,
+    1 duplicate, 2 conflict, 3 sequence, 4 gone (session not in ``sessions``).
+    Use: ``lookups`` (then ``known`` for each frame found stored), ``judge``,
+    ``advance`` (then ``extend`` with the stored frames of each session it
+    names), ``finish``, ``progress``.
+    """
+
+    def __init__(self, frames: Iterable[_CommitFrame], sessions: Iterable[Sequence[Any]]) -> None:
+        """``sessions``: rows of (id, next_seq, frames, bytes, end_seq, stream_crc32c,
+        prefix_seq, prefix_crc32c) as stored before the commit."""
+
+    def lookups(self) -> list[tuple[str, list[int]]]:
+        """(session_id, seqs) of frames below their session's next_seq: maybe stored."""
+
+    def known(self, session_id: str, seq: int, crc32c: int, length: int, flags: int) -> None:
+        """The frame stored at ``seq`` by an earlier commit. KeyError for a session not given."""
+
+    def judge(self, segment: int, offset: int) -> tuple[bytes, list[bytes | memoryview], int, int]:
+        """Judge every frame: (rows, payloads, row count, end offset).
+
+        ``rows`` is a JSON array of ``[session_id, seq, flags, pts_us (as i64),
+        length, crc32c, segment, offset]`` for the stored frames, payloads laid
+        out back to back from ``offset``; ``payloads`` are the stored non-empty
+        payloads in that order.
+        """
+
+    def outcomes(self, members: Sequence[_T]) -> list[_T]:
+        """Each frame's outcome (after ``judge``) as ``members[outcome]``."""
+
+    def advance(self) -> list[tuple[str, int]]:
+        """Extend every changed session's prefix over this commit's frames.
+
+        Returns (session_id, prefix_seq) of the sessions whose prefix may extend
+        over frames stored earlier: feed those to ``extend`` in seq order.
+        """
+
+    def extend(self, session_id: str, rows: Iterable[tuple[int, int, int]]) -> None:
+        """Take stored (seq, crc32c, length) rows into the prefix until the first gap."""
+
+    def finish(self, now: int) -> bytes:
+        """JSON array of ``[state, next_seq, frames, bytes, end_seq, stream_crc32c,
+        prefix_seq, prefix_crc32c, now, session_id]`` per changed session (a complete
+        one gets its stream CRC)."""
+
+    def progress(self) -> list[tuple[str, int, int, int, int | None, bool, int | None]]:
+        """(session_id, next_seq, frames, bytes, end_seq, complete, stream_crc32c) per session."""

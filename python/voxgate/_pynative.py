@@ -11,7 +11,8 @@ CRC-32C, zlib's method for CRC combination. It is not meant for production.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, TypeVar
 
 from typing_extensions import Buffer
 
@@ -31,6 +32,7 @@ _U64 = (1 << 64) - 1
 _U8 = 0xFF
 _HEADER = struct.Struct(">2sBBIQII")
 _POLY = 0x82F63B78
+T = TypeVar("T")
 
 
 class FrameError(ValueError):
@@ -565,3 +567,202 @@ class Ledger:
             self._admitted,
             self._refused,
         )
+
+
+# -- store commits ------------------------------------------------------------------
+
+_STORED, _DUPLICATE, _CONFLICT, _SEQUENCE, _GONE = range(5)
+_I64 = 1 << 63
+_JSON_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", **{i: f"\\u{i:04x}" for i in range(0x20)}}
+
+
+def _json_str(text: str) -> str:
+    return '"' + text.translate(_JSON_ESCAPES) + '"'
+
+
+def _json_opt(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+class _Tally:
+    __slots__ = (
+        "batch",
+        "bytes",
+        "changed",
+        "end_seq",
+        "frames",
+        "id",
+        "next_seq",
+        "prefix_crc",
+        "prefix_seq",
+        "stream_crc32c",
+    )
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        self.id: str = row[0]
+        if not isinstance(self.id, str):
+            raise TypeError(f"session id must be str, not {type(self.id).__name__}")
+        self.next_seq = _check_range(row[1], _U64, "next_seq")
+        self.frames = _check_range(row[2], _U64, "frames")
+        self.bytes = _check_range(row[3], _U64, "bytes")
+        self.end_seq = None if row[4] is None else _check_range(row[4], _U64, "end_seq")
+        self.stream_crc32c = None if row[5] is None else _check_range(row[5], _U32, "crc")
+        self.prefix_seq = _check_range(row[6], _U64, "prefix_seq")
+        self.prefix_crc = _check_range(row[7], _U32, "prefix_crc32c")
+        self.batch: dict[int, tuple[int, int]] = {}
+        self.changed = False
+
+    @property
+    def complete(self) -> bool:
+        return self.end_seq is not None and self.prefix_seq == self.end_seq + 1
+
+    def state(self) -> str:
+        if self.end_seq is None:
+            return "open"
+        return "complete" if self.complete else "ended"
+
+
+class CommitPlan:
+    """The per-frame work of one store commit (see ``_native.CommitPlan``)."""
+
+    def __init__(self, frames: Iterable[Any], sessions: Iterable[Sequence[Any]]) -> None:
+        self._tallies: dict[str, _Tally] = {}
+        for row in sessions:
+            tally = _Tally(row)
+            self._tallies[tally.id] = tally
+        # (tally or None, seq, flags, pts_us, crc32c, length, payload)
+        self._frames: list[tuple[_Tally | None, int, int, int, int, int, Any]] = []
+        for frame in frames:
+            session_id = frame.session_id
+            if not isinstance(session_id, str):
+                raise TypeError(f"session_id must be str, not {type(session_id).__name__}")
+            payload = frame.payload
+            self._frames.append(
+                (
+                    self._tallies.get(session_id),
+                    _check_range(frame.seq, _U64, "seq"),
+                    _check_range(frame.flags, _U64, "flags"),
+                    _check_range(frame.pts_us, _U64, "pts_us"),
+                    _check_range(frame.crc32c, _U32, "crc32c"),
+                    _bytes_of(payload).nbytes,
+                    payload,
+                )
+            )
+        self._known: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self._outcomes: list[int] = []
+
+    def _tally(self, session_id: str) -> _Tally:
+        tally = self._tallies.get(session_id)
+        if tally is None:
+            raise KeyError(session_id)
+        return tally
+
+    def lookups(self) -> list[tuple[str, list[int]]]:
+        """Seqs that may be stored already, per session: (session_id, seqs)."""
+        out: dict[str, list[int]] = {}
+        for tally, seq, *_ in self._frames:
+            if tally is not None and seq < tally.next_seq:
+                out.setdefault(tally.id, []).append(seq)
+        return list(out.items())
+
+    def known(self, session_id: str, seq: int, crc32c: int, length: int, flags: int) -> None:
+        """The frame stored at ``seq`` by an earlier commit."""
+        self._tally(session_id)
+        self._known[session_id, seq] = (crc32c, length, flags)
+
+    def judge(self, segment: int, offset: int) -> tuple[bytes, list[Any], int, int]:
+        """Judge every frame: (rows JSON, payloads to write, rows, end offset)."""
+        outcomes: list[int] = []
+        rows: list[str] = []
+        payloads: list[Any] = []
+        known = self._known
+        for tally, seq, flags, pts_us, crc, length, payload in self._frames:
+            if tally is None:
+                outcomes.append(_GONE)
+                continue
+            key = (tally.id, seq)
+            stored = known.get(key)
+            if stored is not None:
+                outcomes.append(_DUPLICATE if stored == (crc, length, flags) else _CONFLICT)
+                continue
+            end = bool(flags & FLAG_END)
+            if (tally.end_seq is not None and seq > tally.end_seq) or (
+                end and seq < tally.next_seq - 1
+            ):
+                outcomes.append(_SEQUENCE)
+                continue
+            tally.batch[seq] = (crc, length)
+            tally.changed = True
+            tally.frames += 1
+            tally.bytes += length
+            if seq >= tally.next_seq:
+                tally.next_seq = seq + 1
+            if end:
+                tally.end_seq = seq
+            outcomes.append(_STORED)
+            known[key] = (crc, length, flags)
+            pts = pts_us - (_I64 << 1) if pts_us >= _I64 else pts_us
+            rows.append(
+                f"[{_json_str(tally.id)},{seq},{flags},{pts},{length},{crc},{segment},{offset}]"
+            )
+            if length:
+                payloads.append(payload)
+                offset += length
+        self._outcomes = outcomes
+        return ("[" + ",".join(rows) + "]").encode(), payloads, len(rows), offset
+
+    def outcomes(self, members: Sequence[T]) -> list[T]:
+        """Each frame's outcome as ``members[outcome]``."""
+        choices = [members[i] for i in range(_GONE + 1)]
+        return [choices[o] for o in self._outcomes]
+
+    def advance(self) -> list[tuple[str, int]]:
+        """Extend the prefixes over this commit's frames: (session_id, prefix_seq) to walk."""
+        walks = []
+        for tally in self._tallies.values():
+            if not tally.changed:
+                continue
+            seq, crc = tally.prefix_seq, tally.prefix_crc
+            if seq not in tally.batch:
+                continue
+            while seq in tally.batch:
+                frame_crc, length = tally.batch[seq]
+                if length:
+                    crc = crc32c_combine(crc, frame_crc, length)
+                seq += 1
+            tally.prefix_seq, tally.prefix_crc = seq, crc
+            if seq < tally.next_seq:
+                walks.append((tally.id, seq))
+        return walks
+
+    def extend(self, session_id: str, rows: Iterable[tuple[int, int, int]]) -> None:
+        """Feed stored (seq, crc32c, length) in seq order until the first gap."""
+        tally = self._tally(session_id)
+        for seq, crc, length in rows:
+            if seq != tally.prefix_seq:
+                break
+            if length:
+                tally.prefix_crc = crc32c_combine(tally.prefix_crc, crc, length)
+            tally.prefix_seq = seq + 1
+
+    def finish(self, now: int) -> bytes:
+        """The changed sessions' counters as JSON for the store's update."""
+        out = []
+        for tally in self._tallies.values():
+            if not tally.changed:
+                continue
+            if tally.complete:
+                tally.stream_crc32c = tally.prefix_crc
+            out.append(
+                f'["{tally.state()}",{tally.next_seq},{tally.frames},{tally.bytes},'
+                f"{_json_opt(tally.end_seq)},{_json_opt(tally.stream_crc32c)},"
+                f"{tally.prefix_seq},{tally.prefix_crc},{now},{_json_str(tally.id)}]"
+            )
+        return ("[" + ",".join(out) + "]").encode()
+
+    def progress(self) -> list[tuple[str, int, int, int, int | None, bool, int | None]]:
+        """(session_id, next_seq, frames, bytes, end_seq, complete, stream_crc32c) per session."""
+        return [
+            (t.id, t.next_seq, t.frames, t.bytes, t.end_seq, t.complete, t.stream_crc32c)
+            for t in self._tallies.values()
+        ]

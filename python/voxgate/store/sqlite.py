@@ -61,6 +61,7 @@ from voxgate.store.base import (
     ListenSnapshot,
     OldestSession,
     Outcome,
+    Progress,
     RetentionRun,
     Session,
     SessionState,
@@ -75,11 +76,12 @@ from voxgate.store.base import (
     TranscriptOutcome,
     TranscriptResult,
 )
-from voxgate.store.tally import SessionTally as _Tally
 
 log = logging.getLogger("voxgate.store")
 
 FLAG_END, crc32c, crc32c_combine = native.FLAG_END, native.crc32c, native.crc32c_combine
+CommitPlan = native.CommitPlan
+_OUTCOMES = tuple(Outcome)  # indexed by the core's outcome numbers
 
 T = TypeVar("T")
 
@@ -96,7 +98,6 @@ READ_BATCH_BYTES = 4 * 1024 * 1024
 _ZEROS = bytes(1024 * 1024)
 _MAX_SEQ = (1 << 63) - 1
 _U64 = 1 << 64
-_I64_MAX = (1 << 63) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -853,7 +854,6 @@ class SqliteStore:
         conn = self._conn
         start = segment.offset
         wrote = False
-        outcomes = [Outcome.GONE] * len(frames)
         session_ids = list(dict.fromkeys(frame.session_id for frame in frames))
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -865,60 +865,24 @@ class SqliteStore:
                 " AND tier = 'hot' AND tier_target IS NULL",
                 (orjson.dumps(session_ids), SessionState.DELETED.value),
             ).fetchone()
-            tallies = {row[0]: _Tally(tuple(row[1:])) for row in orjson.loads(found)}
-            # What is stored already at the seqs asked for: (crc32c, length, flags).
-            # Seqs at or past a session's next_seq cannot be stored yet (we hold the write
-            # lock): only resent frames need a look-up, not the ones streamed in order.
-            seqs: dict[str, list[int]] = {}
-            for frame in frames:
-                tally = tallies.get(frame.session_id)
-                if tally is not None and frame.seq < tally.next_seq:
-                    seqs.setdefault(frame.session_id, []).append(frame.seq)
-            known: dict[tuple[str, int], tuple[int, int, int]] = {}
-            for session_id, wanted in seqs.items():
+            # The per-frame work (judging, index rows, prefix CRCs) runs in the core, in
+            # one call per step: the store thread holds the GIL only briefly.
+            plan = CommitPlan(frames, orjson.loads(found))
+            # What is stored already at the seqs asked for. Seqs at or past a session's
+            # next_seq cannot be stored yet (we hold the write lock): only resent frames
+            # need a look-up, not the ones streamed in order.
+            for session_id, wanted in plan.lookups():
                 for seq, crc, length, flags in conn.execute(
                     "SELECT seq, crc32c, length, flags FROM frames WHERE session_id = ?"
                     " AND seq IN (SELECT value FROM json_each(?))",
                     (session_id, json.dumps(wanted)),
                 ):
-                    known[session_id, seq] = (crc, length, flags)
-
-            rows: list[tuple[str, int, int, int, int, int, int, int]] = []
-            payloads: list[bytes | memoryview] = []
-            offset = start
-            for i, frame in enumerate(frames):
-                tally = tallies.get(frame.session_id)
-                if tally is None:
-                    continue  # GONE
-                length = _payload_len(frame.payload)
-                key = (frame.session_id, frame.seq)
-                outcome = outcomes[i] = tally.judge(
-                    frame.seq, frame.flags, frame.crc32c, length, known.get(key)
-                )
-                if outcome is not Outcome.STORED:
-                    continue
-                known[key] = (frame.crc32c, length, frame.flags)
-                pts = frame.pts_us - _U64 if frame.pts_us > _I64_MAX else frame.pts_us
-                rows.append(
-                    (
-                        frame.session_id,
-                        frame.seq,
-                        frame.flags,
-                        pts,
-                        length,
-                        frame.crc32c,
-                        segment.id,
-                        offset,
-                    )
-                )
-                if length:
-                    payloads.append(frame.payload)
-                    offset += length
-
-            if rows:
+                    plan.known(session_id, seq, crc, length, flags)
+            rows, payloads, nrows, offset = plan.judge(segment.id, start)
+            if nrows:
                 # One statement for the whole batch: executemany would drop and retake the
                 # GIL once per row, and under load each retake waits on the event loop.
-                conn.execute(_INSERT_FRAMES, (orjson.dumps(rows),))
+                conn.execute(_INSERT_FRAMES, (rows,))
                 if payloads:
                     wrote = True
                     _pwrite_all(segment.fd, payloads, start)
@@ -926,30 +890,20 @@ class SqliteStore:
                         _datasync(segment.fd)
                 conn.execute(
                     "UPDATE segments SET live = live + ?, end_offset = ? WHERE id = ?",
-                    (len(rows), offset, segment.id),
+                    (nrows, offset, segment.id),
                 )
-                now = _now_us()
-                updates = []
-                for session_id, tally in tallies.items():
-                    if not tally.changed:
-                        continue
-                    self._advance_prefix(session_id, tally)
-                    tally.finish()
-                    updates.append(
-                        (
-                            tally.state.value,
-                            tally.next_seq,
-                            tally.frames,
-                            tally.bytes,
-                            tally.end_seq,
-                            tally.stream_crc32c,
-                            tally.prefix_seq,
-                            tally.prefix_crc,
-                            now,
-                            session_id,
-                        )
+                for session_id, prefix_seq in plan.advance():
+                    # A gap just closed: walk frames stored by earlier commits to the next gap.
+                    cursor = conn.execute(
+                        "SELECT seq, crc32c, length FROM frames WHERE session_id = ?"
+                        " AND seq >= ? ORDER BY seq",
+                        (session_id, prefix_seq),
                     )
-                conn.execute(_UPDATE_SESSIONS, (orjson.dumps(updates),))
+                    try:
+                        plan.extend(session_id, cursor)
+                    finally:
+                        cursor.close()
+                conn.execute(_UPDATE_SESSIONS, (plan.finish(_now_us()),))
             conn.execute("COMMIT")
             segment.offset = offset
         except BaseException:
@@ -959,23 +913,18 @@ class SqliteStore:
             if wrote:
                 self._retire(segment)
             raise
-        return CommitResult(outcomes, {sid: tally.progress() for sid, tally in tallies.items()})
-
-    def _advance_prefix(self, session_id: str, tally: _Tally) -> None:
-        """Extend the gap-free prefix and its running CRC over newly stored frames."""
-        if not tally.advance_in_batch():
-            return
-        # A gap just closed: walk frames stored by earlier commits until the next gap.
-        cursor = self._conn.execute(
-            "SELECT seq, crc32c, length FROM frames WHERE session_id = ? AND seq >= ? ORDER BY seq",
-            (session_id, tally.prefix_seq),
-        )
-        try:
-            for stored_seq, frame_crc, length in cursor:
-                if not tally.extend(stored_seq, frame_crc, length):
-                    break
-        finally:
-            cursor.close()
+        progress = {
+            sid: Progress(
+                next_seq=next_seq,
+                frames=count,
+                bytes=nbytes,
+                end_seq=end_seq,
+                complete=complete,
+                stream_crc32c=stream_crc,
+            )
+            for sid, next_seq, count, nbytes, end_seq, complete, stream_crc in plan.progress()
+        }
+        return CommitResult(plan.outcomes(_OUTCOMES), progress)
 
     async def frame_index(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None

@@ -3,7 +3,11 @@
 A store reads each touched session's counters (locked for the transaction),
 asks :meth:`SessionTally.judge` for every frame, inserts the STORED ones,
 extends the gap-free prefix and its running CRC-32C, and writes the counters
-back. Both stores share this, so they answer every batch alike.
+back. The PostgreSQL store applies these rules with this class; the embedded
+store with the core's ``CommitPlan`` (Rust, or ``_pynative``), which does the
+same per-frame work in one object per commit so its store thread holds the
+GIL only briefly. ``tests/native/test_commit_plan.py`` holds the two to the
+same answers for every batch.
 """
 
 from __future__ import annotations
