@@ -23,6 +23,9 @@ from e2e.test_audio import (  # noqa: F401
     test_range_request_gets_206_with_the_right_bytes,
 )
 from e2e.test_conformance import (  # noqa: F401
+    test_a_resent_frame_that_adds_or_drops_end_is_a_conflict,
+    test_an_end_frame_below_a_stored_frame_is_refused_as_sequence,
+    test_an_open_stream_gets_complete_when_an_upload_fills_the_last_gap,
     test_checksum_mismatch_is_nacked_stored_nowhere_and_resend_is_acked,
     test_complete_carries_the_stream_crc32c,
     test_complete_waits_for_the_last_gap,
@@ -30,8 +33,10 @@ from e2e.test_conformance import (  # noqa: F401
     test_connecting_to_a_complete_session_gets_complete_at_once,
     test_every_frame_is_acked_and_stored_once,
     test_frame_too_far_ahead_is_refused_as_sequence,
+    test_frames_after_end_in_the_same_message_are_refused_as_sequence,
     test_hello_on_a_new_session,
     test_newer_connection_supersedes_the_older,
+    test_pts_us_is_stored_exactly_as_sent,
     test_repeated_frame_is_acked_as_duplicate_and_stored_once,
     test_resume_after_a_dropped_connection,
     test_zero_length_end_frame_is_accepted,
