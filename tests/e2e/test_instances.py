@@ -235,3 +235,22 @@ async def test_session_state_and_counters_agree_on_both_instances(a: Api, b: Api
     for api in (a, b):
         gone = await api.http.get(f"/v1/sessions/{sid}")
         assert gone.status_code == 410, gone.text
+
+
+async def test_a_session_completed_by_an_upload_on_b_is_complete_for_a_stream_on_a(
+    a: Api, b: Api
+) -> None:
+    # docs/api.md: the stream learns it with the answer to its next frame (or on reconnecting).
+    sid = await a.new_session()
+    payloads = {seq: payload_for(sid, seq, 90) for seq in range(3)}
+    stream = await a.stream(sid)
+    await stream.send(frame(0, payloads[0]), frame(2, payloads[2], end=True))
+    assert (await stream.collect([0, 2])).acked == {0, 2}
+    uploaded = await b.upload(sid, frame(1, payloads[1]), token=await a.mint_token(sid))
+    assert uploaded.json()["acked"] == [[1, 1]], uploaded.text
+
+    await stream.send(frame(2, payloads[2], end=True))
+    assert (await stream.collect([2])).duplicate == {2}
+    complete = await stream.recv_type("complete")
+    assert (complete["last_seq"], complete["frames"]) == (2, 3)
+    assert complete["stream_crc32c"] == stream_crc(payloads[seq] for seq in range(3))
