@@ -19,6 +19,7 @@ from voxgate.clientip import parse_networks
 from voxgate.core import NAME as CORE_NAME
 from voxgate.core import native as _native
 from voxgate.fanout.hub import Hub
+from voxgate.heap import HeapTrimmer
 from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
@@ -152,6 +153,7 @@ class Runtime:
         self.writer.on_commit = self.hub.committed
         self.retention = Retention(self.store, settings)
         self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
+        self.heap = HeapTrimmer(settings.heap_trim_s)
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -162,6 +164,7 @@ class Runtime:
         await self.hub.start()
         self.streams.start(self)
         self.retention_schedule.start()
+        self.heap.start()
         if self.redis is not None and self.claims is not None:
             self.claims.start()
             try:
@@ -221,6 +224,7 @@ class Runtime:
         """Stop taking streams, close open ones with 1001, flush commits, close the store."""
         self.draining = True
         await self.retention_schedule.stop()
+        await self.heap.stop()
         self.hub.close_listeners()
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()

@@ -70,6 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_streams: int = 10_000
     # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
     shutdown_grace_s: float = 10.0
+    # How often to check for freed heap memory to give back to the kernel (glibc); 0: never.
+    heap_trim_s: float = 10.0
     # How often each process asks the store whether another one took over its streams
     # (with Redis, takeovers are also announced at once; this poll is the safety net).
     supersede_poll_s: float = 0.25
@@ -154,6 +156,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
         if self.shutdown_grace_s < 0:
             raise SettingsError("VOXGATE_SHUTDOWN_GRACE_S must not be negative")
+        if self.heap_trim_s < 0:
+            raise SettingsError("VOXGATE_HEAP_TRIM_S must not be negative")
         if self.supersede_poll_s <= 0:
             raise SettingsError("VOXGATE_SUPERSEDE_POLL_S must be positive")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

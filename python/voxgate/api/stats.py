@@ -50,6 +50,7 @@ async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "writer_busy_s": round(runtime.writer.busy_s, 3),
         "inflight_bytes": ledger.inflight_bytes,
         "ledger_streams": ledger.streams,
+        "heap_trims": runtime.heap.trims,
         # Listeners, their feeds (one per listened session) and the event bus.
         "fanout": runtime.hub.stats(),
     }
