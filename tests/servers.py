@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -245,3 +246,10 @@ def start_server(tmp_path: Path, env: dict[str, str] | None = None, workers: int
     server = Server(tmp_path, env=env, workers=workers)
     server.start()
     return server
+
+
+@contextlib.contextmanager
+def two_instances(root: Path, env: dict[str, str]) -> Iterator[tuple[Server, Server]]:
+    """Two servers with the same settings under ``root`` (``a`` and ``b``), started in turn."""
+    with Server(root / "a", env=env) as a, Server(root / "b", env=env) as b:
+        yield a, b

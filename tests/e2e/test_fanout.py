@@ -17,7 +17,7 @@ import redis
 
 from e2e.listening import Heard, SseListener, WsListener
 from e2e.wire import Api, frame, payload_for, stream_crc
-from servers import Server
+from servers import Server, two_instances
 from services import PostgresServer, RedisServer
 
 FRAMES = 1500
@@ -36,9 +36,8 @@ def pair(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres_server")
         env["VOXGATE_DATABASE_URL"] = postgres.create_database("fanout_pair")
-    root = tmp_path_factory.mktemp("pair")
-    with Server(root / "a", env=env) as a, Server(root / "b", env=env) as b:
-        yield a, b
+    with two_instances(tmp_path_factory.mktemp("pair"), env) as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from e2e.wire import (
     stream_crc,
     wait_for_acks,
 )
-from servers import Server
+from servers import Server, two_instances
 from services import RedisServer
 
 POLL_DISABLED = "3600"
@@ -48,10 +48,8 @@ def instances(
         "VOXGATE_REDIS_URL": redis_server.url,
         "VOXGATE_SUPERSEDE_POLL_S": POLL_DISABLED,
     }
-    first = Server(tmp_path_factory.mktemp("instance-a"), env=env)
-    second = Server(tmp_path_factory.mktemp("instance-b"), env=env)
-    with first, second:
-        yield first, second
+    with two_instances(tmp_path_factory.mktemp("instances"), env) as pair:
+        yield pair
 
 
 @pytest.fixture

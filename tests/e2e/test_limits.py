@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from e2e.wire import Api, assert_problem, frame, payload_for
-from servers import Server, start_server
+from servers import Server, start_server, two_instances
 from services import RedisServer
 
 SESSIONS_PER_MIN = 3
@@ -177,10 +177,7 @@ async def test_limits_are_shared_by_two_instances_through_redis(
         "VOXGATE_TRUSTED_PROXIES": "127.0.0.1",
     }
     client_ip = str(ipaddress.IPv6Address(uuid.uuid4().int))  # fresh in the shared Redis
-    with (
-        start_server(tmp_path / "a", env=env) as first,
-        start_server(tmp_path / "b", env=env) as second,
-    ):
+    with two_instances(tmp_path, env) as (first, second):
         headers = {"Authorization": f"Bearer {first.api_key}", "X-Forwarded-For": client_ip}
         statuses = []
         async with httpx.AsyncClient(headers=headers) as client:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from e2e.wire import Api, Json, api_for, assert_problem, payload_for, stream_crc
-from servers import Server
+from servers import Server, two_instances
 from services import RedisServer
 
 
@@ -39,12 +39,10 @@ def instances(
     env = {
         **shared_store_env,
         "VOXGATE_REDIS_URL": own_redis.url,
-        "VOXGATE_SUPERSEDE_POLL_S": "3600",
+        "VOXGATE_SUPERSEDE_POLL_S": "3600",  # takeovers only through Redis
     }
-    first = Server(tmp_path_factory.mktemp("instance-a"), env=env)
-    second = Server(tmp_path_factory.mktemp("instance-b"), env=env)
-    with first, second:
-        yield first, second
+    with two_instances(tmp_path_factory.mktemp("instances"), env) as pair:
+        yield pair
 
 
 async def readiness(api: Api) -> tuple[int, Json]:

@@ -23,6 +23,16 @@ async def joined(hub: Hub, session_id: str, **kwargs: Any) -> Listener:
     return listener
 
 
+async def running(
+    hub: Hub, session_id: str, **kwargs: Any
+) -> tuple[Listener, AsyncGenerator[Out | End, None]]:
+    """A joined listener and its running output, past its ``hello``."""
+    listener = await joined(hub, session_id, **kwargs)
+    run = listener.run()
+    assert decoded(await anext(run))["type"] == "hello"
+    return listener, run
+
+
 async def take(run: AsyncGenerator[Out | End, None], count: int) -> list[Out | End]:
     return [await anext(run) for _ in range(count)]
 
@@ -42,9 +52,7 @@ async def add(store: SqliteStore, session_id: str, text: str) -> int:
 
 async def test_progress_beyond_the_buffer_drops_the_oldest(hub: Hub, store: SqliteStore) -> None:
     sid = await new_session(store)
-    listener = await joined(hub, sid)
-    run = listener.run()
-    assert decoded(await anext(run))["type"] == "hello"
+    listener, run = await running(hub, sid)
     offered = PROGRESS_BUFFER + 8
     for n in range(offered):
         listener.offer(event_out(PROGRESS, n=n))
@@ -61,9 +69,7 @@ async def test_an_overflowing_queue_rereads_transcripts_in_order(
     hub: Hub, store: SqliteStore
 ) -> None:
     sid = await new_session(store)
-    listener = await joined(hub, sid)
-    run = listener.run()
-    assert decoded(await anext(run))["type"] == "hello"
+    listener, run = await running(hub, sid)
     ids = [await add(store, sid, f"t{i}") for i in range(3 * SETTINGS.listen_buffer_events)]
     for transcript in await store.list_transcripts(sid, limit=100):
         listener.offer(transcript_out(transcript))  # all at once: more than the buffer holds
@@ -82,9 +88,7 @@ async def test_a_transcript_skipped_on_the_way_is_read_from_the_store(
 ) -> None:
     sid = await new_session(store)
     first = await add(store, sid, "one")
-    listener = await joined(hub, sid, last_event_id=0)
-    run = listener.run()
-    assert decoded(await anext(run))["type"] == "hello"
+    listener, run = await running(hub, sid, last_event_id=0)
     assert decoded(await anext(run))["id"] == first
     second, third = await add(store, sid, "two"), await add(store, sid, "three")
     [later] = [t for t in await store.list_transcripts(sid) if t.id == third]
@@ -135,9 +139,7 @@ async def test_audio_lag_ends_the_listener_with_its_resume_point(
 async def test_history_alone_never_counts_as_lag(hub: Hub, store: SqliteStore) -> None:
     sid = await new_session(store)
     await hub.store.commit([frame(sid, seq, end=seq == 499) for seq in range(500)])
-    listener = await joined(hub, sid, audio=True)
-    run = listener.run()
-    assert decoded(await anext(run))["type"] == "hello"
+    listener, run = await running(hub, sid, audio=True)
     while listener.cursor < 500:
         out = await anext(run)
         assert isinstance(out, Out), out
@@ -148,9 +150,7 @@ async def test_history_alone_never_counts_as_lag(hub: Hub, store: SqliteStore) -
 
 async def test_deletion_ends_the_listener_after_telling_it(hub: Hub, store: SqliteStore) -> None:
     sid = await new_session(store)
-    listener = await joined(hub, sid)
-    run = listener.run()
-    assert decoded(await anext(run))["type"] == "hello"
+    listener, run = await running(hub, sid)
     await store.delete_session(sid)
     hub.session_deleted(sid)
     assert decoded(await anext(run)) == {"type": "state", "state": "deleted"}
@@ -163,9 +163,7 @@ async def test_events_queued_before_a_deletion_still_come_first(
     hub: Hub, store: SqliteStore
 ) -> None:
     sid = await new_session(store)
-    listener = await joined(hub, sid)
-    run = listener.run()
-    assert decoded(await anext(run))["type"] == "hello"
+    listener, run = await running(hub, sid)
     frames = [frame(sid, 0, end=True)]
     hub.committed(frames, await store.commit(frames))
     await asyncio.sleep(0)
