@@ -539,9 +539,7 @@ async def test_a_connection_superseded_mid_stream_gets_4409_not_a_reset(api: Api
         old = await api.stream(sid)
         assert old.hello is not None
         sender = Sender(old, functools.partial(payload_for, sid, size=1000))
-        task = asyncio.create_task(
-            sender.run(range(5000), end_seq=None, window=old.hello["window_bytes"])
-        )
+        task = asyncio.create_task(sender.run(range(5000), end_seq=None))
         await wait_for_acks(sender, task, 100)
         assert not task.done(), f"attempt {attempt}: the old stream ended early"
         new = await api.stream(sid)

@@ -38,9 +38,7 @@ async def test_acked_frames_survive_kill_9_and_the_stream_completes(
                 assert stream.hello["missing"] == report["missing"]
                 todo = sorted(set(range(FRAMES)) - await api.stored_seqs(sid))
                 sender = Sender(stream, payload)
-                task = asyncio.create_task(
-                    sender.run(todo, end_seq=FRAMES - 1, window=stream.hello["window_bytes"])
-                )
+                task = asyncio.create_task(sender.run(todo, end_seq=FRAMES - 1))
                 # Kill while frames are in flight.
                 await wait_for_acks(sender, task, 300)
                 assert not task.done(), "the stream finished before the kill"
@@ -68,9 +66,7 @@ async def test_acked_frames_survive_kill_9_and_the_stream_completes(
             assert stream.hello is not None
             todo = sorted(set(range(FRAMES)) - await api.stored_seqs(sid))
             sender = Sender(stream, payload)
-            await asyncio.wait_for(
-                sender.run(todo, end_seq=FRAMES - 1, window=stream.hello["window_bytes"]), 120
-            )
+            await asyncio.wait_for(sender.run(todo, end_seq=FRAMES - 1), 120)
             assert sender.closed is None, sender.closed
             assert not sender.nacked, sender.nacked
             assert sender.complete is not None
@@ -114,9 +110,7 @@ async def test_sigterm_mid_stream_acks_what_is_durable_and_closes_1001(tmp_path:
             stream = await api.stream(sid)
             assert stream.hello is not None
             sender = Sender(stream, payload)
-            task = asyncio.create_task(
-                sender.run(range(FRAMES), end_seq=FRAMES - 1, window=stream.hello["window_bytes"])
-            )
+            task = asyncio.create_task(sender.run(range(FRAMES), end_seq=FRAMES - 1))
             await wait_for_acks(sender, task, 300)
             assert not task.done(), "the stream finished before SIGTERM"
             code = await asyncio.to_thread(server.stop)
@@ -140,9 +134,7 @@ async def test_sigterm_mid_stream_acks_what_is_durable_and_closes_1001(tmp_path:
             assert stream.hello is not None
             resumed = Sender(stream, payload)
             todo = sorted(set(range(FRAMES)) - stored)
-            await asyncio.wait_for(
-                resumed.run(todo, end_seq=FRAMES - 1, window=stream.hello["window_bytes"]), 120
-            )
+            await asyncio.wait_for(resumed.run(todo, end_seq=FRAMES - 1), 120)
             assert resumed.complete is not None, resumed.closed
             assert resumed.complete["frames"] == FRAMES
             assert resumed.complete["stream_crc32c"] == stream_crc(

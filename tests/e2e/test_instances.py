@@ -129,9 +129,7 @@ async def test_a_stream_dropped_on_a_resumes_on_b_without_loss_or_double_storage
     on_a = await a.stream(sid)
     assert on_a.hello is not None
     sender = Sender(on_a, payload)
-    task = asyncio.create_task(
-        sender.run(range(frames), end_seq=frames - 1, window=on_a.hello["window_bytes"])
-    )
+    task = asyncio.create_task(sender.run(range(frames), end_seq=frames - 1))
     await wait_for_acks(sender, task, 200)
     assert not task.done(), "the stream finished before the drop"
     await on_a.drop()  # the network goes away mid-stream
@@ -151,9 +149,7 @@ async def test_a_stream_dropped_on_a_resumes_on_b_without_loss_or_double_storage
     # (as a client unsure of its last acks would): none may be stored twice.
     resend = (set(range(frames)) - acked_on_a) | set(sorted(acked_on_a)[-50:])
     resumed = Sender(on_b, payload)
-    await asyncio.wait_for(
-        resumed.run(sorted(resend), end_seq=frames - 1, window=on_b.hello["window_bytes"]), 60
-    )
+    await asyncio.wait_for(resumed.run(sorted(resend), end_seq=frames - 1), 60)
     assert resumed.closed is None, resumed.closed
     assert not resumed.nacked, resumed.nacked
     assert resumed.acked == resend

@@ -35,7 +35,7 @@ async def test_listeners_on_either_worker_hear_everything(
         stream = await api.stream(sid)
         assert stream.hello is not None
         sender = Sender(stream, lambda seq: payload_for(sid, seq, 200), batch=10)
-        await sender.run(range(FRAMES), FRAMES - 1, stream.hello["window_bytes"])
+        await sender.run(range(FRAMES), FRAMES - 1)
         assert sender.complete is not None
         texts = [f"line {i}" for i in range(5)]
         for text in texts:

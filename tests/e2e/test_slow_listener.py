@@ -56,7 +56,7 @@ async def timed_ingest(api: Api, session_id: str) -> tuple[float, dict[int, byte
     assert stream.hello is not None
     sender = Sender(stream, payloads.__getitem__, batch=20)
     started = time.perf_counter()
-    await sender.run(range(FRAMES), FRAMES - 1, stream.hello["window_bytes"])
+    await sender.run(range(FRAMES), FRAMES - 1)
     elapsed = time.perf_counter() - started
     assert sender.closed is None, sender.closed
     assert sender.acked == set(range(FRAMES)), "ingest completed"

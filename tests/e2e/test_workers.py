@@ -24,7 +24,7 @@ async def stream_whole_session(api: Api, frames: int, size: int) -> tuple[str, S
     stream = await api.stream(sid)
     assert stream.hello is not None
     sender = Sender(stream, lambda seq: payload_for(sid, seq, size))
-    await sender.run(range(frames), end_seq=frames - 1, window=stream.hello["window_bytes"])
+    await sender.run(range(frames), end_seq=frames - 1)
     return sid, sender
 
 

@@ -580,17 +580,19 @@ class Sender:
         inflight = sum(self._inflight.values())
         return not inflight or inflight + nbytes <= self.window // 2
 
-    async def run(self, seqs: Iterable[int], end_seq: int | None, window: int) -> None:
+    async def run(self, seqs: Iterable[int], end_seq: int | None) -> None:
         """Send ``seqs`` in order, keeping at most half of the window unacked.
 
-        ``window`` is hello's ``window_bytes``; every ack's window replaces it
-        (a window of 0 stops the sending until the server grants credit again).
+        The window starts as the stream's hello's ``window_bytes``; every ack's
+        window replaces it (a window of 0 stops the sending until the server
+        grants credit again).
 
         Returns when every frame got an answer (and ``complete`` came, if the
         last one is ``end_seq``), or when the connection is gone.
         """
+        assert self.stream.hello is not None, "run() needs the stream's hello read first"
         order = list(seqs)
-        self.window = window
+        self.window = int(self.stream.hello["window_bytes"])
         reader = asyncio.create_task(self._read())
         try:
             for start in range(0, len(order), self.batch):
