@@ -39,9 +39,7 @@ async def start_streaming(api: Api, frame_bytes: int) -> tuple[Stream, asyncio.T
     stream = await api.stream(sid)
     assert stream.hello is not None
     sender = Sender(stream, functools.partial(payload_for, sid, size=frame_bytes))
-    task = asyncio.create_task(
-        sender.run(range(FRAMES), end_seq=None, window=stream.hello["window_bytes"])
-    )
+    task = asyncio.create_task(sender.run(range(FRAMES), end_seq=None))
     await wait_for_acks(sender, task, 300)
     return stream, task
 
