@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from voxgate.api.audio import parse_range, refuse_cold
@@ -49,7 +50,9 @@ async def _file_bytes(path: Path, first: int, last: int) -> AsyncIterator[bytes]
     tags=["sessions"],
     responses=problem_responses(401, 404, 410, 416, 503),
 )
-async def download_archive(request: Request[Any, Any, Any], session_id: str) -> Response[Any]:
+async def download_archive(
+    request: Request[Any, Any, Any], session_id: FromPath[str]
+) -> Response[Any]:
     """The session's ``.tar.zst`` archive (docs/operations.md describes the format).
 
     Warm: the verified archive file, honouring a single ``Range``. Hot: built

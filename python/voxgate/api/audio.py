@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from voxgate.api.sessions import live_session, runtime_of
@@ -40,7 +41,7 @@ class MissingReport(msgspec.Struct):
     tags=["sessions"],
     responses=problem_responses(401, 404, 410, 503),
 )
-async def missing(request: Request[Any, Any, Any], session_id: str) -> MissingReport:
+async def missing(request: Request[Any, Any, Any], session_id: FromPath[str]) -> MissingReport:
     """The same truth as the stream's hello: what a resuming client must resend."""
     runtime = runtime_of(request)
     session = await live_session(runtime, session_id)
@@ -192,9 +193,9 @@ class ArchivedAudio:
 )
 async def audio(
     request: Request[Any, Any, Any],
-    session_id: str,
-    format: Literal["raw", "wav"] | None = None,
-    allow_gaps: bool = False,
+    session_id: FromPath[str],
+    format: FromQuery[Literal["raw", "wav"] | None] = None,
+    allow_gaps: FromQuery[bool] = False,
 ) -> Response[Any]:
     """Stored payloads in seq order, as raw bytes or WAV; honours a single ``Range``."""
     runtime = runtime_of(request)

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import parse_qs
 
 import orjson
 from litestar import Request, WebSocket, get, post, websocket
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
@@ -157,7 +157,9 @@ def _error_fields(end: End) -> dict[str, Any]:
     responses=problem_responses(400, 401, 404, 410, 413, 422, 429, 503),
 )
 async def mint_listen_token(
-    request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
+    request: Request[Any, Any, Any],
+    session_id: FromPath[str],
+    data: JSONBody[TokenRequest | None] = None,
 ) -> TokenResponse:
     """A single-use listen token bound to the session (not usable to stream)."""
     return await issue_token(request, session_id, data, subject=LISTEN_SUBJECT_PREFIX + session_id)
@@ -179,14 +181,15 @@ def _sse(kind: str, data: bytes, event_id: int | None = None) -> bytes:
 )
 async def events(
     request: Request[Any, Any, Any],
-    session_id: str,
-    last_event_id: int | None = Parameter(
-        default=None, ge=0, description="resume after this transcript id"
-    ),
-    last_event_id_header: int | None = Parameter(
-        header="last-event-id", default=None, ge=0, description="what browsers send on reconnect"
-    ),
-    token: str | None = Parameter(default=None, description="a listen token"),
+    session_id: FromPath[str],
+    last_event_id: Annotated[
+        int | None, QueryParameter(ge=0, description="resume after this transcript id")
+    ] = None,
+    last_event_id_header: Annotated[
+        int | None,
+        HeaderParameter(name="last-event-id", ge=0, description="what browsers send on reconnect"),
+    ] = None,
+    token: Annotated[str | None, QueryParameter(description="a listen token")] = None,
 ) -> Stream:
     """The session's events as Server-Sent Events (no audio)."""
     # The parameters above are declared for the schema (and checked by Litestar);
@@ -241,7 +244,7 @@ def _ws_event(out_data: bytes, binary: bool) -> WebSocketSendEvent:
 
 
 @websocket("/v1/sessions/{session_id:str}/listen", name="listen")
-async def listen(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
+async def listen(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) -> None:
     """The session's events as WebSocket text messages, and its audio (``audio=true``)."""
     runtime: Runtime = socket.app.state.runtime
     offered: list[str] = list(socket.scope.get("subprotocols") or [])

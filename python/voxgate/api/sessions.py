@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from voxgate.auth import require_api_key
 from voxgate.errors import ApiError, problem_responses
@@ -85,7 +85,7 @@ class SessionController(Controller):
         responses=problem_responses(400, 401, 413, 429, 503),
     )
     async def create(
-        self, request: Request[Any, Any, Any], data: SessionCreate | None = None
+        self, request: Request[Any, Any, Any], data: JSONBody[SessionCreate | None] = None
     ) -> Session:
         """Create an open session."""
         body = await strict_body(request, SessionCreate) or SessionCreate()
@@ -100,8 +100,8 @@ class SessionController(Controller):
     async def list_sessions(
         self,
         request: Request[Any, Any, Any],
-        limit: int = Parameter(default=50, ge=1, le=500),
-        after: str | None = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        after: FromQuery[str | None] = None,
     ) -> SessionPage:
         """Sessions by id (creation order); pass ``next`` back as ``after`` for the next page."""
         sessions = await runtime_of(request).store.list_sessions(limit=limit + 1, after=after)
@@ -110,11 +110,11 @@ class SessionController(Controller):
         return SessionPage(sessions, sessions[-1].id if more and sessions else None)
 
     @get("/{session_id:str}", responses=problem_responses(401, 404, 410, 503))
-    async def read(self, request: Request[Any, Any, Any], session_id: str) -> Session:
+    async def read(self, request: Request[Any, Any, Any], session_id: FromPath[str]) -> Session:
         return await live_session(runtime_of(request), session_id)
 
     @delete("/{session_id:str}", status_code=204, responses=problem_responses(401, 404, 410, 503))
-    async def remove(self, request: Request[Any, Any, Any], session_id: str) -> None:
+    async def remove(self, request: Request[Any, Any, Any], session_id: FromPath[str]) -> None:
         """Delete a session: its frames and payload bytes are removed for good."""
         runtime = runtime_of(request)
         await live_session(runtime, session_id)

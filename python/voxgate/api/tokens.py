@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, post
+from litestar.params import FromPath, JSONBody
 
 from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
@@ -33,7 +34,9 @@ class TokenResponse(msgspec.Struct):
     responses=problem_responses(400, 401, 404, 410, 413, 422, 429, 503),
 )
 async def mint_token(
-    request: Request[Any, Any, Any], session_id: str, data: TokenRequest | None = None
+    request: Request[Any, Any, Any],
+    session_id: FromPath[str],
+    data: JSONBody[TokenRequest | None] = None,
 ) -> TokenResponse:
     """A single-use stream token bound to the session, valid for ``ttl_s`` seconds."""
     return await issue_token(request, session_id, data, subject=session_id)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
@@ -107,7 +107,7 @@ async def required_body(request: Request[Any, Any, Any], kind: type[T]) -> T:
     responses=_POST_RESPONSES,
 )
 async def post_transcript(
-    request: Request[Any, Any, Any], session_id: str, data: TranscriptPost
+    request: Request[Any, Any, Any], session_id: FromPath[str], data: JSONBody[TranscriptPost]
 ) -> Response[Transcript]:
     """Append a transcript; an interim is superseded by the next entry of its key."""
     body = await required_body(request, TranscriptPost)
@@ -129,9 +129,9 @@ async def post_transcript(
 )
 async def list_transcripts(
     request: Request[Any, Any, Any],
-    session_id: str,
-    after: int = Parameter(default=0, ge=0),
-    limit: int = Parameter(default=100, ge=1, le=1000),
+    session_id: FromPath[str],
+    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> TranscriptPage:
     """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""
     runtime = runtime_of(request)
@@ -158,7 +158,7 @@ async def list_transcripts(
     },
 )
 async def relay_transcript(
-    request: Request[Any, Any, Any], session_id: str, data: RelayPost
+    request: Request[Any, Any, Any], session_id: FromPath[str], data: JSONBody[RelayPost]
 ) -> Response[Transcript]:
     """The relay endpoint of existing clients: the same as posting a transcript without seq."""
     body = await required_body(request, RelayPost)

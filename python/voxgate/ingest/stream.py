@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 import orjson
 from litestar import WebSocket, websocket
+from litestar.params import FromPath
 from litestar.types import WebSocketSendEvent
 
 from voxgate import logs, metrics
@@ -546,7 +547,7 @@ def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
 
 
 @websocket("/v1/sessions/{session_id:str}/stream", name="stream")
-async def stream(socket: WebSocket[Any, Any, Any], session_id: str) -> None:
+async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) -> None:
     """Stream audio frames into a session: the primary ingest transport."""
     runtime: Runtime = socket.app.state.runtime
     token, offered_v1 = _credentials(socket)

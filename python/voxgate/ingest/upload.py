@@ -6,6 +6,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
+from litestar.params import FromPath
 
 from voxgate import metrics
 from voxgate.auth import bearer
@@ -38,7 +39,7 @@ def _answer(tally: Tally) -> dict[str, Any]:
     tags=["frames"],
     responses=problem_responses(400, 401, 403, 404, 410, 413, 415, 503),
 )
-async def upload(request: Request[Any, Any, Any], session_id: str) -> Response[Any]:
+async def upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -> Response[Any]:
     """Store the frames of a request body; answers once each is durable or rejected."""
     runtime: Runtime = request.app.state.runtime
     settings = runtime.settings
