@@ -187,12 +187,14 @@ def verdict(
 ) -> dict[str, Any]:
     steady = [s for s in samples if s["t_s"] >= args.warmup]
     checks: dict[str, bool] = {}
+    where: dict[str, Any] = {}
     growth_mb = peak_growth_mb = None
     if len(steady) >= 2:
         base, last = steady[0], steady[-1]
         growth_mb = (last["rss_bytes"] - base["rss_bytes"]) / 1e6
         peak_growth_mb = (max(s["rss_bytes"] for s in steady) - base["rss_bytes"]) / 1e6
         checks["rss growth after warm-up below bound"] = growth_mb < args.max_growth_mb
+        where = {"first": memory_mb(base), "last": memory_mb(last)}
         # The transcript relay keeps up to RELAY_CONNECTIONS connections, opened as needed.
         fd_slack = SLACK + (RELAY_CONNECTIONS if has_transcripts else 0)
         checks["open fds do not grow"] = last["open_fds"] <= base["open_fds"] + fd_slack
@@ -222,6 +224,8 @@ def verdict(
         "rss_peak_growth_after_warmup_mb": (
             None if peak_growth_mb is None else round(peak_growth_mb, 2)
         ),
+        # Where the resident memory is, at the first and last sample after warm-up.
+        "memory_after_warmup_mb": where,
         "rss_mb": {
             "idle": round(idle["rss_bytes"] / 1e6, 2),
             "median_steady": round(statistics.median(s["rss_bytes"] for s in steady) / 1e6, 2)
@@ -245,6 +249,25 @@ def verdict(
         "passed": all(checks.values()),
     }
     return report
+
+
+def memory_mb(sample: dict[str, Any]) -> dict[str, float] | None:
+    """A sample's RSS split: glibc heap in use, glibc heap free, and outside glibc's heap.
+
+    Outside: Granian's own allocator, Python's code and the shared libraries.
+    ``None`` when the server reads no glibc heap.
+    """
+    heap = sample.get("heap")
+    if not heap:
+        return None
+    rss = sample["rss_bytes"]
+    outside = rss - heap["arena_bytes"] - heap["mmapped_bytes"]
+    return {
+        "rss": round(rss / 1e6, 2),
+        "heap_in_use": round((heap["in_use_bytes"] + heap["mmapped_bytes"]) / 1e6, 2),
+        "heap_free": round(heap["free_bytes"] / 1e6, 2),
+        "outside_heap": round(outside / 1e6, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

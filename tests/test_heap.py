@@ -54,6 +54,25 @@ def test_a_burst_of_freed_payloads_leaves_resident_memory() -> None:
     assert not result["second"], "trimmed again with nothing left to give back"
 
 
-def test_interval_zero_switches_it_off() -> None:
+def test_interval_zero_switches_it_off_but_usage_still_reads() -> None:
     assert HeapTrimmer(0).glibc is None
     assert HeapTrimmer(10).glibc is not None
+    assert HeapTrimmer(0).usage() is not None
+
+
+def test_usage_shows_a_burst_in_use_then_free() -> None:
+    trimmer = HeapTrimmer(0)
+    start = trimmer.usage()
+    assert start is not None
+    held = [bytes([i % 251]) * 3200 for i in range(10_000)]  # 32 MB, below mmap size
+    holding = trimmer.usage()
+    assert holding is not None
+    assert holding["in_use_bytes"] - start["in_use_bytes"] > 30_000_000
+    kept = held[::16]
+    del held
+    freed = trimmer.usage()
+    assert freed is not None
+    assert holding["in_use_bytes"] - freed["in_use_bytes"] > 28_000_000
+    # Freed between the kept ones: glibc keeps it, as free bytes of its arena.
+    assert freed["free_bytes"] - holding["free_bytes"] > 28_000_000
+    assert len(kept) == 625

@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import logging
 import platform
+from typing import Literal
 
 log = logging.getLogger("voxgate")
 
@@ -70,6 +71,20 @@ class Glibc:
         """Bytes in free chunks of every arena (``fordblks``)."""
         return int(self._mallinfo2().fordblks)
 
+    def usage(self) -> dict[str, int]:
+        """Where the heap's memory is: in use, free in the arenas, or in mmapped chunks.
+
+        Resident memory above ``arena_bytes + mmapped_bytes`` is outside glibc's
+        heap (Python's small-object arenas are inside it; Granian's allocator is not).
+        """
+        info = self._mallinfo2()
+        return {
+            "arena_bytes": int(info.arena),
+            "in_use_bytes": int(info.uordblks),
+            "free_bytes": int(info.fordblks),
+            "mmapped_bytes": int(info.hblkhd),
+        }
+
     def trim(self) -> bool:
         """Release free pages to the kernel; True when some memory was released."""
         return bool(self._malloc_trim(0))
@@ -86,6 +101,13 @@ class HeapTrimmer:
         # The fewest free bytes seen since the last trim: memory freed above it is resident.
         self._free_floor = 0
         self._task: asyncio.Task[None] | None = None
+        self._usage_from: Glibc | Literal[False] | None = None
+
+    def usage(self) -> dict[str, int] | None:
+        """glibc's heap (:meth:`Glibc.usage`), also with trimming off; ``None`` elsewhere."""
+        if self._usage_from is None:
+            self._usage_from = self.glibc or Glibc.load() or False
+        return self._usage_from.usage() if self._usage_from else None
 
     def start(self) -> None:
         if self.glibc is not None:

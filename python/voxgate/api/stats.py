@@ -51,6 +51,8 @@ async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "inflight_bytes": ledger.inflight_bytes,
         "ledger_streams": ledger.streams,
         "heap_trims": runtime.heap.trims,
+        # glibc's heap (None on other C libraries): what the trimmer can give back.
+        "heap": runtime.heap.usage(),
         # Listeners, their feeds (one per listened session) and the event bus.
         "fanout": runtime.hub.stats(),
     }
