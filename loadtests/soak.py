@@ -1,7 +1,7 @@
 """Soak: real-time streams for a long time; resident memory must not keep growing.
 
-    # the full soak (15 minutes, 1,000 real-time streams: half of the 2,000 target)
-    python loadtests/soak.py --duration 900 --streams 1000 --json soak.json
+    # the full soak (15 minutes, 150 real-time streams: half of one worker's peak here)
+    python loadtests/soak.py --duration 900 --warmup 60 --streams 150 --json soak.json
 
     # the short version the test suite runs
     python loadtests/soak.py --duration 40 --warmup 15 --streams 40 --sample-s 1
@@ -19,6 +19,12 @@ It passes when, after ``--warmup`` seconds, resident memory grows by less than
 lost (every stream's ``complete`` CRC checks out), and once the streams are
 closed their tasks and descriptors are gone. Exit code 0 on pass, 1 on fail.
 Only 127.0.0.1; bounded in time.
+
+Growth is the median of the last minute after warm-up minus the median of the
+first (windows of a quarter of that period when it is shorter than four
+minutes): one sample can land in an ack stall, when the server holds a few
+megabytes of payloads for a moment, and would count that as growth. The
+report also gives the last sample minus the first, and the peak.
 """
 
 from __future__ import annotations
@@ -189,16 +195,23 @@ def verdict(
     checks: dict[str, bool] = {}
     where: dict[str, Any] = {}
     growth_mb = peak_growth_mb = None
+    sample_growth_mb = None
     if len(steady) >= 2:
         base, last = steady[0], steady[-1]
-        growth_mb = (last["rss_bytes"] - base["rss_bytes"]) / 1e6
+        first_window, last_window = end_windows(steady)
+        growth_mb = (median(last_window, "rss_bytes") - median(first_window, "rss_bytes")) / 1e6
+        sample_growth_mb = (last["rss_bytes"] - base["rss_bytes"]) / 1e6
         peak_growth_mb = (max(s["rss_bytes"] for s in steady) - base["rss_bytes"]) / 1e6
         checks["rss growth after warm-up below bound"] = growth_mb < args.max_growth_mb
         where = {"first": memory_mb(base), "last": memory_mb(last)}
         # The transcript relay keeps up to RELAY_CONNECTIONS connections, opened as needed.
         fd_slack = SLACK + (RELAY_CONNECTIONS if has_transcripts else 0)
-        checks["open fds do not grow"] = last["open_fds"] <= base["open_fds"] + fd_slack
-        checks["tasks do not grow"] = last["tasks"] <= base["tasks"] + SLACK
+        checks["open fds do not grow"] = (
+            median(last_window, "open_fds") <= median(first_window, "open_fds") + fd_slack
+        )
+        checks["tasks do not grow"] = (
+            median(last_window, "tasks") <= median(first_window, "tasks") + SLACK
+        )
     else:
         checks["enough samples after warm-up"] = False
     checks["every stream verified complete"] = result["streams_verified"] == args.streams
@@ -221,6 +234,9 @@ def verdict(
             "frames_per_s_per_stream": 1000 / FRAME_MS,
         },
         "rss_growth_after_warmup_mb": None if growth_mb is None else round(growth_mb, 2),
+        "rss_growth_last_sample_mb": (
+            None if sample_growth_mb is None else round(sample_growth_mb, 2)
+        ),
         "rss_peak_growth_after_warmup_mb": (
             None if peak_growth_mb is None else round(peak_growth_mb, 2)
         ),
@@ -249,6 +265,21 @@ def verdict(
         "passed": all(checks.values()),
     }
     return report
+
+
+def end_windows(
+    steady: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The samples of the first and the last minute of ``steady`` (shorter for short runs)."""
+    start, end = steady[0]["t_s"], steady[-1]["t_s"]
+    window = min(60.0, (end - start) / 4)
+    first = [s for s in steady if s["t_s"] <= start + window]
+    last = [s for s in steady if s["t_s"] >= end - window]
+    return first, last
+
+
+def median(samples: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(s[key] for s in samples))
 
 
 def memory_mb(sample: dict[str, Any]) -> dict[str, float] | None:
