@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,14 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 from litestar.testing.websocket_test_session import WebSocketTestSession
 
-from voxgate._native import crc32c, crc32c_combine, encode_frame
+from e2e.wire import frame, payload_for, stream_crc
 from voxgate.app import create_app
 from voxgate.runtime import Runtime
 from voxgate.settings import Settings
 from voxgate.store.base import CommitResult, FrameIn
 
 API_KEY = "k" * 32
-
-
-def payload(seq: int) -> bytes:
-    return f"<frame {seq}>".encode() * 20
+PAYLOADS = [payload_for("fault", seq, 240) for seq in range(10)]
 
 
 class FailingCommits:
@@ -47,24 +45,27 @@ class FailingCommits:
         return await self.commit(frames)
 
 
-def open_stream(client: TestClient[Any], session_id: str) -> tuple[WebSocketTestSession, Any]:
-    minted = client.post(f"/v1/sessions/{session_id}/tokens", json={})
-    token = minted.json()["token"]
-    ws = client.websocket_connect(
+def connect(client: TestClient[Any], session_id: str) -> AbstractContextManager[Any]:
+    """A stream connection with a freshly minted token; read its hello first."""
+    token = client.post(f"/v1/sessions/{session_id}/tokens", json={}).json()["token"]
+    return client.websocket_connect(
         f"/v1/sessions/{session_id}/stream", headers={"Authorization": f"Bearer {token}"}
-    ).__enter__()
-    hello = ws.receive_json()
+    )
+
+
+def read_hello(ws: WebSocketTestSession) -> dict[str, Any]:
+    hello: dict[str, Any] = ws.receive_json()
     assert hello["type"] == "hello", hello
-    return ws, hello
+    return hello
 
 
-def send_acked(ws: WebSocketTestSession, seq: int, *, end: bool = False) -> dict[str, Any]:
-    ws.send_bytes(encode_frame(seq, payload(seq), pts_us=seq * 20_000, end=end))
+def send_acked(ws: WebSocketTestSession, seq: int, *, end: bool = False) -> None:
+    ws.send_bytes(frame(seq, PAYLOADS[seq], end=end))
     while True:
-        answer: dict[str, Any] = ws.receive_json()
+        answer = ws.receive_json()
         if answer["type"] == "ack":
             assert answer["acked"] == [[seq, seq]], answer
-            return answer
+            return
 
 
 def test_an_unexpected_commit_error_closes_1011_and_loses_nothing_acked(
@@ -82,15 +83,14 @@ def test_an_unexpected_commit_error_closes_1011_and_loses_nothing_acked(
         )
         session_id = created.json()["id"]
 
-        ws, hello = open_stream(client, session_id)
-        assert hello["next_seq"] == 0
-        for seq in range(5):
-            send_acked(ws, seq)
-        fault.armed = True
-        ws.send_bytes(encode_frame(5, payload(5), pts_us=100_000))
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        ws.__exit__(None, None, None)
+        with connect(client, session_id) as ws:
+            assert read_hello(ws)["next_seq"] == 0
+            for seq in range(5):
+                send_acked(ws, seq)
+            fault.armed = True
+            ws.send_bytes(frame(5, PAYLOADS[5]))
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
         assert fault.raised == 1
         # 1011 has no ``error`` message before it (PROTOCOL 7: only 4xxx codes do).
         assert closed.value.code == 1011
@@ -104,22 +104,19 @@ def test_an_unexpected_commit_error_closes_1011_and_loses_nothing_acked(
         assert "RuntimeError: injected fault" in failed[0]["exception"]
 
         # The acked frames are stored; the failed one is not, and the client is told.
-        ws, hello = open_stream(client, session_id)
-        assert hello["next_seq"] == 5
-        assert hello["missing"] == []
-        for seq in range(5, 9):
-            send_acked(ws, seq)
-        send_acked(ws, 9, end=True)
-        complete = ws.receive_json()
-        ws.__exit__(None, None, None)
+        with connect(client, session_id) as ws:
+            hello = read_hello(ws)
+            assert hello["next_seq"] == 5
+            assert hello["missing"] == []
+            for seq in range(5, 9):
+                send_acked(ws, seq)
+            send_acked(ws, 9, end=True)
+            complete = ws.receive_json()
 
-    expected_crc = 0
-    for seq in range(10):
-        expected_crc = crc32c_combine(expected_crc, crc32c(payload(seq)), len(payload(seq)))
     assert complete == {
         "type": "complete",
         "last_seq": 9,
         "frames": 10,
-        "bytes": sum(len(payload(seq)) for seq in range(10)),
-        "stream_crc32c": expected_crc,
+        "bytes": sum(map(len, PAYLOADS)),
+        "stream_crc32c": stream_crc(PAYLOADS),
     }
