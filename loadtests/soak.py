@@ -244,9 +244,7 @@ def verdict(
         "memory_after_warmup_mb": where,
         "rss_mb": {
             "idle": round(idle["rss_bytes"] / 1e6, 2),
-            "median_steady": round(statistics.median(s["rss_bytes"] for s in steady) / 1e6, 2)
-            if steady
-            else None,
+            "median_steady": round(median(steady, "rss_bytes") / 1e6, 2) if steady else None,
             "after_close": round(after["rss_bytes"] / 1e6, 2),
         },
         "transcripts": (

@@ -19,7 +19,6 @@ import ctypes
 import ctypes.util
 import logging
 import platform
-from typing import Literal
 
 log = logging.getLogger("voxgate")
 
@@ -77,7 +76,8 @@ class Glibc:
         """Where the heap's memory is: in use, free in the arenas, or in mmapped chunks.
 
         Resident memory above ``arena_bytes + mmapped_bytes`` is outside glibc's
-        heap (Python's small-object arenas are inside it; Granian's allocator is not).
+        heap: code and libraries, Python's small-object arenas (Python maps them
+        itself) and Granian's allocator. No trim reaches those.
         """
         info = self._mallinfo2()
         return {
@@ -98,18 +98,17 @@ class HeapTrimmer:
     def __init__(self, interval_s: float, threshold: int = TRIM_THRESHOLD_BYTES) -> None:
         self.interval_s = interval_s
         self.threshold = threshold
-        self.glibc = Glibc.load() if interval_s > 0 else None
+        # Readings work with trimming off too; trimming only with an interval.
+        self._readings = Glibc.load()
+        self.glibc = self._readings if interval_s > 0 else None
         self.trims = 0
         # The fewest free bytes seen since the last trim: memory freed above it is resident.
         self._free_floor = 0
         self._task: asyncio.Task[None] | None = None
-        self._usage_from: Glibc | Literal[False] | None = None
 
     def usage(self) -> dict[str, int] | None:
-        """glibc's heap (:meth:`Glibc.usage`), also with trimming off; ``None`` elsewhere."""
-        if self._usage_from is None:
-            self._usage_from = self.glibc or Glibc.load() or False
-        return self._usage_from.usage() if self._usage_from else None
+        """glibc's heap (:meth:`Glibc.usage`); ``None`` on other C libraries."""
+        return None if self._readings is None else self._readings.usage()
 
     def start(self) -> None:
         if self.glibc is not None:
