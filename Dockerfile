@@ -23,10 +23,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY requirements ./requirements
+# The build backend at the version pinned in requirements/build.lock (no build isolation).
+RUN python -m pip install --no-cache-dir --require-hashes -r requirements/build.lock
 COPY pyproject.toml Cargo.toml Cargo.lock README.md ./
 COPY rust ./rust
 COPY python ./python
-RUN python -m pip wheel --no-deps --wheel-dir dist .
+RUN python -m pip wheel --no-deps --no-build-isolation --wheel-dir dist .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONUNBUFFERED=1 \
@@ -35,8 +38,13 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/voxgate --create-home voxgate \
     && mkdir -p /var/lib/voxgate/data /var/lib/voxgate/archive \
     && chown voxgate:voxgate /var/lib/voxgate/data /var/lib/voxgate/archive
+# Dependencies exactly as tested (requirements/runtime.lock, hashes checked), then the wheel.
+COPY --from=build /src/requirements/runtime.lock /tmp/runtime.lock
 COPY --from=build /src/dist/ /tmp/dist/
-RUN python -m pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist
+RUN python -m pip install --no-cache-dir --require-hashes -r /tmp/runtime.lock \
+    && python -m pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
+    && python -m pip check \
+    && rm -rf /tmp/dist /tmp/runtime.lock
 USER voxgate
 WORKDIR /var/lib/voxgate
 VOLUME ["/var/lib/voxgate/data"]

@@ -236,7 +236,7 @@ async def audio_paths(root: Path, redis_url: str | None, megabytes: int) -> dict
         # Redis drops a subscriber whose output buffer passes client-output-buffer-limit.
         out["redis push"] = {"error": f"subscriber dropped after {received} messages: {exc}"}
         reader.cancel()
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     await subscriber.aclose()
     await publisher.aclose()
     return out

@@ -4,7 +4,8 @@
 #
 #   1. system packages from Debian: Redis and PostgreSQL for the tests
 #   2. rustfmt and clippy for the Rust toolchain that rustup manages
-#   3. the virtualenv .venv with voxgate installed editable, Rust extension built
+#   3. the virtualenv .venv: every Python package at the exact version and hash
+#      pinned in requirements/dev.lock, then voxgate itself, editable, Rust extension built
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -66,11 +67,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 # Reinstall only when what the build depends on changed: the project metadata,
-# the Rust sources, or the interpreter.
+# the lock files, the Rust sources, or the interpreter.
 build_inputs_hash() {
     {
         "$VENV/bin/python" --version 2>&1
-        find pyproject.toml Cargo.toml Cargo.lock rust -type f -print0 2>/dev/null \
+        find pyproject.toml Cargo.toml Cargo.lock requirements rust -type f -print0 2>/dev/null \
             | sort -z | xargs -0 -r sha256sum
     } | sha256sum | cut -d' ' -f1
 }
@@ -81,10 +82,14 @@ native_imports() { "$VENV/bin/python" -c 'import voxgate._native' 2>/dev/null; }
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && native_imports; then
     step "voxgate already installed in .venv (build inputs unchanged)"
 else
-    step "pip install -e '.[dev]' (builds the Rust extension voxgate._native)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip || die "pip upgrade in .venv failed"
-    "$VENV/bin/python" -m pip install -e ".[dev]" \
-        || die "pip install -e '.[dev]' failed (see the build output above)"
+    step "pip install --require-hashes -r requirements/dev.lock (pinned dependencies)"
+    "$VENV/bin/python" -m pip install -q "pip==26.3" || die "pip upgrade in .venv failed"
+    "$VENV/bin/python" -m pip install -q --require-hashes -r requirements/dev.lock \
+        || die "pip install -r requirements/dev.lock failed (see the output above)"
+    step "pip install -e . (builds the Rust extension voxgate._native with the pinned maturin)"
+    "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e . \
+        || die "pip install -e . failed (see the build output above)"
+    "$VENV/bin/python" -m pip check || die "installed packages do not fit together (pip check)"
     if ! native_imports; then
         step "voxgate._native did not import after pip; building it with maturin develop --release"
         VIRTUAL_ENV="$VENV" "$VENV/bin/maturin" develop --release \

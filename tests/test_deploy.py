@@ -4,7 +4,8 @@ No Docker engine runs here, so these tests check what can be checked without
 one: ``.env.example`` documents every setting with its default,
 ``deploy/compose.yaml`` parses and wires services, ports and passwords
 consistently, nginx forwards WebSocket upgrades to every instance, and the
-Dockerfile builds the wheel with the command the README gives.
+Dockerfile builds the wheel with the command the README gives, and the lock
+files pin every dependency that ``pyproject.toml`` names.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from voxgate.cli import KILL_AFTER_GRACE_S
 from voxgate.settings import Settings
@@ -228,3 +233,53 @@ def test_the_load_balancer_forwards_websockets_to_every_instance(compose: dict[s
     published = [shlex.split(port)[0] for port in lb["ports"]]
     assert any(port.endswith(":80") for port in published), published
     assert re.search(r"listen\s+80;", conf)
+
+
+# --- lock files ---------------------------------------------------------------------
+
+
+def _pins(lock: Path) -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9._-]+)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
+        if match:
+            pins[canonicalize_name(match[1])] = Version(match[2])
+    return pins
+
+
+def _wanted(extra: str | None) -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    found = [Requirement(r) for r in project["dependencies"]]
+    if extra is not None:
+        found += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    env = {"sys_platform": "linux", "python_version": "3.11", "extra": extra or ""}
+    return [r for r in found if r.marker is None or r.marker.evaluate(env)]
+
+
+@pytest.mark.parametrize(("lock", "extra"), [("runtime.lock", None), ("dev.lock", "dev")])
+def test_lock_files_pin_every_dependency_within_pyproject(lock: str, extra: str | None) -> None:
+    """A dependency added to pyproject.toml without ./scripts/lock.sh fails here, not in CI's
+    install, and every pin is hashed (pip --require-hashes refuses anything else)."""
+    path = ROOT / "requirements" / lock
+    pins = _pins(path)
+    for requirement in _wanted(extra):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock} lacks {name}: run ./scripts/lock.sh"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{lock} pins {name}=={pins[name]}, outside {requirement.specifier}: "
+            "run ./scripts/lock.sh"
+        )
+    # Each pin is one block: "name==version \" and its "--hash=sha256:..." lines.
+    blocks = [b for b in re.split(r"\n(?=\S)", path.read_text()) if "==" in b]
+    assert len(blocks) == len(pins)
+    unhashed = [b.split()[0] for b in blocks if "--hash=sha256:" not in b]
+    assert not unhashed, f"{lock}: pins without a hash: {unhashed}"
+
+
+def test_setup_and_dockerfile_install_from_the_lock_files() -> None:
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "--require-hashes -r requirements/dev.lock" in setup
+    assert "--no-build-isolation -e ." in setup
+    runs = " ".join(args for kind, args in dockerfile() if kind == "RUN")
+    assert "--require-hashes -r requirements/build.lock" in runs
+    assert "--require-hashes -r /tmp/runtime.lock" in runs
