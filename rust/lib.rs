@@ -4,13 +4,15 @@
 pub mod commit;
 pub mod crc;
 pub mod framing;
+mod ingest;
 pub mod ledger;
+pub mod stream;
 
 use std::mem::MaybeUninit;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyString};
 use pyo3::{create_exception, ffi, intern};
 
 /// Work on buffers at least this large runs with the GIL released; below it
@@ -24,7 +26,7 @@ create_exception!(
     "Broken framing: the whole message (or body, from ``offset`` on) is rejected."
 );
 
-fn frame_error(py: Python<'_>, e: framing::FrameError) -> PyErr {
+pub(crate) fn frame_error(py: Python<'_>, e: framing::FrameError) -> PyErr {
     let err = FrameError::new_err(e.to_string());
     let value = err.value(py);
     // Setting attributes on a fresh exception instance cannot fail short of
@@ -285,8 +287,8 @@ impl PyLedgerStats {
 
 /// Credit accounting for every open stream of this process.
 #[pyclass(module = "voxgate._native", name = "Ledger")]
-struct PyLedger {
-    inner: ledger::Ledger,
+pub(crate) struct PyLedger {
+    pub(crate) inner: ledger::Ledger,
 }
 
 fn unknown(e: ledger::UnknownHandle) -> PyErr {
@@ -357,8 +359,22 @@ impl PyLedger {
 struct PyCommitPlan {
     plan: commit::Plan,
     frames: Vec<commit::Frame>,
-    payloads: Vec<Py<PyAny>>,
+    payloads: Vec<Payload>,
+    /// One memoryview per batch message, made when a payload of it is first written.
+    views: Vec<Option<Py<PyAny>>>,
+    batches: Vec<Py<ingest::PyBatch>>,
     outcomes: Vec<u8>,
+}
+
+/// Where a frame's payload is: an object of its own (HTTP uploads), or a
+/// range of a batch's message (WebSocket streams: no object per frame).
+enum Payload {
+    Object(Py<PyAny>),
+    InBatch {
+        batch: usize,
+        start: usize,
+        end: usize,
+    },
 }
 
 fn session_row(row: &Bound<'_, PyAny>) -> PyResult<commit::SessionRow> {
@@ -384,29 +400,56 @@ impl PyCommitPlan {
 
 #[pymethods]
 impl PyCommitPlan {
+    /// ``parts``: Batches and/or FrameIn objects, in commit order.
     #[new]
-    fn new(frames: &Bound<'_, PyAny>, sessions: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let py = frames.py();
+    fn new<'py>(parts: &Bound<'py, PyAny>, sessions: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = parts.py();
         let mut rows = Vec::new();
         for row in sessions.try_iter()? {
             rows.push(session_row(&row?)?);
         }
         let plan = commit::Plan::new(rows);
-        let mut out = Vec::with_capacity(frames.len().unwrap_or(0));
+        let mut out = Vec::with_capacity(parts.len().unwrap_or(0));
         let mut payloads = Vec::with_capacity(out.capacity());
+        let mut batches: Vec<Py<ingest::PyBatch>> = Vec::new();
         // Frames of one stream come in runs: the same str object, looked up once.
-        let mut last: Option<(Bound<'_, PyAny>, Option<usize>)> = None;
-        for frame in frames.try_iter()? {
-            let frame = frame?;
-            let sid = frame.getattr(intern!(py, "session_id"))?;
-            let session = match &last {
+        let mut last: Option<(Bound<'py, PyAny>, Option<usize>)> = None;
+        let mut lookup = |sid: Bound<'py, PyAny>| -> PyResult<Option<usize>> {
+            Ok(match &last {
                 Some((prev, s)) if prev.is(&sid) => *s,
                 _ => {
                     let s = plan.session(sid.cast::<PyString>()?.to_str()?);
                     last = Some((sid, s));
                     s
                 }
-            };
+            })
+        };
+        for part in parts.try_iter()? {
+            let part = part?;
+            if let Ok(batch) = part.cast::<ingest::PyBatch>() {
+                let b = batch.get();
+                let session = lookup(b.session_id.bind(py).clone().into_any())?;
+                let index = batches.len();
+                for f in &b.frames {
+                    out.push(commit::Frame {
+                        session,
+                        seq: f.seq,
+                        flags: u64::from(f.flags),
+                        pts_us: f.pts_us,
+                        crc32c: f.crc32c,
+                        length: u64::from(f.length),
+                    });
+                    payloads.push(Payload::InBatch {
+                        batch: index,
+                        start: f.offset,
+                        end: f.offset + f.length as usize,
+                    });
+                }
+                batches.push(batch.clone().unbind());
+                continue;
+            }
+            let frame = part;
+            let session = lookup(frame.getattr(intern!(py, "session_id"))?)?;
             let payload = frame.getattr(intern!(py, "payload"))?;
             let length = with_bytes(&payload, |b| b.len() as u64)?;
             out.push(commit::Frame {
@@ -417,12 +460,15 @@ impl PyCommitPlan {
                 crc32c: frame.getattr(intern!(py, "crc32c"))?.extract()?,
                 length,
             });
-            payloads.push(payload.unbind());
+            payloads.push(Payload::Object(payload.unbind()));
         }
+        let views = (0..batches.len()).map(|_| None).collect();
         Ok(PyCommitPlan {
             plan,
             frames: out,
             payloads,
+            views,
+            batches,
             outcomes: Vec::new(),
         })
     }
@@ -461,7 +507,25 @@ impl PyCommitPlan {
         let (outcomes, rows, end, nrows) =
             self.plan.judge(&self.frames, segment, offset, &mut stored);
         self.outcomes = outcomes;
-        let payloads = PyList::new(py, stored.iter().map(|&i| self.payloads[i].bind(py)))?;
+        let mut items = Vec::with_capacity(stored.len());
+        for &i in &stored {
+            items.push(match &self.payloads[i] {
+                Payload::Object(obj) => obj.bind(py).clone(),
+                &Payload::InBatch { batch, start, end } => {
+                    let view = match &self.views[batch] {
+                        Some(view) => view.bind(py).clone(),
+                        None => {
+                            let message = self.batches[batch].get().message.bind(py);
+                            let view = PyMemoryView::from(message.as_any())?.into_any();
+                            self.views[batch] = Some(view.clone().unbind());
+                            view
+                        }
+                    };
+                    view.get_item(PySlice::new(py, start as isize, end as isize, 1))?
+                }
+            });
+        }
+        let payloads = PyList::new(py, items)?;
         Ok((PyBytes::new(py, rows.as_bytes()), payloads, nrows, end))
     }
 
@@ -549,5 +613,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLedger>()?;
     m.add_class::<PyLedgerStats>()?;
     m.add_class::<PyCommitPlan>()?;
+    m.add_class::<ingest::PyStreamCore>()?;
+    m.add_class::<ingest::PyBatch>()?;
     Ok(())
 }

@@ -156,8 +156,11 @@ class CommitPlan:
     names), ``finish``, ``progress``.
     """
 
-    def __init__(self, frames: Iterable[_CommitFrame], sessions: Iterable[Sequence[Any]]) -> None:
-        """``sessions``: rows of (id, next_seq, frames, bytes, end_seq, stream_crc32c,
+    def __init__(
+        self, parts: Iterable[_CommitFrame | Batch], sessions: Iterable[Sequence[Any]]
+    ) -> None:
+        """``parts``: single frames and Batches (each counts as its frames), in commit
+        order. ``sessions``: rows of (id, next_seq, frames, bytes, end_seq, stream_crc32c,
         prefix_seq, prefix_crc32c) as stored before the commit."""
 
     def lookups(self) -> list[tuple[str, list[int]]]:
@@ -195,3 +198,66 @@ class CommitPlan:
 
     def progress(self) -> list[tuple[str, int, int, int, int | None, bool, int | None]]:
         """(session_id, next_seq, frames, bytes, end_seq, complete, stream_crc32c) per session."""
+
+class Batch:
+    """The frames of one stream message that go to the store, in message order,
+    as positions in the message (no Python object per frame)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def message(self) -> bytes:
+        """The message the payloads live in."""
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes of all frames."""
+    def __len__(self) -> int: ...
+    def seqs(self) -> list[int]:
+        """The seqs, in message order."""
+    def frames(self) -> list[tuple[int, int, int, int, memoryview]]:
+        """Every frame as (seq, flags, pts_us, crc32c, payload view into the message)."""
+
+class StreamCore:
+    """One WebSocket stream's per-message work: decode, CRC, the checks against
+    its session (stored END, look-ahead past next_seq), ledger admission, and
+    the acks and nacks it owes, as ready-to-send JSON text.
+
+    Nack reasons: checksum, window, conflict, too_large, sequence.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        handle: int,
+        session_id: str,
+        *,
+        max_frame_bytes: int,
+        max_seq_ahead: int,
+        next_seq: int,
+        end_seq: int | None = None,
+    ) -> None: ...
+    def accept(self, message: bytes, closing: bool) -> Batch | None:
+        """Judge every frame of ``message``: the frames to store (None if none);
+        refused ones wait for ``take_nacks``. A ``closing`` stream admits nothing.
+        Raises FrameError on broken framing: nothing of the message counts then."""
+    def record(self, batch: Batch, outcomes: Sequence[int]) -> None:
+        """The store's outcome per frame of ``batch`` (CommitPlan numbering).
+        ValueError when the counts differ."""
+    def progress(self, next_seq: int, end_seq: int | None = None) -> None:
+        """The session's counters after a commit: limits follow; a stored END stays."""
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def end_seq(self) -> int | None: ...
+    @property
+    def gone(self) -> bool:
+        """True once a commit found the session deleted or archived."""
+    @property
+    def has_acks(self) -> bool: ...
+    @property
+    def pending_rejections(self) -> int:
+        """Refused seqs not yet answered with a nack."""
+    def take_nacks(self) -> list[tuple[str, int, str]]:
+        """The nacks owed: (reason, frames refused, JSON text) per reason."""
+    def take_ack(self, window_bytes: int) -> tuple[int, int, str]:
+        """The ack owed, advertising ``window_bytes``: (acked, duplicate, JSON text)."""

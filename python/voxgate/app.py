@@ -21,10 +21,10 @@ from voxgate.api.openapi import complete_schema
 from voxgate.api.sessions import SessionController
 from voxgate.api.stats import stats
 from voxgate.api.storage import storage
+from voxgate.api.stream import stream
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.errors import EXCEPTION_HANDLERS
-from voxgate.ingest.stream import stream
 from voxgate.ingest.upload import upload
 from voxgate.observe import Observed
 from voxgate.runtime import Runtime

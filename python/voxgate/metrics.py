@@ -162,19 +162,32 @@ _NACKS = {
 
 
 def record_acks(transport: str, acked: list[list[int]], duplicate: list[list[int]]) -> None:
-    """Count the frames one ack (or upload answer) reports as stored and as duplicate."""
+    """Count the frames one upload answer reports as stored and as duplicate."""
     if acked:
         _INGESTED[transport].inc(count_ranges(acked))
     if duplicate:
         _DUPLICATE[transport].inc(count_ranges(duplicate))
 
 
+def record_ack_counts(transport: str, acked: int, duplicate: int, window: int) -> None:
+    """Count one ack's stored and duplicate frames and the window it advertised."""
+    if acked:
+        _INGESTED[transport].inc(acked)
+    if duplicate:
+        _DUPLICATE[transport].inc(duplicate)
+    ACK_WINDOW.observe(window)
+
+
 def record_nack(transport: str, reason: str, ranges: list[list[int]]) -> None:
-    """Count the frames one nack (or upload rejection) refuses."""
-    n = count_ranges(ranges)
-    _NACKS[transport, reason].inc(n)
+    """Count the frames one upload rejection refuses."""
+    record_nacks(transport, reason, count_ranges(ranges))
+
+
+def record_nacks(transport: str, reason: str, count: int) -> None:
+    """Count ``count`` frames refused for ``reason``."""
+    _NACKS[transport, reason].inc(count)
     if reason == "conflict":
-        _CONFLICT[transport].inc(n)
+        _CONFLICT[transport].inc(count)
 
 
 def exposition() -> bytes:

@@ -162,7 +162,7 @@ class Runtime:
         await self.store.open()
         await self.writer.start()
         await self.hub.start()
-        self.streams.start(self)
+        self.streams.start(self.store, self.settings.supersede_poll_s)
         self.retention_schedule.start()
         self.heap.start()
         if self.redis is not None and self.claims is not None:

@@ -6,7 +6,7 @@ import asyncio
 
 from voxgate.fanout.hub import Hub
 from voxgate.ingest.writer import Writer
-from voxgate.store.base import CommitResult, FrameIn
+from voxgate.store.base import CommitResult, FrameIn, frames_of
 from voxgate.store.sqlite import SqliteStore
 
 from .conftest import frame, new_session
@@ -61,7 +61,7 @@ async def test_without_listeners_nothing_is_kept(hub: Hub, store: SqliteStore) -
 async def test_the_writer_calls_its_hook_once_per_store_commit(store: SqliteStore) -> None:
     seen: list[tuple[list[FrameIn], CommitResult]] = []
     writer = Writer(store, max_frames=1000, max_bytes=1 << 20)
-    writer.on_commit = lambda frames, result: seen.append((list(frames), result))
+    writer.on_commit = lambda frames, result: seen.append((frames_of(frames), result))
     await writer.start()
     try:
         a, b = await new_session(store), await new_session(store)

@@ -23,7 +23,7 @@ from e2e.wire import frame, payload_for, stream_crc
 from voxgate.app import create_app
 from voxgate.runtime import Runtime
 from voxgate.settings import Settings
-from voxgate.store.base import CommitResult, FrameIn
+from voxgate.store.base import CommitResult, Part
 
 API_KEY = "k" * 32
 PAYLOADS = [payload_for("fault", seq, 240) for seq in range(10)]
@@ -37,7 +37,7 @@ class FailingCommits:
         self.armed = False
         self.raised = 0
 
-    async def __call__(self, frames: Sequence[FrameIn]) -> CommitResult:
+    async def __call__(self, frames: Sequence[Part]) -> CommitResult:
         if self.armed:
             self.armed = False
             self.raised += 1

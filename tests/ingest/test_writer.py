@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from store.conftest import Backend, PostgresBackend, SqliteBackend
-from voxgate._native import FLAG_END, crc32c
+from voxgate._native import FLAG_END, Batch, Ledger, StreamCore, crc32c, encode_frame
 from voxgate.ingest.writer import Writer, WriterFull
 from voxgate.store.base import (
     ArchiveRecord,
@@ -21,6 +21,7 @@ from voxgate.store.base import (
     FrameIn,
     ListenSnapshot,
     Outcome,
+    Part,
     RetentionRun,
     Session,
     Store,
@@ -32,6 +33,7 @@ from voxgate.store.base import (
     Transcript,
     TranscriptIn,
     TranscriptResult,
+    frames_of,
 )
 
 
@@ -39,17 +41,37 @@ def frame(session_id: str, seq: int, payload: bytes, *, end: bool = False) -> Fr
     return FrameIn(session_id, seq, FLAG_END if end else 0, 0, crc32c(payload), payload)
 
 
+# Credit enough for any test: batches are built as a stream would build them.
+_LEDGER = Ledger(1 << 30, 1 << 40, 1 << 39, 1 << 41)
+
+
+def batch_of(session_id: str, frames: list[tuple[int, bytes, bool]]) -> Batch:
+    """One stream message of ``(seq, payload, end)`` frames, decoded by the core."""
+    core = StreamCore(
+        _LEDGER,
+        _LEDGER.open(),
+        session_id,
+        max_frame_bytes=1 << 20,
+        max_seq_ahead=1 << 40,
+        next_seq=0,
+    )
+    message = b"".join(encode_frame(seq, payload, 0, end) for seq, payload, end in frames)
+    batch = core.accept(message, False)
+    assert batch is not None
+    return batch
+
+
 class CountingStore:
     """A real store of either kind, counting its commits; ``gate`` (when set) holds each commit."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
-        self.batches: list[list[FrameIn]] = []
+        self.batches: list[list[FrameIn]] = []  # each commit's frames, Batches opened
         self.gate: asyncio.Event | None = None
         self.fail_with: BaseException | None = None
 
-    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
-        self.batches.append(list(frames))
+    async def commit(self, frames: Sequence[Part]) -> CommitResult:
+        self.batches.append(frames_of(frames))
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
@@ -367,7 +389,10 @@ class Answers:
         self.got: list[tuple[CommitResult | None, BaseException | None]] = []
         self._event = asyncio.Event()
 
-    def __call__(self, result: CommitResult | None, exc: BaseException | None) -> None:
+    def __call__(
+        self, batch: Batch, result: CommitResult | None, exc: BaseException | None
+    ) -> None:
+        assert len(batch) == (len(result.outcomes) if result is not None else len(batch))
         self.got.append((result, exc))
         self._event.set()
 
@@ -389,8 +414,8 @@ async def test_submitted_frames_share_transactions_with_commits(
         await asyncio.sleep(0)
     assert len(store.batches) == 1  # being committed, held at the gate
     for sid, answer in zip(sessions, answers, strict=True):
-        batch = [frame(sid, 1, b"a"), frame(sid, 2, b"b")]
-        writer.submit(batch, 2, answer, sid)
+        batch = batch_of(sid, [(1, b"a", False), (2, b"b", False)])
+        writer.submit(batch, 2, answer)
     store.gate.set()
     assert (await first).outcomes == [Outcome.STORED]
     for sid, answer in zip(sessions, answers, strict=True):
@@ -404,21 +429,25 @@ async def test_submitted_frames_share_transactions_with_commits(
     assert len(store.batches) == 2  # the held commit, then all three submissions in one
 
 
-async def test_submit_splits_what_one_transaction_cannot_take(store: CountingStore) -> None:
-    writer = Writer(store, max_frames=4, max_bytes=100)
+async def test_a_submitted_message_is_committed_whole(store: CountingStore) -> None:
+    # A batch is one WebSocket message, bounded by the message size limit: splitting it
+    # over transactions would only add commits.
+    writer = Writer(store, max_frames=4, max_bytes=1000)
     await writer.start()
     try:
         (sid,) = await new_sessions(store, 1)
-        frames = [frame(sid, seq, bytes([seq]) * 30, end=seq == 10) for seq in range(11)]
+        frames = [(seq, bytes([seq]) * 30, seq == 10) for seq in range(11)]
         answer = Answers()
-        writer.submit(frames, 330, answer, sid)
+        writer.submit(batch_of(sid, frames), 330, answer)
         await answer.wait(1)
         ((result, exc),) = answer.got
         assert exc is None
         assert result is not None
         assert result.outcomes == [Outcome.STORED] * 11
         assert result.progress[sid].complete
-        assert all(len(b) <= 4 for b in store.batches)
+        assert [len(b) for b in store.batches] == [11]
+        stored = [p for _, p in [x async for x in store.read_payloads(sid)]]
+        assert stored == [payload for _, payload, _ in frames]
     finally:
         await writer.stop()
 
@@ -430,15 +459,15 @@ async def test_submit_refuses_at_once_or_calls_back_with_the_error(
     (sid,) = await new_sessions(store, 1)
     never = Answers()
     with pytest.raises(StoreError, match="not running"):
-        writer.submit([frame(sid, 0, b"x")], 1, never, sid)
+        writer.submit(batch_of(sid, [(0, b"x", False)]), 1, never)
     await writer.start()
     try:
         store.gate = asyncio.Event()
         held = [Answers() for _ in range(4)]
         for seq, answer in enumerate(held):
-            writer.submit([frame(sid, seq, b"a" * 1000)], 1000, answer, sid)
+            writer.submit(batch_of(sid, [(seq, b"a" * 1000, False)]), 1000, answer)
         with pytest.raises(WriterFull):
-            writer.submit([frame(sid, 9, b"c")], 1, never, sid)
+            writer.submit(batch_of(sid, [(9, b"c", False)]), 1, never)
         store.fail_with = StoreError("disk on fire")
         store.gate.set()
         for answer in held:

@@ -21,13 +21,14 @@ from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
 from voxgate.api.sessions import runtime_of
+from voxgate.api.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, reject
 from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
 from voxgate.auth import bearer, key_matches, require_api_key
 from voxgate.errors import ApiError, problem_responses
 from voxgate.fanout.bus import BusError
 from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener
-from voxgate.ingest.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Close, _reject, _stop
+from voxgate.ingest.stream import Close, stop_task
 from voxgate.limits import rate_limited
 from voxgate.rates import TOKENS
 from voxgate.store.base import SessionState, StoreError
@@ -265,11 +266,11 @@ async def listen(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         await authorize(runtime, session_id, socket.headers.get("authorization"), token)
         await admit(runtime, session_id)
     except ApiError as exc:
-        await _reject(socket, Close(_CLOSE_CODES.get(exc.status, 4400), exc.code, exc.detail))
+        await reject(socket, Close(_CLOSE_CODES.get(exc.status, 4400), exc.code, exc.detail))
         return
     except StoreError as exc:
         log.error("store unavailable at listen: %s", exc)
-        await _reject(socket, Close(1013, "store_unavailable", "storage unavailable"))
+        await reject(socket, Close(1013, "store_unavailable", "storage unavailable"))
         return
     hub = runtime.hub
     listener = _new_listener(runtime, session_id, params)
@@ -277,7 +278,7 @@ async def listen(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         await hub.join(listener)
     except (BusError, StoreError) as exc:
         log.error("listener of %s cannot start: %s", session_id, exc)
-        await _reject(socket, Close(1013, "unavailable", "events are unavailable right now"))
+        await reject(socket, Close(1013, "unavailable", "events are unavailable right now"))
         return
     try:
         await _serve(socket, listener, runtime.settings.listen_stall_timeout_s)
@@ -306,13 +307,13 @@ async def _serve(socket: WebSocket[Any, Any, Any], listener: Listener, stall_s: 
                     await socket.send(_ws_event(out.data, out.kind == AUDIO))
                 sent = (listener.cursor, listener.last_id)
         # Granian drops a close while a receive is pending: stop the reader first.
-        await _stop(reader)
+        await stop_task(reader)
         if end is not None and not gone.is_set():
             with contextlib.suppress(TimeoutError):  # queued behind unread data: let go
                 await _close(socket, end, stall_s)
     except TimeoutError:
         log.info("listener of %s stalled for %gs: dropping it", listener.session_id, stall_s)
-        await _stop(reader)
+        await stop_task(reader)
         # The peer reads nothing: error and close wait behind what it has not read (it
         # gets them if it reads on). Asking for the close is also what makes Granian
         # let go of the connection once this handler returns.
@@ -329,7 +330,7 @@ async def _serve(socket: WebSocket[Any, Any, Any], listener: Listener, stall_s: 
     except OSError:  # the peer vanished mid-send
         pass
     finally:
-        await _stop(reader)
+        await stop_task(reader)
 
 
 async def _close(socket: WebSocket[Any, Any, Any], end: End, within_s: float) -> None:

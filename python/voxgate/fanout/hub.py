@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING
 import orjson
 from redis.asyncio import Redis
 
+from voxgate._native import Batch
 from voxgate.fanout.bus import EventBus, LocalBus, RedisBus
 from voxgate.fanout.events import DELETED_MESSAGE, End, progress_message, transcript_message
 from voxgate.fanout.feed import Feed
 from voxgate.fanout.listener import Listener
 from voxgate.ranges import to_ranges
 from voxgate.settings import Settings
-from voxgate.store.base import CommitResult, FrameIn, Outcome, Progress, Store, Transcript
+from voxgate.store.base import CommitResult, Outcome, Part, Progress, Store, Transcript
 
 if TYPE_CHECKING:
     from voxgate.ingest.stream import StreamRegistry
@@ -58,7 +59,7 @@ class Hub:
         self.bus: EventBus = RedisBus(redis) if redis is not None else LocalBus()
         self.feeds: dict[str, Feed] = {}
         self.listeners: set[Listener] = set()
-        self._committed: list[tuple[Sequence[FrameIn], CommitResult]] = []
+        self._committed: list[tuple[Sequence[Part], CommitResult]] = []
         self._flush: asyncio.Handle | None = None
         workers = int(os.environ.get(_WORKERS_ENV, "1"))
         poll = settings.listen_poll_s
@@ -104,7 +105,7 @@ class Hub:
 
     # -- publishing --------------------------------------------------------------------
 
-    def committed(self, frames: Sequence[FrameIn], result: CommitResult) -> None:
+    def committed(self, frames: Sequence[Part], result: CommitResult) -> None:
         """The writer's hook after each store commit: remember it, publish on the next turn."""
         if not self.bus.broadcast and not self.feeds:
             return
@@ -127,11 +128,20 @@ class Hub:
             for sid in wanted:
                 latest[sid] = result.progress[sid]  # commits come in order: the last one wins
                 stored.setdefault(sid, [])
-            for frame, outcome in zip(frames, result.outcomes, strict=True):
+            outcomes = iter(result.outcomes)
+            for part in frames:
+                # A Batch is one session's frames: look its list up once, seqs from the core.
+                if isinstance(part, Batch):
+                    seqs = stored.get(part.session_id)
+                    for seq, outcome in zip(part.seqs(), outcomes, strict=False):
+                        if seqs is not None and outcome is Outcome.STORED:
+                            seqs.append(seq)
+                    continue
+                outcome = next(outcomes)
                 if outcome is Outcome.STORED:
-                    seqs = stored.get(frame.session_id)
+                    seqs = stored.get(part.session_id)
                     if seqs is not None:
-                        seqs.append(frame.seq)
+                        seqs.append(part.seq)
         for sid, seqs in stored.items():
             if seqs:  # only duplicates: nothing new to tell
                 window = self.streams.window_of(sid)

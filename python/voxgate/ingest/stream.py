@@ -1,11 +1,17 @@
-"""The WebSocket stream (PROTOCOL sections 2.1, 3, 4 and 7).
+"""One WebSocket stream into one session, and the registry of a process's streams.
 
-One ``StreamConnection`` per open socket. Its handler task owns every send
-and the close (Granian ignores a close sent from any other task); a reader
-task receives, decodes with one native call per message, checks credit and
-hands frames to the group-commit writer with a callback (no task or future per
-message). Commit completions gather acks in a :class:`Tally` and wake the
-handler task, which coalesces them into one ack.
+A :class:`StreamConnection` is built from what it works with, nothing more:
+the socket's ASGI ``receive`` and ``send``, the group-commit :class:`Writer`,
+the credit ledger, the :class:`StreamRegistry` and its :class:`StreamLimits`.
+The route handler (``voxgate.api.stream``) does the handshake and builds it.
+
+Per message, Python does a constant amount of work whatever the frame count:
+the reader hands the message to the Rust ``StreamCore`` (decode, CRC, checks
+against the session, ledger admission, the batch as positions in the message)
+and the batch to the writer. Commit completions go back into the core, which
+gathers acks and nacks; the handler task, which owns every send and the close
+(Granian ignores a close sent from any other task), sends them as ready-made
+JSON text, coalesced.
 """
 
 from __future__ import annotations
@@ -13,44 +19,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qs
+from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
-from litestar import WebSocket, websocket
-from litestar.params import FromPath
-from litestar.types import WebSocketSendEvent
+from litestar.types import Receive, Send
 
 from voxgate import logs, metrics
-from voxgate.auth import bearer
-from voxgate.core import native as _native
-from voxgate.ingest.tally import WINDOW, Tally, precheck
-from voxgate.rates import SESSION_CONNECTS
-from voxgate.store.base import (
-    CommitResult,
-    FrameIn,
-    Progress,
-    SessionState,
-    StoreError,
-    Tier,
-)
-from voxgate.tokens.base import TokenStoreError
-
-if TYPE_CHECKING:
-    from voxgate.runtime import Runtime
+from voxgate._native import Batch, FrameError, Ledger, StreamCore
+from voxgate.ingest.writer import Writer
+from voxgate.store.base import CommitResult, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.stream")
-events = logs.get("voxgate.stream")
 
-SUBPROTOCOL = "voxgate.v1"
-TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
+PROTOCOL_VERSION = 1
+events = logs.get("voxgate.stream")
 
 # Above this many unsent nack seqs the reader waits for the handler to flush,
 # so a client ignoring nacks cannot grow the outbox without bound.
 _MAX_PENDING_REJECTIONS = 65_536
+# Pongs owed at once; pings beyond them are not answered (the client is not reading).
+MAX_PENDING_PONGS = 64
 # How long a closing stream waits for its in-flight commits so their acks go out.
 _CLOSE_FLUSH_S = 2.0
 # Closes that find the client mid-stream through no fault of its own. Before them the
@@ -71,6 +62,37 @@ class Close(Exception):
         self.code = code
         self.error = error
         self.message = message
+
+
+def superseded() -> Close:
+    return Close(4409, "superseded", "a newer connection took over this session's stream")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """The bounds one stream enforces (from Settings)."""
+
+    max_message_bytes: int
+    max_frame_bytes: int
+    max_seq_ahead: int
+    max_control_bytes: int
+    idle_timeout_s: float
+    # A send the client does not take within this ends the stream (it is not reading).
+    send_timeout_s: float
+
+
+def text_event(text: str) -> dict[str, Any]:
+    return {"type": "websocket.send", "text": text, "bytes": None}
+
+
+async def send_close(send: Send, close: Close, *, error: bool = False) -> None:
+    """``error`` (for 4xxx codes, or always with ``error``), then the close frame; the
+    reason cut to fit a frame."""
+    if error or close.code >= 4000:
+        error = {"type": "error", "code": close.error, "message": close.message}
+        await send(text_event(orjson.dumps(error).decode()))  # type: ignore[arg-type]
+    reason = close.message.encode()[:123].decode(errors="ignore")
+    await send({"type": "websocket.close", "code": close.code, "reason": reason})
 
 
 class StreamRegistry:
@@ -96,17 +118,13 @@ class StreamRegistry:
             conn.fail(Close(1001, "going_away", "server shutting down"))
         old = self._by_session.get(conn.session_id)
         if old is not None and old.generation < conn.generation:
-            old.fail(
-                Close(4409, "superseded", "a newer connection took over this session's stream")
-            )
+            old.fail(superseded())
         if old is None or old.generation < conn.generation:
             self._by_session[conn.session_id] = conn
             if self.announce is not None:
                 self.announce(conn.session_id, conn.generation)
         else:
-            conn.fail(
-                Close(4409, "superseded", "a newer connection took over this session's stream")
-            )
+            conn.fail(superseded())
 
     def unregister(self, conn: StreamConnection) -> None:
         if self._by_session.get(conn.session_id) is conn:
@@ -117,7 +135,7 @@ class StreamRegistry:
     def window_of(self, session_id: str) -> int | None:
         """The credit window of the session's stream in this process, if one is open."""
         conn = self._by_session.get(session_id)
-        return None if conn is None else conn._ledger.window(conn._handle)
+        return None if conn is None else conn.window()
 
     def progressed(self, session_id: str, progress: Progress) -> None:
         """Frames of the session were stored by another transport here (HTTP upload): an
@@ -131,25 +149,23 @@ class StreamRegistry:
         for conn in self._by_session.values():
             conn.offer_window()
 
-    def start(self, runtime: Runtime) -> None:
-        self._poller = asyncio.create_task(self._poll_generations(runtime))
+    def start(self, store: Store, poll_s: float) -> None:
+        """Watch the store for takeovers by streams of other processes, every ``poll_s``."""
+        self._poller = asyncio.create_task(self._poll_generations(store, poll_s))
 
     def supersede(self, session_id: str, generation: int) -> None:
         """A connection somewhere claimed ``generation``: close an older one held here."""
         conn = self._by_session.get(session_id)
         if conn is not None and conn.generation < generation:
-            conn.fail(
-                Close(4409, "superseded", "a newer connection took over this session's stream")
-            )
+            conn.fail(superseded())
 
-    async def _poll_generations(self, runtime: Runtime) -> None:
-        # Streams of other processes or instances claim sessions through the store.
+    async def _poll_generations(self, store: Store, poll_s: float) -> None:
         while True:
-            await asyncio.sleep(runtime.settings.supersede_poll_s)
+            await asyncio.sleep(poll_s)
             if not self._by_session:
                 continue
             try:
-                current = await runtime.store.stream_generations(list(self._by_session))
+                current = await store.stream_generations(list(self._by_session))
             except StoreError as exc:
                 log.warning("cannot check stream generations: %s", exc)
                 continue
@@ -170,8 +186,7 @@ class StreamRegistry:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        conns = list(self._by_session.values())
-        for conn in conns:
+        for conn in list(self._by_session.values()):
             conn.fail(Close(1001, "going_away", "server shutting down"))
         if self._by_session:
             self._emptied.clear()
@@ -185,28 +200,37 @@ class StreamConnection:
 
     def __init__(
         self,
-        socket: WebSocket[Any, Any, Any],
-        runtime: Runtime,
+        *,
         session_id: str,
         generation: int,
-        *,
+        receive: Receive,
+        send: Send,
+        writer: Writer,
+        ledger: Ledger,
+        registry: StreamRegistry,
+        limits: StreamLimits,
         next_seq: int,
         end_seq: int | None,
     ) -> None:
-        self.socket = socket
-        self.runtime = runtime
         self.session_id = session_id
         self.generation = generation
-        settings = runtime.settings
-        self._max_message = settings.max_message_bytes
-        self._max_frame = settings.max_frame_bytes
-        self._seq_ahead = settings.max_seq_ahead
-        self._ledger = runtime.ledger
-        self._handle = runtime.ledger.open()
+        self._receive = receive
+        self._send_event = send
+        self._writer = writer
+        self._ledger = ledger
+        self._registry = registry
+        self._limits = limits
+        self._handle = ledger.open()
         self._ledger_open = True  # commits may finish after the stream closed its account
-        self._next_seq = next_seq
-        self._end_seq = end_seq
-        self._tally = Tally()
+        self._core = StreamCore(
+            ledger,
+            self._handle,
+            session_id,
+            max_frame_bytes=limits.max_frame_bytes,
+            max_seq_ahead=limits.max_seq_ahead,
+            next_seq=next_seq,
+            end_seq=end_seq,
+        )
         self._pongs: list[Any] = []
         self._complete: dict[str, Any] | None = None
         self._complete_sent = False
@@ -233,6 +257,9 @@ class StreamConnection:
             self._close = close
         self._wake.set()
 
+    def window(self) -> int:
+        return self._ledger.window(self._handle)
+
     def offer_window(self) -> None:
         if self._ledger.inflight(self._handle) == 0:
             self._window_offer = True
@@ -248,23 +275,32 @@ class StreamConnection:
         }
         self._wake.set()
 
+    def take_progress(self, progress: Progress) -> None:
+        """The session's counters after a commit: the limits follow, ``complete`` once it is."""
+        self._core.progress(progress.next_seq, progress.end_seq)
+        if progress.complete and progress.end_seq is not None:
+            self.set_complete(
+                progress.end_seq, progress.frames, progress.bytes, progress.stream_crc32c or 0
+            )
+
     # -- the handler task ---------------------------------------------------------
 
     async def run(self, missing: list[list[int]]) -> None:
         """Send hello, then serve the stream until it closes. Never raises for client faults."""
+        limits = self._limits
         hello = {
             "type": "hello",
-            "protocol": 1,
+            "protocol": PROTOCOL_VERSION,
             "session_id": self.session_id,
-            "next_seq": self._next_seq,
+            "next_seq": self._core.next_seq,
             "missing": missing,
-            "window_bytes": self._ledger.window(self._handle),
-            "max_frame_bytes": self._max_frame,
-            "max_message_bytes": self._max_message,
+            "window_bytes": self.window(),
+            "max_frame_bytes": limits.max_frame_bytes,
+            "max_message_bytes": limits.max_message_bytes,
         }
         reader: asyncio.Task[None] | None = None
         try:
-            await self._send(hello)
+            await self._send(orjson.dumps(hello).decode())
             reader = asyncio.create_task(self._read())
             self._watch_idle()
             while True:
@@ -276,7 +312,7 @@ class StreamConnection:
             if self._close is not None and self._close.code in _QUIESCE_CODES:
                 await self._quiesce()
             # Granian drops a close while a receive is pending: stop the reader first.
-            await _stop(reader)
+            await stop_task(reader)
             if self._close is not None and not self._disconnected:
                 if self._commits:  # ack what becomes durable before closing
                     self._commits_done.clear()
@@ -284,25 +320,26 @@ class StreamConnection:
                         async with asyncio.timeout(_CLOSE_FLUSH_S):
                             await self._commits_done.wait()
                     await self._flush()
-                await self._send_close(self._close)
-        except OSError:  # the peer vanished mid-send
+                async with asyncio.timeout(limits.send_timeout_s):
+                    await send_close(self._send_event, self._close)
+        except (OSError, TimeoutError):  # the peer vanished mid-send, or stopped reading
             pass
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-            await _stop(reader)
+            await stop_task(reader)
             self._log_close()
-            self.runtime.streams.unregister(self)
+            self._registry.unregister(self)
             self._ledger_open = False
             if self._ledger.close(self._handle):
-                self.runtime.streams.pressure_relieved()
+                self._registry.pressure_relieved()
 
     def _watch_idle(self) -> None:
         """Close with 4408 after ``idle_timeout_s`` without a message (one timer, re-armed)."""
         self._idle_timer = None
         if self._close is not None or self._disconnected:
             return
-        idle = self.runtime.settings.idle_timeout_s
+        idle = self._limits.idle_timeout_s
         remaining = self._last_rx + idle - time.monotonic()
         if remaining <= 0 and not self._commits:
             self.fail(Close(4408, "idle", f"no message for {idle:g} s"))
@@ -346,66 +383,70 @@ class StreamConnection:
                     await self._wake.wait()
             self._wake.clear()
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self.socket.send(_text_event(message))
-
-    async def _send_close(self, close: Close) -> None:
-        if close.code >= 4000:
-            await self._send({"type": "error", "code": close.error, "message": close.message})
-        reason = close.message.encode()[:123].decode(errors="ignore")
-        await self.socket.close(close.code, reason)
+    async def _send(self, text: str) -> None:
+        # A client that stops reading must not hold the stream (and its buffers) forever.
+        async with asyncio.timeout(self._limits.send_timeout_s):
+            await self._send_event(text_event(text))  # type: ignore[arg-type]
 
     async def _flush(self) -> None:
-        tally = self._tally
-        if tally.gone:
+        core = self._core
+        if core.gone:
             self.fail(Close(4410, "gone", "session archived or deleted: it takes no frames"))
-        for reason, ranges in tally.take_rejections():
-            metrics.record_nack("websocket", reason, ranges)
-            await self._send({"type": "nack", "ranges": ranges, "reason": reason})
-        if tally.has_acks() or self._window_offer:
+        if core.pending_rejections:
+            for reason, count, text in core.take_nacks():
+                metrics.record_nacks("websocket", reason, count)
+                await self._send(text)
+        if core.has_acks or self._window_offer:
             self._window_offer = False
-            acked, duplicate = tally.take_acks()
             # A closing stream grants no credit: the client stops sending.
-            window = 0 if self._close is not None else self._ledger.window(self._handle)
-            await self._send(
-                {"type": "ack", "acked": acked, "duplicate": duplicate, "window_bytes": window}
-            )
-            metrics.record_acks("websocket", acked, duplicate)
-            metrics.ACK_WINDOW.observe(window)
+            window = 0 if self._close is not None else self.window()
+            acked, duplicate, text = core.take_ack(window)
+            await self._send(text)
+            metrics.record_ack_counts("websocket", acked, duplicate, window)
             if self._ack_since is not None:
                 metrics.ACK_LATENCY.observe(time.monotonic() - self._ack_since)
                 self._ack_since = None
         while self._pongs:
-            await self._send({"type": "pong", "t": self._pongs.pop(0)})
+            await self._send(orjson.dumps({"type": "pong", "t": self._pongs.pop(0)}).decode())
         if self._complete is not None and not self._complete_sent:
             self._complete_sent = True
-            await self._send(self._complete)
+            await self._send(orjson.dumps(self._complete).decode())
         self._drained.set()
 
     # -- the reader task ----------------------------------------------------------
 
     async def _read(self) -> None:
-        receive = self.socket.receive
+        receive = self._receive
+        core = self._core
         # Reads on while a quiescing close waits for the client to go quiet.
         while self._close is None or self._close.code in _QUIESCE_CODES:
             message = await receive()
-            if message["type"] == "websocket.disconnect":
-                self._peer_code = message.get("code")
+            if message["type"] != "websocket.receive":
+                self._peer_code = cast("int | None", message.get("code"))
                 self._disconnected = True
                 self._wake.set()
                 return
             self._last_rx = time.monotonic()
-            data = cast("bytes | None", message.get("bytes"))
+            data = message.get("bytes")
             if data is not None:
                 self._on_binary(data)
             else:
-                self._on_text(cast("str | None", message.get("text")) or "")
-            if self._tally.rejected and self._tally.pending_rejections() > _MAX_PENDING_REJECTIONS:
+                self._on_text(message.get("text") or "")
+            if core.pending_rejections > _MAX_PENDING_REJECTIONS:
                 self._drained.clear()
                 self._wake.set()
                 await self._drained.wait()
 
     def _on_text(self, text: str) -> None:
+        if len(text) > self._limits.max_control_bytes:
+            self.fail(
+                Close(
+                    1009,
+                    "message_too_big",
+                    f"control message above {self._limits.max_control_bytes} bytes",
+                )
+            )
+            return
         try:
             control = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -414,65 +455,46 @@ class StreamConnection:
         if not isinstance(control, dict) or control.get("type") != "ping":
             self.fail(Close(4400, "bad_control", "unknown control message: expected ping"))
             return
-        self._pongs.append(control.get("t"))
-        self._wake.set()
+        if len(self._pongs) < MAX_PENDING_PONGS:
+            self._pongs.append(control.get("t"))
+            self._wake.set()
 
     def _on_binary(self, data: bytes) -> None:
-        if len(data) > self._max_message:
-            self.fail(Close(1009, "message_too_big", f"message above {self._max_message} bytes"))
+        if len(data) > self._limits.max_message_bytes:
+            self.fail(
+                Close(
+                    1009,
+                    "message_too_big",
+                    f"message above {self._limits.max_message_bytes} bytes",
+                )
+            )
             return
         try:
-            decoded = _native.decode(data, self._max_frame)
-        except _native.FrameError as exc:
+            batch = self._core.accept(data, self._close is not None)
+        except FrameError as exc:
             self.fail(Close(4400, exc.kind, str(exc)))
             return
-        tally = self._tally
-        ledger, handle = self._ledger, self._handle
-        session_id = self.session_id
-        view = memoryview(data)
-        batch: list[FrameIn] = []
-        batch_bytes = 0
-        seq_limit = self._next_seq + self._seq_ahead
-        for seq, flags, pts_us, offset, length, crc, verdict in decoded:
-            reason = precheck(seq, verdict, self._end_seq, seq_limit)
-            if reason is not None:
-                tally.reject(seq, reason)
-            elif self._close is not None or not ledger.admit(handle, length):
-                tally.reject(seq, WINDOW)
-            else:
-                batch.append(
-                    FrameIn(session_id, seq, flags, pts_us, crc, view[offset : offset + length])
-                )
-                batch_bytes += length
-        if batch:
-            rx = self._last_rx
-
-            def done(result: CommitResult | None, exc: BaseException | None) -> None:
-                self._on_commit(result, exc, batch, batch_bytes, rx)
-
+        if batch is not None:
+            if self._ack_since is None:
+                self._ack_since = self._last_rx
+            self._commits += 1
             try:
-                self.runtime.writer.submit(batch, batch_bytes, done, session_id)
+                self._writer.submit(batch, batch.nbytes, self._on_commit)
             except StoreError as exc:  # WriterFull or stopped: answered like a failed commit
-                self._commits += 1
-                done(None, exc)
-            else:
-                self._commits += 1
-        if tally.rejected:
+                self._on_commit(batch, None, exc)
+        if self._core.pending_rejections:
             self._wake.set()
 
     def _on_commit(
-        self,
-        result: CommitResult | None,
-        exc: BaseException | None,
-        batch: list[FrameIn],
-        nbytes: int,
-        rx: float,
+        self, batch: Any, result: CommitResult | None, exc: BaseException | None
     ) -> None:
         self._commits -= 1
         if not self._commits:
             self._commits_done.set()
+        batch = cast(Batch, batch)
+        nbytes = batch.nbytes
         if self._ledger_open and self._ledger.release(self._handle, nbytes):
-            self.runtime.streams.pressure_relieved()
+            self._registry.pressure_relieved()
         if isinstance(exc, StoreError):
             log.error("commit failed for session %s: %s", self.session_id, exc)
             self.fail(Close(1013, "store_unavailable", "storage unavailable, reconnect later"))
@@ -482,140 +504,19 @@ class StreamConnection:
             self.fail(Close(1011, "internal", "unexpected server error"))
             return
         assert result is not None
-        self._tally.record(batch, result.outcomes)
+        self._core.record(batch, result.outcomes)
         self.frames += len(batch)
         self.bytes += nbytes
         metrics.INGESTED_BYTES["websocket"].inc(nbytes)
-        if self._ack_since is None or rx < self._ack_since:
-            self._ack_since = rx
         progress = result.progress.get(self.session_id)
         if progress is not None:
             self.take_progress(progress)
         self._wake.set()
 
-    def take_progress(self, progress: Progress) -> None:
-        """The session's counters after a commit: the limits follow, ``complete`` once it is."""
-        self._next_seq = max(self._next_seq, progress.next_seq)
-        if progress.end_seq is not None:  # an END stays: an older report must not undo it
-            self._end_seq = progress.end_seq
-        if progress.complete and progress.end_seq is not None:
-            self.set_complete(
-                progress.end_seq, progress.frames, progress.bytes, progress.stream_crc32c or 0
-            )
 
-
-async def _stop(task: asyncio.Task[None] | None) -> None:
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it, whatever it raised."""
     if task is not None and not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-
-
-def _text_event(message: dict[str, Any]) -> WebSocketSendEvent:
-    return {"type": "websocket.send", "text": orjson.dumps(message).decode(), "bytes": None}
-
-
-# -- the handshake ----------------------------------------------------------------
-
-
-def _credentials(socket: WebSocket[Any, Any, Any]) -> tuple[str | None, bool]:
-    """The stream token from header, subprotocol or query, and whether voxgate.v1 was offered."""
-    offered: list[str] = list(socket.scope.get("subprotocols") or [])
-    token = bearer(socket.headers.get("authorization"))
-    for proto in offered:
-        if token is None and proto.startswith(TOKEN_SUBPROTOCOL_PREFIX):
-            token = proto[len(TOKEN_SUBPROTOCOL_PREFIX) :] or None
-    if token is None:
-        query = parse_qs(socket.scope.get("query_string", b"").decode(errors="replace"))
-        values = query.get("token")
-        token = values[0] if values else None
-    return token, SUBPROTOCOL in offered
-
-
-async def _reject(socket: WebSocket[Any, Any, Any], close: Close) -> None:
-    metrics.STREAM_CLOSES.labels(str(close.code), "server").inc()
-    events.info("stream.refused", code=close.code, error=close.error)
-    with contextlib.suppress(OSError, Exception):
-        await socket.send(
-            _text_event({"type": "error", "code": close.error, "message": close.message})
-        )
-        await socket.close(close.code, close.message.encode()[:123].decode(errors="ignore"))
-
-
-def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    return origin is None or "*" in allowed or origin in allowed
-
-
-@websocket("/v1/sessions/{session_id:str}/stream", name="stream")
-async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) -> None:
-    """Stream audio frames into a session: the primary ingest transport."""
-    runtime: Runtime = socket.app.state.runtime
-    token, offered_v1 = _credentials(socket)
-    await socket.accept(subprotocols=SUBPROTOCOL if offered_v1 else None)
-    try:
-        if runtime.draining:
-            raise Close(1013, "draining", "server is shutting down, reconnect")
-        if not _origin_allowed(socket.headers.get("origin"), runtime.settings.cors_origins):
-            raise Close(4403, "origin", "Origin not allowed")
-        if token is None:
-            raise Close(4401, "unauthorized", "missing stream token")
-        if len(runtime.streams) >= runtime.settings.max_streams:
-            raise Close(4429, "too_many_streams", "too many open streams, retry later")
-        try:
-            token_session = await runtime.tokens.consume(token)
-        except TokenStoreError as exc:
-            log.error("token store unavailable: %s", exc)
-            raise Close(1013, "token_store_unavailable", "token store unavailable") from exc
-        if token_session is None:
-            raise Close(4401, "unauthorized", "invalid, expired or already used stream token")
-        session = await runtime.store.get_session(session_id)
-        if session is None:
-            raise Close(4404, "not_found", "unknown session")
-        if session.state is SessionState.DELETED:
-            raise Close(4410, "gone", "session deleted: it no longer accepts frames")
-        if session.tier is not Tier.HOT:
-            raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
-        if token_session != session_id:
-            raise Close(4403, "forbidden", "stream token is for another session")
-        connects = await runtime.limits.check(SESSION_CONNECTS, session_id)
-        if connects is not None and not connects.allowed:
-            raise Close(
-                4429,
-                "rate_limited",
-                f"too many connections to this session, retry in "
-                f"{math.ceil(connects.retry_after_s)} s",
-            )
-        generation = await runtime.store.claim_stream(session_id)
-        # Re-read after claiming so no commit of an older stream slips between.
-        session = await runtime.store.get_session(session_id) or session
-        missing = await runtime.store.missing(session_id)
-    except Close as close:
-        await _reject(socket, close)
-        return
-    except StoreError as exc:
-        log.error("store unavailable at stream open: %s", exc)
-        await _reject(socket, Close(1013, "store_unavailable", "storage unavailable"))
-        return
-    conn = StreamConnection(
-        socket,
-        runtime,
-        session_id,
-        generation,
-        next_seq=session.next_seq,
-        end_seq=session.end_seq,
-    )
-    if session.state is SessionState.COMPLETE and session.end_seq is not None:
-        conn.set_complete(
-            session.end_seq, session.frames, session.bytes, session.stream_crc32c or 0
-        )
-    runtime.streams.register(conn)
-    metrics.ACTIVE_STREAMS.inc()
-    events.info(
-        "stream.open",
-        session_id=session_id,
-        generation=generation,
-        next_seq=session.next_seq,
-        missing=len(missing),
-        state=str(session.state),
-    )
-    await conn.run(missing)

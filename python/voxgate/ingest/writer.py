@@ -1,8 +1,8 @@
 """Group commit: frames of many streams share one store transaction (and one fsync).
 
-Callers hand their frames to :meth:`Writer.commit` and wait, or to
-:meth:`Writer.submit` with a callback (the WebSocket stream: no task per
-message). One background task
+Callers hand their frames to :meth:`Writer.commit` and wait, or a stream
+message's :class:`~voxgate._native.Batch` to :meth:`Writer.submit` with a
+callback (no task, future or object per frame). One background task
 runs store commits back to back: while one runs, new submissions queue up; when it
 finishes, everything queued (up to ``max_frames`` frames and ``max_bytes`` payload
 bytes) goes into the next single commit. Batches grow with load and no timer
@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from voxgate import metrics
-from voxgate.store.base import CommitResult, FrameIn, Progress, Store, StoreError
+from voxgate._native import Batch
+from voxgate.store.base import CommitResult, FrameIn, Part, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.writer")
 
@@ -33,8 +34,8 @@ class WriterFull(StoreError):
     """The writer already holds its hard limit of payload bytes; retry after acks drain."""
 
 
-# Called once with the commit's answer for the submitted frames, or with the error.
-Done = Callable[[CommitResult | None, BaseException | None], None]
+# Called once with the submitted batch and the commit's answer for it, or the error.
+Done = Callable[[Batch, CommitResult | None, BaseException | None], None]
 
 
 class _Entry:
@@ -44,7 +45,7 @@ class _Entry:
 
     def __init__(
         self,
-        frames: Sequence[FrameIn],
+        frames: Sequence[FrameIn] | Batch,
         nbytes: int,
         done: Done | None = None,
         session_id: str | None = None,
@@ -63,8 +64,9 @@ class _Entry:
     def answer(self, result: CommitResult | None, exc: BaseException | None) -> None:
         if self.done is not None:
             done, self.done = self.done, None  # at most once
+            assert isinstance(self.frames, Batch)
             try:
-                done(result, exc)
+                done(self.frames, result, exc)
             except Exception:
                 log.exception("commit callback failed")
             return
@@ -102,7 +104,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         # Called after each store commit with all its frames and its result (live fan-out).
-        self.on_commit: Callable[[Sequence[FrameIn], CommitResult], None] | None = None
+        self.on_commit: Callable[[Sequence[Part], CommitResult], None] | None = None
         self.commits = 0  # store commits run
         self.frames = 0  # frames handed to the store
         self.busy_s = 0.0  # time spent waiting for store commits
@@ -169,42 +171,24 @@ class Writer:
             progress.update(result.progress)  # later chunks carry later counters
         return CommitResult(outcomes, progress)
 
-    def submit(
-        self, frames: Sequence[FrameIn], nbytes: int, done: Done, session_id: str | None = None
-    ) -> None:
-        """Queue ``frames`` (``nbytes`` payload bytes) for a group commit; ``done`` gets the answer.
+    def submit(self, batch: Batch, nbytes: int, done: Done) -> None:
+        """Queue a stream message's ``batch`` (``nbytes`` payload bytes) for a group commit.
 
         The callback form of :meth:`commit`, without a task or a future per
-        call: ``done(result, None)`` or ``done(None, error)`` runs once, on the
-        event loop. ``session_id`` tells that every frame is of that session.
-        Raises :class:`WriterFull` or :class:`StoreError` at once, as
-        :meth:`commit` would, and then never calls ``done``.
+        call: ``done(batch, result, None)`` or ``done(batch, None, error)`` runs
+        once, on the event loop. A batch is one message, bounded by the
+        message size limit, and is committed whole. Raises :class:`WriterFull`
+        or :class:`StoreError` at once, as :meth:`commit` would, and then never
+        calls ``done``.
         """
-        if not frames:
-            done(CommitResult([], {}), None)
-            return
         if self._task is None or self._stopping:
             raise StoreError("writer is not running")
-        if len(frames) > self.max_frames or nbytes > self.max_bytes:
-            # Needs splitting over several transactions: the general path.
-            task = asyncio.ensure_future(self.commit(frames))
-
-            def finished(task: asyncio.Future[CommitResult]) -> None:
-                if task.cancelled():
-                    done(None, StoreError("writer stopped before the commit finished"))
-                elif task.exception() is not None:
-                    done(None, task.exception())
-                else:
-                    done(task.result(), None)
-
-            task.add_done_callback(finished)
-            return
         if self._held_bytes + nbytes > self.limit_bytes:
             raise WriterFull(
                 f"writer holds {self._held_bytes} payload bytes; {nbytes} more would pass "
                 f"its limit of {self.limit_bytes}"
             )
-        self._queue.append(_Entry(frames, nbytes, done, session_id))
+        self._queue.append(_Entry(batch, nbytes, done, batch.session_id))
         self._held_bytes += nbytes
         self._wake.set()
 
@@ -266,13 +250,18 @@ class Writer:
             self._settle(left, StoreError("writer stopped"))
 
     async def _commit_batch(self, batch: list[_Entry]) -> None:
-        frames: list[FrameIn] = []
+        frames: list[Part] = []
+        nframes = 0
         for entry in batch:
-            frames.extend(entry.frames)
+            if isinstance(entry.frames, Batch):
+                frames.append(entry.frames)  # the core reads its frames itself
+            else:
+                frames.extend(entry.frames)
+            nframes += len(entry.frames)
         try:
             self.commits += 1
-            self.frames += len(frames)
-            metrics.COMMIT_FRAMES.observe(len(frames))
+            self.frames += nframes
+            metrics.COMMIT_FRAMES.observe(nframes)
             started = time.perf_counter()
             try:
                 result = await self.store.commit(frames)
@@ -287,7 +276,7 @@ class Writer:
                 log.exception("store commit failed unexpectedly")
             self._settle(batch, exc)
             return
-        if len(result.outcomes) != len(frames):
+        if len(result.outcomes) != nframes:
             self._settle(batch, StoreError("store answered a different number of frames"))
             return
         start = 0
@@ -299,6 +288,7 @@ class Writer:
                 mine = progress.get(entry.session_id)
                 theirs = {} if mine is None else {entry.session_id: mine}
             else:
+                assert not isinstance(entry.frames, Batch)
                 sessions = {frame.session_id for frame in entry.frames}
                 theirs = {sid: p for sid, p in progress.items() if sid in sessions}
             answer = CommitResult(result.outcomes[start:end], theirs)

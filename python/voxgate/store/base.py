@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from voxgate._native import Batch
+
 
 class Tier(enum.StrEnum):
     """Where a session's audio lives (voxgate.retention moves sessions down, never up)."""
@@ -62,6 +64,26 @@ class FrameIn(msgspec.Struct, array_like=True, gc=False):
     pts_us: int
     crc32c: int
     payload: bytes | memoryview
+
+
+# What a commit takes: single frames (HTTP uploads), or Batches, the frames of one
+# WebSocket message as the Rust core decoded them (no Python object per frame).
+Part = FrameIn | Batch
+
+
+def frames_of(parts: Sequence[Part]) -> list[FrameIn]:
+    """Every frame of ``parts`` as a FrameIn, in commit order (payloads stay views)."""
+    out: list[FrameIn] = []
+    for part in parts:
+        if isinstance(part, Batch):
+            sid = part.session_id
+            out.extend(
+                FrameIn(sid, seq, flags, pts_us, crc, payload)
+                for seq, flags, pts_us, crc, payload in part.frames()
+            )
+        else:
+            out.append(part)
+    return out
 
 
 class Outcome(enum.IntEnum):
@@ -140,8 +162,10 @@ class Store(Protocol):
     async def missing(self, session_id: str) -> list[list[int]]:
         """Inclusive ``[first, last]`` gaps below the session's ``next_seq`` ([] if unknown)."""
 
-    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
+    async def commit(self, frames: Sequence[Part]) -> CommitResult:
         """Store ``frames`` (from any number of sessions) in one transaction.
+
+        ``outcomes`` answers every frame in order, a Batch counting as its frames.
 
         Durable per the configured durability before it returns: with ``fsync``
         payloads and index survive power loss, with ``process`` a killed process.

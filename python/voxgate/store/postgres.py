@@ -46,6 +46,7 @@ from voxgate.store.base import (
     ListenSnapshot,
     OldestSession,
     Outcome,
+    Part,
     RetentionRun,
     Session,
     SessionState,
@@ -59,6 +60,7 @@ from voxgate.store.base import (
     TranscriptIn,
     TranscriptOutcome,
     TranscriptResult,
+    frames_of,
 )
 from voxgate.store.migrations import Connection
 from voxgate.store.tally import SessionTally
@@ -437,9 +439,10 @@ class PostgresStore:
 
         return await self._run(op)
 
-    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
-        if not frames:
+    async def commit(self, parts: Sequence[Part]) -> CommitResult:
+        if not parts:
             return CommitResult([], {})
+        frames = frames_of(parts)
 
         async def op(conn: Connection) -> CommitResult:
             async with conn.transaction():

@@ -57,10 +57,10 @@ from voxgate.store.base import (
     ArchiveRecord,
     CommitResult,
     FrameEntry,
-    FrameIn,
     ListenSnapshot,
     OldestSession,
     Outcome,
+    Part,
     Progress,
     RetentionRun,
     Session,
@@ -844,12 +844,12 @@ class SqliteStore:
         with self._read() as conn:
             return _gaps(conn, session_id)
 
-    async def commit(self, frames: Sequence[FrameIn]) -> CommitResult:
+    async def commit(self, frames: Sequence[Part]) -> CommitResult:
         if not frames:
             return CommitResult([], {})
         return await self._call(self._commit_sync, frames)
 
-    def _commit_sync(self, frames: Sequence[FrameIn]) -> CommitResult:
+    def _commit_sync(self, frames: Sequence[Part]) -> CommitResult:
         segment = self._writable_segment()
         conn = self._conn
         start = segment.offset
