@@ -30,12 +30,16 @@ from voxgate.settings import Settings
 HERE = Path(__file__).resolve().parent
 API_KEY = "bench-key"
 STARTUP_TIMEOUT_S = 30.0
-KINDS = ("voxgate", "voxgate-py", "litestar", "fastapi", "picows")
+KINDS = ("voxgate", "voxgate-py", "voxgate-ref", "litestar", "fastapi", "picows")
+# voxgate-ref: another build of voxgate (its ``voxgate`` executable, e.g. the previous
+# release's virtualenv), for before/after figures measured in one run.
+REF_ENV = "VOXGATE_BENCH_REF"
 ALIASES = {"baseline": "litestar"}
 # What each server is, for reports.
 ROLES = {
     "voxgate": "voxgate (Rust core)",
     "voxgate-py": "(b) voxgate, pure-Python core",
+    "voxgate-ref": f"voxgate, the build at ${REF_ENV}",
     "litestar": "(a) bare Litestar/Granian",
     "fastapi": "(c) FastAPI/uvicorn + crc32c",
     "picows": "(d) raw picows sink",
@@ -212,7 +216,7 @@ def start_server(
         if window_bytes < Settings().max_frame_bytes:
             env["VOXGATE_MAX_FRAME_BYTES"] = str(window_bytes)
     data_dir = None
-    if kind in ("voxgate", "voxgate-py"):
+    if kind in ("voxgate", "voxgate-py", "voxgate-ref"):
         data_dir = root / f"data-{kind}-{port}"
         env |= {
             "VOXGATE_DATA_DIR": str(data_dir),
@@ -227,7 +231,14 @@ def start_server(
             "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
             "VOXGATE_MAX_STREAMS_PER_IP": "0",
         }
-        command = [*_voxgate_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if kind == "voxgate-ref":
+            ref = os.environ.get(REF_ENV)
+            if not ref:
+                raise ValueError(f"voxgate-ref needs ${REF_ENV}: the voxgate executable to run")
+            executable = [ref]
+        else:
+            executable = _voxgate_command()
+        command = [*executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers)]
     else:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
@@ -266,6 +277,6 @@ def sessions_and_tokens(
     kind: str, base_url: str, streams: int, api_key: str = API_KEY
 ) -> tuple[list[str], list[str]]:
     """Sessions with a fresh stream token each (voxgate); placeholders for the baselines."""
-    if kind not in ("voxgate", "voxgate-py"):
+    if kind not in ("voxgate", "voxgate-py", "voxgate-ref"):
         return [f"ses_baseline_{i}" for i in range(streams)], ["unused"] * streams
     return asyncio.run(_create(base_url, api_key, streams))

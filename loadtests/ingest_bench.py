@@ -53,7 +53,7 @@ from benchservers import (
 )
 from loadgen import CONNECT_TIMEOUT_S, LoadResult, LoadSpec, generator_process
 
-VOXGATE_KINDS = ("voxgate", "voxgate-py")
+VOXGATE_KINDS = ("voxgate", "voxgate-py", "voxgate-ref")
 
 
 @dataclass
