@@ -40,6 +40,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const LATE: Duration = Duration::from_millis(5);
 /// Largest message accepted from the server.
 const MAX_INCOMING_BYTES: usize = 16 << 20;
+/// Read buffer per connection (acks are about 100 bytes).
+const READ_BUFFER_BYTES: usize = 8 << 10;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -180,7 +182,10 @@ async fn open(ctx: &Ctx, index: usize) -> Result<(Ws, u64, u64), String> {
     let bearer = HeaderValue::from_str(&format!("Bearer {}", spec.tokens[index]))
         .map_err(|e| format!("token: {e}"))?;
     request.headers_mut().insert(AUTHORIZATION, bearer);
+    // tungstenite zero-fills its free read buffer before every read: the server's control
+    // messages are small, so a small buffer keeps that cost off each ack.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_INCOMING_BYTES))
         .max_frame_size(Some(MAX_INCOMING_BYTES));
     let (mut ws, _) = client_async_with_config(request, tcp, Some(config))
