@@ -253,7 +253,7 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several generators' results over the same window.
 
     Counts and CPU add up; rates are total acks over the longest window; latency
-    percentiles come from the summed histograms (bucket values, under 0.05% off),
+    percentiles come from the summed histograms (bucket values, at most 0.5% off),
     the maximum is the largest maximum.
     """
     if len(results) == 1:

@@ -1,7 +1,7 @@
 //! Ack latency as a mergeable histogram.
 //!
 //! A latency in whole microseconds is kept exactly below 1 ms and rounded to three
-//! significant digits above (error under 0.05%). The bucket key is that rounded value
+//! significant digits above (at most 0.5% off). The bucket key is that rounded value
 //! itself, so histograms from several generator processes (and the Python driver, which
 //! uses the same rule in `loadgen.py`) merge by adding counts per key.
 
