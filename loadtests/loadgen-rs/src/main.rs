@@ -385,12 +385,7 @@ fn summarize(
             t.saturating_duration_since(window_start).as_secs_f64()
         }),
     };
-    let ends = if spec.verify {
-        outcomes.len() as u64
-    } else {
-        0
-    };
-    let unacked = sent.saturating_sub(acked + ends);
+    let unacked = sent.saturating_sub(acked);
     if unacked > 0 && !spec.idle {
         errors.push(format!("{unacked} frames sent and never acked"));
     }

@@ -523,8 +523,8 @@ impl<'a> Stream<'a> {
             self.ctx.live.acked.fetch_add(done, Relaxed);
             if in_window {
                 self.out.acked_in_window += done;
+                self.out.last_ack = Some(now);
             }
-            self.out.last_ack = Some(now);
         }
         let fb = u64::from(self.ctx.spec.frame_bytes);
         self.inflight_bytes = self.inflight_bytes.saturating_sub(done * fb);
@@ -632,6 +632,8 @@ impl<'a> Stream<'a> {
     }
 
     async fn send_end(&mut self) -> Result<(), ()> {
+        // The window closes for this stream: END's own ack is not load.
+        self.window_end.get_or_insert(Instant::now());
         let end = frame::encode_end(self.next_seq as u32);
         self.out.sent += 1;
         self.ctx.live.sent.fetch_add(1, Relaxed);
