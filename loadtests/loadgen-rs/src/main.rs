@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep, timeout_at, Instant};
 
 use spec::LoadSpec;
 use stats::{round3, Histogram};
@@ -38,8 +38,6 @@ use stream::{Ctx, Go, Live, Outcome};
 
 /// Streams opening at once.
 const CONNECT_CONCURRENCY: usize = 64;
-/// Bound on waiting for the parent's `start` (or `stop` of an idle run) in control mode.
-const PARENT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 const USAGE: &str =
     "usage: voxgate-loadgen [--spec PATH|-] [--threads N] [--control] [--max-seconds S]
@@ -200,8 +198,13 @@ fn default_bound_s(spec: &LoadSpec) -> f64 {
     spec.warmup_s + length + connect + phases.as_secs_f64() + 30.0
 }
 
-/// Waits for the parent's `word` in control mode; false if stdin closed or time ran out.
-async fn parent_says(commands: &mut Option<mpsc::UnboundedReceiver<String>>, word: &str) -> bool {
+/// Waits for the parent's `word` in control mode until `deadline`; false if stdin closed or
+/// time ran out.
+async fn parent_says(
+    commands: &mut Option<mpsc::UnboundedReceiver<String>>,
+    word: &str,
+    deadline: Instant,
+) -> bool {
     let Some(rx) = commands else {
         return true;
     };
@@ -213,7 +216,7 @@ async fn parent_says(commands: &mut Option<mpsc::UnboundedReceiver<String>>, wor
         }
         false
     };
-    timeout(PARENT_TIMEOUT, wait).await.unwrap_or(false)
+    timeout_at(deadline, wait).await.unwrap_or(false)
 }
 
 fn progress(live: &Live) -> Value {
@@ -293,7 +296,7 @@ async fn run(
         if control {
             println!("{}", json!({ "ready": n }));
         }
-        if parent_says(&mut commands, "start").await {
+        if parent_says(&mut commands, "start", hard_end).await {
             start = Instant::now();
             false
         } else {
@@ -304,7 +307,7 @@ async fn run(
     let _ = go_tx.send(if aborted { Go::Abort } else { Go::Start(start) });
     if !aborted && spec.idle && control {
         // Held until the parent says stop (or goes away): progress meanwhile.
-        let stop = parent_says(&mut commands, "stop");
+        let stop = parent_says(&mut commands, "stop", hard_end);
         tokio::pin!(stop);
         loop {
             tokio::select! {
