@@ -18,10 +18,12 @@ Servers (``loadtests/benchservers.py``): ``voxgate``; the baselines (a) ``litest
 (b) ``voxgate-py`` (``VOXGATE_NATIVE=python``), (c) ``fastapi``, (d) ``picows``.
 Each starts as a subprocess on a free 127.0.0.1 port and stops after its run.
 The load comes from ``loadtests/loadgen.py`` (picows + uvloop, callbacks, no
-task per stream) in a process of its own; its CPU use is printed beside the
-server's so a saturated generator shows. voxgate streams are ended and their
-``complete`` CRC checked after every run. Only 127.0.0.1 is ever targeted;
-every phase is bounded in time.
+task per stream) in a process of its own, or with ``--driver rust`` from
+``loadtests/loadgen-rs`` (built on first use); ``--generators N`` splits the
+streams over N such processes (``generators.py``). Their CPU use is printed
+beside the server's, in all and per message, so a saturated generator shows.
+voxgate streams are ended and their ``complete`` CRC checked after every run.
+Only 127.0.0.1 is ever targeted; every phase is bounded in time.
 """
 
 from __future__ import annotations
