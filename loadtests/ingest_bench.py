@@ -18,17 +18,18 @@ Servers (``loadtests/benchservers.py``): ``voxgate``; the baselines (a) ``litest
 (b) ``voxgate-py`` (``VOXGATE_NATIVE=python``), (c) ``fastapi``, (d) ``picows``.
 Each starts as a subprocess on a free 127.0.0.1 port and stops after its run.
 The load comes from ``loadtests/loadgen.py`` (picows + uvloop, callbacks, no
-task per stream) in a process of its own; its CPU use is printed beside the
-server's so a saturated generator shows. voxgate streams are ended and their
-``complete`` CRC checked after every run. Only 127.0.0.1 is ever targeted;
-every phase is bounded in time.
+task per stream) in a process of its own, or with ``--driver rust`` from
+``loadtests/loadgen-rs`` (built on first use); ``--generators N`` splits the
+streams over N such processes (``generators.py``). Their CPU use is printed
+beside the server's, in all and per message, so a saturated generator shows.
+voxgate streams are ended and their ``complete`` CRC checked after every run.
+Only 127.0.0.1 is ever targeted; every phase is bounded in time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -51,7 +52,8 @@ from benchservers import (
     sessions_and_tokens,
     start_server,
 )
-from loadgen import CONNECT_TIMEOUT_S, LoadResult, LoadSpec, generator_process
+from generators import DRIVERS, failed_result, open_generator
+from loadgen import CONNECT_TIMEOUT_S, LoadSpec
 
 VOXGATE_KINDS = ("voxgate", "voxgate-py", "voxgate-ref")
 
@@ -71,96 +73,33 @@ class Scenario:
 # -- running one load ----------------------------------------------------------------
 
 
-class Generator:
-    """The generator process for one load, with its pipe."""
-
-    def __init__(self, spec: LoadSpec) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=generator_process, args=(child, spec), daemon=True)
-        self.process.start()
-        child.close()
-        self.spec = spec
-        self.result: dict[str, Any] | None = None
-
-    def wait_ready(self, timeout: float) -> None:
-        message = self._next(timeout)
-        if "result" in message:  # failed before it was ready
-            self.result = message["result"]
-            raise RuntimeError(f"generator failed: {self.result['errors'] if self.result else ''}")
-        if "ready" not in message:
-            raise RuntimeError(f"generator said {message} before ready")
-
-    def _next(self, timeout: float) -> dict[str, Any]:
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"generator silent for {timeout:.0f} s")
-        try:
-            message: dict[str, Any] = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"generator exited (code {self.process.exitcode})") from None
-        return message
-
-    def start(self) -> None:
-        self.conn.send("start")
-
-    def stop_idle(self) -> None:
-        self.conn.send("stop")
-
-    def wait_result(
-        self, timeout: float, on_progress: Callable[[dict[str, Any]], None] | None = None
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while self.result is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"generator gave no result within {timeout:.0f} s")
-            try:
-                message = self._next(min(left, 1.0))
-            except TimeoutError:
-                if on_progress is not None:
-                    on_progress({})
-                continue
-            if "progress" in message and on_progress is not None:
-                on_progress(message["progress"])
-            elif "result" in message:
-                self.result = message["result"]
-        return self.result
-
-    def close(self) -> None:
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-
-
-def _failed(spec: LoadSpec, error: str) -> dict[str, Any]:
-    result = asdict(LoadResult(spec.target, len(spec.session_ids), spec.duration_s or 0.0))
-    result["errors"] = [error]
-    return result
-
-
 def run_load(
     spec: LoadSpec,
     server: ServerProcess | None,
     *,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     budget_s: float | None = None,
+    generators: int = 1,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Run ``spec`` in a generator process against ``server``; bounded in time."""
-    generator = Generator(spec)
+    """Run ``spec`` in ``generators`` processes of ``spec.driver`` against ``server``.
+
+    Bounded in time; ``threads`` is the Rust generator's runtime threads.
+    """
+    generator = open_generator(spec, generators, threads)
     try:
         try:
             generator.wait_ready(CONNECT_TIMEOUT_S + 0.02 * len(spec.session_ids) + 30)
         except (RuntimeError, TimeoutError) as exc:
-            return generator.result or _failed(spec, repr(exc))
+            return generator.result or failed_result(spec, repr(exc))
         cpu_before = server.cpu_s() if server is not None else 0.0
         busy_before = machine_busy_s()
         generator.start()
         budget = budget_s or (spec.duration_s or 600.0) + 90.0
         try:
             result = generator.wait_result(budget, on_progress)
-        except TimeoutError as exc:
-            result = _failed(spec, repr(exc))
+        except (RuntimeError, TimeoutError) as exc:
+            result = failed_result(spec, repr(exc))
         if server is not None:
             result["server_cpu_s"] = round(server.cpu_s() - cpu_before, 3)
         # Whatever else ran meanwhile (other jobs on a shared machine) skews the figures.
@@ -190,11 +129,14 @@ def one_run(kind: str, scenario: Scenario, root: Path, args: argparse.Namespace)
             duration_s=scenario.duration_s,
             rate=scenario.rate,
             verify=kind in VOXGATE_KINDS,
-            driver=getattr(args, "driver", "picows"),
+            driver=args.driver,
+            inflight_messages=args.inflight,
+            warmup_s=args.warmup,
         )
-        result = run_load(spec, server)
+        result = run_load(spec, server, generators=args.generators, threads=args.gen_threads)
         result["server_memory"] = server.memory()
         result.pop("per_stream_acked", None)
+        result.pop("latency_hist_us", None)
         return result
     finally:
         server.stop()
@@ -233,16 +175,22 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
     print(f"\n{title}")
     print(
         f"{'server':<34} {'frames/s':>10} {'MB/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'srv CPU':>8} {'gen CPU':>8} {'other':>6}  runs (frames/s)"
+        f"{'p99 ms':>8} {'srv CPU':>8} {'gen CPU':>8} {'gen us/msg':>10} {'other':>6}"
+        "  runs (frames/s)"
     )
     for kind, r in results.items():
         lat = r["latency_ms"]
         duration = r["duration_s"] or 1.0
+        # Generator CPU per message sent (connects, drain and END included): its own cost.
+        per_message = (
+            1e6 * r["generator_cpu_s"] / r["messages_sent"] if r["messages_sent"] else None
+        )
         print(
             f"{ROLES.get(kind, kind):<34} {r['frames_per_s']:>10,.0f} {r['mb_per_s']:>8.2f} "
             f"{_fmt(lat.get('p50')):>8} {_fmt(lat.get('p95')):>8} {_fmt(lat.get('p99')):>8} "
             f"{100 * r['server_cpu_s'] / duration:>7.0f}% "
             f"{100 * r['generator_cpu_s'] / duration:>7.0f}% "
+            f"{_fmt(per_message, '.1f'):>10} "
             f"{100 * r.get('other_cpu_s', 0.0) / duration:>5.0f}%  "
             f"{', '.join(f'{x:,.0f}' for x in r.get('runs_frames_per_s', []))}"
         )
@@ -252,6 +200,8 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
             notes.append(f"nacks {r['nacks']}")
         if r.get("closes"):
             notes.append(f"closes {r['closes']}")
+        if lat_late := r["latency_ms"].get("late_messages"):
+            notes.append(f"late paced messages {lat_late}")
         if kind in VOXGATE_KINDS:
             notes.append(f"streams verified {r['streams_verified']}/{r['streams']}")
         if r["errors"]:
@@ -274,6 +224,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "durability": args.durability,
         "window_bytes": args.window_bytes,
         "repeat": getattr(args, "repeat", 1),
+        "driver": args.driver,
+        "generators": args.generators,
+        "inflight_messages": args.inflight,
     }
 
 
@@ -316,15 +269,17 @@ def measure_idle(kind: str, streams: int, root: Path, args: argparse.Namespace) 
     try:
         sessions, tokens = sessions_and_tokens(kind, server.base_url, streams)
         # Warm up: one short-lived stream, so first-use allocations are not counted.
-        spec = LoadSpec(kind, server.ws_base, sessions, tokens, 640, 1, idle=True)
+        driver = args.driver
+        spec = LoadSpec(kind, server.ws_base, sessions, tokens, 640, 1, idle=True, driver=driver)
         warm = LoadSpec(kind, server.ws_base, sessions[:1], tokens[:1], 640, 1, duration_s=0.5)
         if kind in VOXGATE_KINDS:
             more, more_tokens = sessions_and_tokens(kind, server.base_url, 1)
             warm = LoadSpec(kind, server.ws_base, more, more_tokens, 640, 1, duration_s=0.5)
+        warm.driver = driver
         run_load(warm, server)
         time.sleep(1.0)
         before = server.memory()
-        generator = Generator(spec)
+        generator = open_generator(spec, args.generators, args.gen_threads)
         try:
             generator.wait_ready(CONNECT_TIMEOUT_S + 0.02 * streams + 30)
             time.sleep(2.0)  # let the server settle its per-connection state
@@ -487,6 +442,8 @@ def cmd_session(args: argparse.Namespace) -> int:
                 total_frames=total_frames,
                 rate=rate,
                 verify=True,
+                driver=args.driver,
+                inflight_messages=args.inflight,
             )
             snapshots: list[dict[str, Any]] = []
             started = time.monotonic()
@@ -543,9 +500,17 @@ def cmd_session(args: argparse.Namespace) -> int:
                     bar.update(task, completed=min(total_chunks, acked // frames_per_chunk))
 
                 budget = (total_frames / rate if rate else 0) + args.timeout
-                result = run_load(spec, server, on_progress=on_progress, budget_s=budget)
+                result = run_load(
+                    spec,
+                    server,
+                    on_progress=on_progress,
+                    budget_s=budget,
+                    generators=args.generators,
+                    threads=args.gen_threads,
+                )
                 snapshot()
             per_stream = result.pop("per_stream_acked", [])
+            result.pop("latency_hist_us", None)
             chunks_acked = sum(min(args.chunks, n // frames_per_chunk) for n in per_stream)
             peak = max((s.get("hwm_mb", 0.0) for s in snapshots), default=None)
             report = {
@@ -608,6 +573,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-root", default=None, help="parent dir of the temp data dirs")
     common.add_argument("--json", dest="json_out", default=None, help="write the report here")
     common.add_argument("--repeat", type=int, default=1, help="runs per figure; medians kept")
+    common.add_argument(
+        "--driver",
+        choices=(*DRIVERS, "raw"),
+        default="picows",
+        help="load generator: picows (Python, default), rust (loadgen-rs, built on first use), "
+        "client (voxgate's StreamClient)",
+    )
+    common.add_argument(
+        "--generators", type=int, default=1, help="generator processes sharing the streams"
+    )
+    common.add_argument(
+        "--gen-threads", type=int, default=1, help="runtime threads per Rust generator"
+    )
+    common.add_argument(
+        "--inflight", type=int, default=None, help="unacked messages per stream (default: credit)"
+    )
+    common.add_argument(
+        "--warmup", type=float, default=0.0, help="seconds of load before the measured window"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     c = commands.add_parser("compare", parents=[common], help="one load, several servers")
@@ -617,7 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--frames-per-message", type=int, default=10)
     c.add_argument("--duration", type=float, default=10.0, help="seconds per server")
     c.add_argument("--rate", type=float, default=None, help="frames/s per stream (paced)")
-    c.add_argument("--driver", choices=("picows", "raw", "client"), default="picows")
     c.set_defaults(handler=cmd_compare)
 
     t = commands.add_parser("targets", parents=[common], help="every target, one run")
@@ -663,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--streams must be 1..5000")
     if getattr(args, "duration", 1.0) <= 0 or getattr(args, "duration", 1.0) > 600:
         raise SystemExit("--duration must be within 0..600 s")
+    if not 1 <= args.generators <= 16 or not 1 <= args.gen_threads <= 8:
+        raise SystemExit("--generators must be 1..16 and --gen-threads 1..8")
+    if args.inflight is not None and not 1 <= args.inflight <= 100_000:
+        raise SystemExit("--inflight must be 1..100000 messages")
+    if not 0 <= args.warmup <= 120:
+        raise SystemExit("--warmup must be within 0..120 s")
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

@@ -11,6 +11,13 @@ FIFO of sent messages matches them without a per-frame map.
 A stream either runs for ``duration_s`` (then drains its in-flight frames) or
 sends ``total_frames`` frames. With ``verify`` it then sends END and checks
 the ``complete`` message's frame count, byte count and stream CRC-32C.
+``inflight_messages`` bounds the unacked messages per stream below the
+credit; ``warmup_s`` of load come before the measured window. A paced message
+sent more than ``LATE_S`` after it was due counts as late.
+
+Latencies also come out as a histogram (:func:`latency_histogram`) that
+merges across generator processes; ``driver="rust"`` runs the same spec in
+``loadgen-rs`` (see ``generators.py``), which reports the same histogram.
 
 The parent talks to the generator over a pipe: it sends ``"start"`` once
 connections are open (the generator answers ``"ready"`` first) and receives
@@ -39,6 +46,7 @@ CONNECT_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 15.0
 COMPLETE_TIMEOUT_S = 20.0
 CONNECT_CONCURRENCY = 64
+LATE_S = 0.005
 
 
 @dataclass
@@ -56,8 +64,11 @@ class LoadSpec:
     rate: float | None = None  # frames/s per stream (real-time pacing); None: credit-bound
     verify: bool = False  # END each stream and check complete (voxgate only)
     idle: bool = False  # open the streams, send nothing, hold them until told to stop
-    driver: str = "picows"  # "picows": the callbacks below; "client": voxgate's StreamClient
+    # "picows": the callbacks below; "client": voxgate's StreamClient; "rust": loadgen-rs
+    driver: str = "picows"
     progress_s: float = 0.5
+    inflight_messages: int | None = None  # unacked messages per stream; None: credit only
+    warmup_s: float = 0.0  # load before the measured window opens
 
 
 @dataclass
@@ -81,6 +92,7 @@ class LoadResult:
     per_stream_acked: list[int] = field(default_factory=list)
     generator_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
+    latency_hist_us: list[list[int]] = field(default_factory=list)  # [[bucket_us, frames]]
 
 
 class Stream(WSListener):
@@ -168,7 +180,7 @@ class Stream(WSListener):
     def on_acked(self, done: int) -> None:
         run = self.run
         now = time.perf_counter()
-        counts = now <= run.window_end
+        counts = run.window_start <= now <= run.window_end
         self.acked += done
         run.acked += done
         if counts:
@@ -205,9 +217,12 @@ class Stream(WSListener):
     def pump(self) -> None:
         """Credit-bound: send full messages while the window has room."""
         fb, per_message = self.fb, self.per_message
+        bound = self.run.spec.inflight_messages or 1 << 62
         while self.sending:
             left = self.limit - self.next_seq
             fit = min(per_message, (self.window - self.inflight) // fb, left)
+            if len(self.pending) >= bound:
+                fit = 0
             if fit <= 0:
                 if left <= 0:
                     self.sending = False
@@ -226,13 +241,16 @@ class Stream(WSListener):
             self.run.stream_done()
             return
         count = min(self.per_message, left)
-        if self.window - self.inflight >= count * self.fb:
+        bound = self.run.spec.inflight_messages or 1 << 62
+        now = time.perf_counter()
+        if self.window - self.inflight >= count * self.fb and len(self.pending) < bound:
+            if now - self.due > LATE_S:
+                self.run.late += 1
             self.send_frames(count)
             self.due += count / (self.run.spec.rate or 1.0)
             at = self.due
         else:  # no credit: retry soon, keeping the schedule so the stream catches up
-            self.run.late += 1
-            at = time.perf_counter() + 0.002
+            at = now + 0.002
         self.timer = self.run.loop.call_at(self.run.to_loop_time(at), self.tick)
 
     def start(self, at: float) -> None:
@@ -379,9 +397,9 @@ class Run:
     async def _load(self, result: LoadResult) -> None:
         spec = self.spec
         start = time.perf_counter()
-        self.window_start = start
+        self.window_start = start + spec.warmup_s
         if spec.duration_s is not None:
-            self.window_end = start + spec.duration_s
+            self.window_end = self.window_start + spec.duration_s
         # Paced streams start spread over one period, as independent callers would.
         period = spec.frames_per_message / spec.rate if spec.rate else 0.0
         n = len(self.streams)
@@ -401,8 +419,7 @@ class Run:
         if spec.duration_s is None:
             # Counted to the last ack: a long session is done when everything is acked.
             self.window_end = time.perf_counter()
-            elapsed = self.window_end - start
-            self.acked_in_window = self.acked
+            elapsed = self.window_end - self.window_start
         if spec.verify:
             checks = await asyncio.gather(
                 *(s.finish(COMPLETE_TIMEOUT_S) for s in self.streams), return_exceptions=True
@@ -420,7 +437,8 @@ class Run:
         result.frames_per_s = round(self.acked_in_window / elapsed, 1)
         result.mb_per_s = round(result.bytes_acked / elapsed / 1e6, 3)
         result.latency_ms = weighted_percentiles(self.lat_values, self.lat_weights)
-        if self.late:
+        result.latency_hist_us = latency_histogram(self.lat_values, self.lat_weights)
+        if spec.rate is not None:
             result.latency_ms["late_messages"] = self.late
         result.nacks = dict(self.nacks)
         result.closes = dict(self.closes)
@@ -431,14 +449,17 @@ class Run:
             result.errors.append(f"{unacked} frames sent and never acked")
 
 
+PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999))
+
+
 def weighted_percentiles(values: list[float], weights: list[int]) -> dict[str, float]:
-    """p50/p95/p99/max in ms of ``values`` (seconds), each counted ``weights`` times."""
+    """p50/p90/p95/p99/p99.9/max in ms of ``values`` (seconds), each counted ``weights`` times."""
     if not values:
         return {}
     pairs = sorted(zip(values, weights, strict=True))
     total = sum(weights)
     out: dict[str, float] = {}
-    marks = [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)]
+    marks = PERCENTILES
     seen = 0
     i = 0
     for value, weight in pairs:
@@ -447,6 +468,45 @@ def weighted_percentiles(values: list[float], weights: list[int]) -> dict[str, f
             out[marks[i][0]] = round(value * 1000, 3)
             i += 1
     out["max"] = round(pairs[-1][0] * 1000, 3)
+    out["n"] = total
+    return out
+
+
+def bucket_us(us: int) -> int:
+    """The histogram bucket of ``us`` microseconds: exact below 1 ms, 3 significant digits above.
+
+    The same rule as ``loadgen-rs/src/stats.rs``, so histograms of both drivers merge.
+    """
+    if us < 1000:
+        return us
+    factor = 1
+    while us >= 1000 * factor:
+        factor *= 10
+    return (us + factor // 2) // factor * factor
+
+
+def latency_histogram(values: list[float], weights: list[int]) -> list[list[int]]:
+    """``[[bucket_us, frames], ...]`` in bucket order, of ``values`` in seconds."""
+    counts: dict[int, int] = {}
+    for value, weight in zip(values, weights, strict=True):
+        key = bucket_us(max(0, round(value * 1e6)))
+        counts[key] = counts.get(key, 0) + weight
+    return [[key, counts[key]] for key in sorted(counts)]
+
+
+def histogram_percentiles(pairs: list[list[int]]) -> dict[str, float]:
+    """Percentiles in ms of a merged ``latency_hist_us`` (bucket values; no exact max)."""
+    total = sum(count for _, count in pairs)
+    if not total:
+        return {}
+    out: dict[str, float] = {}
+    seen = 0
+    i = 0
+    for key, count in sorted(pairs):
+        seen += count
+        while i < len(PERCENTILES) and seen >= PERCENTILES[i][1] * total:
+            out[PERCENTILES[i][0]] = round(key / 1000, 3)
+            i += 1
     out["n"] = total
     return out
 
@@ -516,6 +576,7 @@ async def _main_client(spec: LoadSpec, conn: Connection | None) -> LoadResult:
     result.frames_per_s = round(result.frames_acked / spec.duration_s, 1)
     result.mb_per_s = round(result.bytes_acked / spec.duration_s / 1e6, 3)
     result.latency_ms = weighted_percentiles(samples, [1] * len(samples))
+    result.latency_hist_us = latency_histogram(samples, [1] * len(samples))
     return result
 
 

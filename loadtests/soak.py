@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 
 from benchservers import API_KEY, sessions_and_tokens, start_server
-from ingest_bench import Generator
+from generators import Generator
 from loadgen import CONNECT_TIMEOUT_S, LoadSpec
 from transcripts import OPENAPI_PATH, find, session_path
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up this checkout if needed, then run every check CI runs, in order,
 # stopping at the first one that fails:
-#   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test
+#   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test; for the load
+#   generator (loadtests/loadgen-rs, a crate of its own): fmt and clippy only
 #   Python: ruff check, ruff format --check, mypy --strict, pytest (unit and end-to-end)
 # Arguments go to pytest, e.g. `./scripts/test.sh tests/e2e -k resume`.
 set -euo pipefail
@@ -34,6 +35,12 @@ export LD_LIBRARY_PATH="${PY_LIBDIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 check "cargo fmt" cargo fmt --all --check
 check "cargo clippy" cargo clippy --all-targets -- -D warnings
 check "cargo test" cargo test
+# The load generator's own unit tests (`cargo test --manifest-path ...`) are left
+# out: building them too would add about 40 s to a cold run.
+LOADGEN_MANIFEST=loadtests/loadgen-rs/Cargo.toml
+check "cargo fmt (load generator)" cargo fmt --manifest-path "$LOADGEN_MANIFEST" --check
+check "cargo clippy (load generator)" \
+    cargo clippy --manifest-path "$LOADGEN_MANIFEST" --all-targets --locked -- -D warnings
 
 # Lint only the Python trees that exist (git keeps no empty folders).
 ruff_paths=()
