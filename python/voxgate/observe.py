@@ -42,6 +42,10 @@ Send = Callable[[Message], Awaitable[None]]
 log = logs.get("voxgate.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Scope key holding a WebSocket's ASGI (receive, send) as the server gave them: the
+# stream route's per-message loop uses them directly, past the per-call wrappers of
+# Litestar and its middleware (after the accept, which goes through them all).
+RAW_CHANNEL = "voxgate.raw_channel"
 # A client's id is kept if it is short and plain; anything else gets a fresh one.
 _GOOD_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # Routes polled by machines: their access lines are debug, not info.
@@ -165,6 +169,7 @@ class Observed:
                         message = {**message, "headers": headers}
                     await send(message)
 
+                scope[RAW_CHANNEL] = (receive, send)
                 await self._app(scope, receive, send_with_id)
             finally:
                 self.ip_streams.release(ip)

@@ -87,7 +87,10 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     writer = Writer(store, max_frames=1024, max_bytes=1 << 20)
     await writer.start()
     try:
-        yield Parts(store, writer, Ledger(64 * 1024, 1 << 20, 1 << 19, 1 << 21), StreamRegistry())
+        registry = StreamRegistry()
+        registry.start(store, 0.05)
+        yield Parts(store, writer, Ledger(64 * 1024, 1 << 20, 1 << 19, 1 << 21), registry)
+        await registry.close_all(1.0)
     finally:
         await writer.stop()
         await store.close()

@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from litestar import WebSocket, websocket
 from litestar.params import FromPath
+from litestar.types import Receive, Send
 
 from voxgate import logs, metrics
 from voxgate.auth import bearer
 from voxgate.ingest.stream import Close, StreamConnection, StreamLimits, send_close
+from voxgate.observe import RAW_CHANNEL
 from voxgate.rates import SESSION_CONNECTS
 from voxgate.settings import Settings
 from voxgate.store.base import SessionState, StoreError, Tier
@@ -66,7 +68,7 @@ async def reject(socket: WebSocket[Any, Any, Any], close: Close) -> None:
     metrics.STREAM_CLOSES.labels(str(close.code), "server").inc()
     events.info("stream.refused", code=close.code, error=close.error)
     with contextlib.suppress(OSError, Exception):
-        await send_close(socket.send, close, error=True)
+        await send_close(socket.send, close, with_error=True)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -124,11 +126,15 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         log.error("store unavailable at stream open: %s", exc)
         await reject(socket, Close(1013, "store_unavailable", "storage unavailable"))
         return
+    # The server's own receive and send when the outermost layer kept them (it does in
+    # production): one call each per message instead of three nested ones.
+    raw = cast("tuple[Receive, Send] | None", socket.scope.get(RAW_CHANNEL))
+    receive, send = raw or (socket.receive, socket.send)
     conn = StreamConnection(
         session_id=session_id,
         generation=generation,
-        receive=socket.receive,
-        send=socket.send,
+        receive=receive,
+        send=send,
         writer=runtime.writer,
         ledger=runtime.ledger,
         registry=runtime.streams,

@@ -85,10 +85,10 @@ def text_event(text: str) -> dict[str, Any]:
     return {"type": "websocket.send", "text": text, "bytes": None}
 
 
-async def send_close(send: Send, close: Close, *, error: bool = False) -> None:
-    """``error`` (for 4xxx codes, or always with ``error``), then the close frame; the
+async def send_close(send: Send, close: Close, *, with_error: bool = False) -> None:
+    """``error`` (for 4xxx codes, or always ``with_error``), then the close frame; the
     reason cut to fit a frame."""
-    if error or close.code >= 4000:
+    if with_error or close.code >= 4000:
         error = {"type": "error", "code": close.error, "message": close.message}
         await send(text_event(orjson.dumps(error).decode()))  # type: ignore[arg-type]
     reason = close.message.encode()[:123].decode(errors="ignore")
@@ -164,6 +164,10 @@ class StreamRegistry:
             await asyncio.sleep(poll_s)
             if not self._by_session:
                 continue
+            # One sweep for all streams instead of a timeout around every send.
+            now = time.monotonic()
+            for conn in list(self._by_session.values()):
+                conn.check_stalled(now)
             try:
                 current = await store.stream_generations(list(self._by_session))
             except StoreError as exc:
@@ -248,6 +252,9 @@ class StreamConnection:
         self._opened = time.monotonic()
         self._ack_since: float | None = None  # receipt of the oldest frame awaiting an ack
         self._peer_code: int | None = None
+        self._sending_since: float | None = None  # a send the client has not taken yet
+        self._task: asyncio.Task[Any] | None = None  # the handler task
+        self._stalled = False
 
     # -- signals from other tasks -------------------------------------------------
 
@@ -259,6 +266,20 @@ class StreamConnection:
 
     def window(self) -> int:
         return self._ledger.window(self._handle)
+
+    def check_stalled(self, now: float) -> None:
+        """End the stream if one send has waited ``send_timeout_s`` for the client to read:
+        a client that stops reading must not hold the stream (and what it buffers) forever."""
+        since = self._sending_since
+        task = self._task
+        if (
+            since is not None
+            and task is not None
+            and not self._stalled
+            and now - since >= self._limits.send_timeout_s
+        ):
+            self._stalled = True
+            task.cancel()
 
     def offer_window(self) -> None:
         if self._ledger.inflight(self._handle) == 0:
@@ -299,6 +320,7 @@ class StreamConnection:
             "max_message_bytes": limits.max_message_bytes,
         }
         reader: asyncio.Task[None] | None = None
+        self._task = asyncio.current_task()
         try:
             await self._send(orjson.dumps(hello).decode())
             reader = asyncio.create_task(self._read())
@@ -320,10 +342,17 @@ class StreamConnection:
                         async with asyncio.timeout(_CLOSE_FLUSH_S):
                             await self._commits_done.wait()
                     await self._flush()
-                async with asyncio.timeout(limits.send_timeout_s):
-                    await send_close(self._send_event, self._close)
-        except (OSError, TimeoutError):  # the peer vanished mid-send, or stopped reading
+                self._sending_since = time.monotonic()
+                await send_close(self._send_event, self._close)
+        except OSError:  # the peer vanished mid-send
             pass
+        except asyncio.CancelledError:
+            if not self._stalled:
+                raise
+            # Cancelled by check_stalled: the client stopped reading. Not a shutdown.
+            if self._task is not None:
+                self._task.uncancel()
+            log.info("stream of %s stalled: the client reads nothing", self.session_id)
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
@@ -384,9 +413,9 @@ class StreamConnection:
             self._wake.clear()
 
     async def _send(self, text: str) -> None:
-        # A client that stops reading must not hold the stream (and its buffers) forever.
-        async with asyncio.timeout(self._limits.send_timeout_s):
-            await self._send_event(text_event(text))  # type: ignore[arg-type]
+        self._sending_since = time.monotonic()  # watched by check_stalled
+        await self._send_event(text_event(text))  # type: ignore[arg-type]
+        self._sending_since = None
 
     async def _flush(self) -> None:
         core = self._core
