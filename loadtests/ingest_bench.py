@@ -4,6 +4,10 @@
     python loadtests/ingest_bench.py compare --servers voxgate,litestar,fastapi,voxgate-py,picows \\
         --streams 16 --frame-bytes 640 --frames-per-message 1 --duration 10 [--repeat 3]
 
+    # live calls held at ack p99 <= 50 ms: a doubling ladder of paced streams from 50
+    python loadtests/ingest_bench.py capacity --servers voxgate,litestar --driver rust \\
+        --rate 50 --frames-per-message 1
+
     # every target of docs/performance.md in one run, as ratios, with a verdict each
     python loadtests/ingest_bench.py targets [--repeat 3] [--json targets.json]
 
@@ -261,6 +265,58 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(document, indent=2) + "\n")
     return 1 if any(r["errors"] for r in results.values()) else 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """Live calls each server holds: paced streams on a doubling ladder from ``--start``,
+    each rung run for every server in turn, until ack p99 passes ``--p99-ms`` (or frames
+    go unacked). Capacity is the last rung that held."""
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    held: dict[str, int | None] = dict.fromkeys(kinds)
+    alive = set(kinds)
+    rungs: list[dict[str, Any]] = []
+    streams = args.start
+    with tempfile.TemporaryDirectory(prefix="voxgate-bench-", dir=args.data_root) as tmp:
+        while alive and streams <= args.max_streams:
+            scenario = Scenario(
+                f"capacity {streams}",
+                streams,
+                args.frame_bytes,
+                args.frames_per_message,
+                args.duration,
+                args.rate,
+            )
+            results = compare([k for k in kinds if k in alive], scenario, Path(tmp), args)
+            print_table(f"live calls: {streams} streams, {args.rate:g} frames/s each", results)
+            rung: dict[str, Any] = {"streams": streams}
+            for kind, r in results.items():
+                p99 = r["latency_ms"].get("p99")
+                offered = streams * args.rate
+                ok = (
+                    p99 is not None
+                    and p99 <= args.p99_ms
+                    and not r["errors"]
+                    and r["frames_per_s"] >= 0.95 * offered
+                )
+                rung[kind] = {"p99_ms": p99, "frames_per_s": r["frames_per_s"], "held": ok}
+                if ok:
+                    held[kind] = streams
+                else:
+                    alive.discard(kind)
+            rungs.append(rung)
+            streams *= 2
+    print(f"\nlive-call capacity (ack p99 <= {args.p99_ms:g} ms, >= 95% of offered acked):")
+    for kind, n in held.items():
+        print(f"  {kind:12} {n if n is not None else f'< {args.start}'} streams")
+    mine = held.get("voxgate")
+    if mine:
+        for kind, n in held.items():
+            if kind != "voxgate" and n:
+                print(f"  voxgate/{kind} x{mine / n:.2f}")
+    document = {"environment": environment(args), "held": held, "rungs": rungs}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(document, indent=2) + "\n")
+    return 0
 
 
 def measure_idle(kind: str, streams: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -627,6 +683,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-data-dir", default=None, help="with --url: measure its disk use")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(handler=cmd_session)
+
+    cap = commands.add_parser(
+        "capacity", parents=[common], help="live calls held at an ack p99 bound (ladder)"
+    )
+    cap.add_argument("--servers", default="voxgate,litestar")
+    cap.add_argument("--start", type=int, default=50, help="streams on the first rung")
+    cap.add_argument("--max-streams", type=int, default=3200)
+    cap.add_argument("--rate", type=float, default=50.0, help="frames/s per stream")
+    cap.add_argument("--frame-bytes", type=int, default=640)
+    cap.add_argument("--frames-per-message", type=int, default=1)
+    cap.add_argument("--duration", type=float, default=10.0, help="seconds per rung")
+    cap.add_argument("--p99-ms", type=float, default=50.0)
+    cap.set_defaults(handler=cmd_capacity)
 
     i = commands.add_parser("idle", parents=[common], help="memory per idle open stream")
     i.add_argument("--servers", default="voxgate")

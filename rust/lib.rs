@@ -18,6 +18,8 @@ use pyo3::{create_exception, ffi, intern};
 /// Work on buffers at least this large runs with the GIL released; below it
 /// the release costs more than it frees.
 const GIL_RELEASE_BYTES: usize = 64 * 1024;
+/// Likewise, commits of at least this many frames are judged without the GIL.
+const GIL_RELEASE_FRAMES: usize = 256;
 
 create_exception!(
     voxgate._native,
@@ -504,8 +506,15 @@ impl PyCommitPlan {
         offset: u64,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyList>, usize, u64)> {
         let mut stored = Vec::new();
-        let (outcomes, rows, end, nrows) =
-            self.plan.judge(&self.frames, segment, offset, &mut stored);
+        let (plan, frames) = (&mut self.plan, &self.frames);
+        let mut run = || plan.judge(frames, segment, offset, &mut stored);
+        // Large batches are judged with the GIL released (the event loop runs meanwhile);
+        // for small ones handing the GIL back and forth would cost more than the work.
+        let (outcomes, rows, end, nrows) = if frames.len() >= GIL_RELEASE_FRAMES {
+            py.detach(run)
+        } else {
+            run()
+        };
         self.outcomes = outcomes;
         let mut items = Vec::with_capacity(stored.len());
         for &i in &stored {
