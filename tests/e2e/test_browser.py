@@ -26,7 +26,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from servers import Server, start_server
+from servers import Server, free_port, start_server
 from voxgate._native import crc32c, encode_frame
 
 CHROMIUM = "/usr/bin/chromium"
@@ -389,3 +389,38 @@ def test_spent_token_is_a_clear_error(page: Page, server: Server, how: str) -> N
     assert failure["code"] == 4401
     assert failure["error"] == "unauthorized"
     assert "expired or already used" in failure["message"]
+
+
+def test_send_reports_back_pressure_and_never_buffers_without_bound(page: Page) -> None:
+    # Nothing listens on the stream's port: every frame stays unacked in the SDK.
+    result = page.evaluate(
+        """async (port) => {
+            const { VoxgateStream } = await import("/client/voxgate.js");
+            const stream = new VoxgateStream({
+                url: `http://127.0.0.1:${port}`, sessionId: "ses_unreachable",
+                token: () => "unused", maxBufferedFrames: 10, highWaterFrames: 4,
+                backoff: { initialMs: 1000, maxMs: 1000 },
+            });
+            const events = [];
+            stream.addEventListener("backpressure", (e) => events.push(e.detail.bufferedFrames));
+            const accepted = [];
+            let refused = null;
+            for (let i = 0; i < 12; i++) {
+                try {
+                    accepted.push(stream.send(new Uint8Array(320).fill(i)));
+                } catch (err) {
+                    refused = { at: i, code: err.code };
+                    break;
+                }
+            }
+            const buffered = stream.bufferedFrames;
+            stream.close();
+            return { accepted, refused, events, buffered };
+        }""",
+        free_port(),
+    )
+    # True while below the high-water mark, false from it on, refused at the limit.
+    assert result["accepted"] == [True, True, True, False, False, False, False, False, False, False]
+    assert result["events"] == [4]
+    assert result["refused"] == {"at": 10, "code": "buffer_full"}
+    assert result["buffered"] == 10
