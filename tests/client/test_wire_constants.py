@@ -11,6 +11,7 @@ import re
 import struct
 from enum import Enum
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,14 @@ def test_header_layout_is_consistent() -> None:
     assert struct.calcsize(wire.HEADER_FORMAT) == wire.HEADER_SIZE
     assert wire.FLAG_END & wire.RESERVED_FLAGS == 0
     assert wire.FLAG_END | wire.RESERVED_FLAGS == 0xFF
+
+
+def test_protocol_doc_names_every_value() -> None:
+    # docs/protocol.md is the contract: a code added to voxgate.wire must be documented.
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    for names in (wire.CloseCode, wire.NackReason, wire.MessageType, wire.ErrorCode):
+        for member in names:
+            assert f"`{member.value}`" in doc or f"| {member.value} |" in doc, member
+    for text in (wire.SUBPROTOCOL, wire.TOKEN_SUBPROTOCOL_PREFIX, wire.FRAMES_CONTENT_TYPE):
+        assert text in doc
+    assert wire.HEADER_FORMAT in doc
