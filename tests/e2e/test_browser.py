@@ -11,10 +11,13 @@ as in an application whose backend mints tokens.
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import itertools
 import math
 import shutil
 import struct
+import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -42,11 +45,11 @@ Json = dict[str, Any]
 
 # Runs in the page: import the SDK from the server and keep its state on window.t.
 START_MIC = """
-async ([sessionId, backoff, sampleRate, frameMs]) => {
-  const sdk = await import("/client/voxgate.js");
+async ([sdkUrl, sessionId, backoff, sampleRate, frameMs]) => {
+  const sdk = await import(sdkUrl);
   const t = (window.t = { payloads: [], disconnects: [], micError: null });
   const stream = new sdk.VoxgateStream({
-    url: location.origin,
+    url: new URL(sdkUrl).origin,
     sessionId,
     token: () => window.mintToken(sessionId),
     backoff,
@@ -194,13 +197,13 @@ def stored_audio(server: Server, session_id: str) -> bytes:
     return response.content
 
 
-def open_page(browser: Browser, server: Server) -> Page:
-    """A page on the server's /client/ origin with ``mintToken(sessionId)`` exposed."""
+def open_page(browser: Browser, server: Server, url: str | None = None) -> Page:
+    """A page at ``url`` (default: the server's /client/) with ``mintToken(sessionId)``."""
     page = browser.new_page()
     page.set_default_timeout(WAIT_MS)
     token_for: Callable[[str], str] = lambda session_id: mint(server, session_id)  # noqa: E731
     page.expose_function("mintToken", token_for)
-    page.goto(f"{server.base_url}/client/")
+    page.goto(url or f"{server.base_url}/client/")
     return page
 
 
@@ -305,9 +308,9 @@ def test_server_killed_mid_stream_nothing_lost(browser: Browser, tmp_path: Path)
         session_id = create_session(server)
         page = open_page(browser, server)
         try:
-            page.evaluate(
-                START_MIC, [session_id, {"initialMs": 100, "maxMs": 1000, "maxAttempts": 1000}]
-            )
+            backoff = {"initialMs": 100, "maxMs": 1000, "maxAttempts": 1000}
+            sdk_url = f"{server.base_url}/client/voxgate.js"
+            page.evaluate(START_MIC, [sdk_url, session_id, backoff, SESSION_RATE, FRAME_MS])
             page.wait_for_function("() => window.t.stream.stats.framesAcked >= 50")
             server.kill()
             page.wait_for_function("() => !window.t.stream.stats.connected")
@@ -424,3 +427,40 @@ def test_send_reports_back_pressure_and_never_buffers_without_bound(page: Page) 
     assert result["events"] == [4]
     assert result["refused"] == {"at": 10, "code": "buffer_full"}
     assert result["buffered"] == 10
+
+
+@pytest.fixture
+def app_origin(tmp_path: Path) -> Iterator[str]:
+    """An application's own web server on another port: an origin apart from voxgate's."""
+    (tmp_path / "index.html").write_text("<!doctype html><title>app</title><p>app page</p>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_page_of_another_origin_loads_the_sdk_and_streams(
+    browser: Browser, tmp_path: Path, app_origin: str
+) -> None:
+    # As in docs/clients.md: the application's page imports the SDK from voxgate,
+    # whose allow-list names the application's origin.
+    with start_server(tmp_path / "cors", env={"VOXGATE_CORS_ORIGINS": app_origin}) as server:
+        session_id = create_session(server)
+        page = open_page(browser, server, f"{app_origin}/index.html")
+        try:
+            backoff = {"initialMs": 100, "maxMs": 1000}
+            sdk_url = f"{server.base_url}/client/voxgate.js"
+            page.evaluate(START_MIC, [sdk_url, session_id, backoff, SESSION_RATE, FRAME_MS])
+            page.wait_for_function("() => window.t.stream.stats.framesAcked >= 50")
+            result = page.evaluate(FINISH_MIC, WAIT_MS)
+        finally:
+            page.close()
+        assert result["complete"]["verified"] is True
+        audio = stored_audio(server, session_id)
+        assert audio == base64.b64decode(result["audio"])
+        assert crc32c(audio) == result["complete"]["stream_crc32c"]
