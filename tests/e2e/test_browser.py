@@ -13,21 +13,27 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import importlib.util
 import itertools
 import math
+import re
 import shutil
 import struct
+import sys
 import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from litestar.testing import TestClient
+from playwright.sync_api import Browser, Page, Playwright, Route, sync_playwright
 
 from servers import Server, free_port, start_server
 from voxgate._native import crc32c, encode_frame
@@ -429,24 +435,33 @@ def test_send_reports_back_pressure_and_never_buffers_without_bound(page: Page) 
     assert result["buffered"] == 10
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture
-def app_origin(tmp_path: Path) -> Iterator[str]:
-    """An application's own web server on another port: an origin apart from voxgate's."""
-    (tmp_path / "index.html").write_text("<!doctype html><title>app</title><p>app page</p>")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+def app_site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """An application's own web server on another port (an origin apart from voxgate's):
+    the folder it serves and its origin."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<!doctype html><title>app</title><p>app page</p>")
+    handler = functools.partial(_QuietHandler, directory=str(site))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield site, f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
 
 
 def test_page_of_another_origin_loads_the_sdk_and_streams(
-    browser: Browser, tmp_path: Path, app_origin: str
+    browser: Browser, tmp_path: Path, app_site: tuple[Path, str]
 ) -> None:
+    app_origin = app_site[1]
     # As in docs/clients.md: the application's page imports the SDK from voxgate,
     # whose allow-list names the application's origin.
     with start_server(tmp_path / "cors", env={"VOXGATE_CORS_ORIGINS": app_origin}) as server:
@@ -464,3 +479,85 @@ def test_page_of_another_origin_loads_the_sdk_and_streams(
         audio = stored_audio(server, session_id)
         assert audio == base64.b64decode(result["audio"])
         assert crc32c(audio) == result["complete"]["stream_crc32c"]
+
+
+def doc_block(language: str, marker: str) -> str:
+    """The code block of docs/clients.md in ``language`` that contains ``marker``."""
+    text = (Path(__file__).parents[2] / "docs" / "clients.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, re.S)
+    found = [block for block in blocks if marker in block]
+    assert len(found) == 1, f"one {language} block with {marker!r} expected in docs/clients.md"
+    block: str = found[0]
+    return block
+
+
+def load_module(path: Path, source: str) -> ModuleType:
+    """``source`` written to ``path`` and imported as a module of its own (Litestar
+    resolves handler annotations through ``sys.modules``)."""
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"doc_{path.stem}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clients_doc_page_and_backend_work_as_written(
+    browser: Browser,
+    tmp_path: Path,
+    app_site: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy-paste example of docs/clients.md: its backend mints the tokens, its page
+    (served from the application's origin) records the microphone and verifies complete."""
+    site, origin = app_site
+    with start_server(tmp_path / "doc") as server:
+        monkeypatch.setenv("VOXGATE_URL", server.base_url)
+        monkeypatch.setenv("VOXGATE_API_KEY", server.api_key)
+        backend = load_module(tmp_path / "backend.py", doc_block("python", "backend.py"))
+        html = doc_block("html", "VoxgateStream")
+        (site / "record.html").write_text(
+            html.replace("https://voice.example.com", server.base_url)
+        )
+        sessions: list[str] = []
+
+        with TestClient(app=backend.app) as app:
+            # The page's calls to its own backend (/voice/...) go to the documented app.
+            def to_backend(route: Route) -> None:
+                answer = app.post(urlsplit(route.request.url).path)
+                if "session_id" in answer.json():
+                    sessions.append(answer.json()["session_id"])
+                route.fulfill(
+                    status=answer.status_code,
+                    body=answer.content,
+                    headers={"content-type": answer.headers["content-type"]},
+                )
+
+            page = browser.new_page()
+            page.set_default_timeout(WAIT_MS)
+            try:
+                page.route(f"{origin}/voice/**", to_backend)
+                page.goto(f"{origin}/record.html")
+                page.click("#record")
+                page.wait_for_function("() => !document.getElementById('stop').disabled")
+                # Two seconds of audio stored, then stop.
+                while get_json(server, f"/v1/sessions/{sessions[0]}")["frames"] < 100:
+                    time.sleep(0.1)
+                page.click("#stop")
+                page.wait_for_function(
+                    "() => /stored|failed|stopped/.test(document.getElementById('out').textContent)"
+                )
+                out = page.text_content("#out") or ""
+            finally:
+                page.close()
+        report = re.search(r"stored (\d+) frames, (\d+) bytes, CRC-32C (\d+)", out)
+        assert report, out
+        frames, nbytes, crc = (int(value) for value in report.groups())
+        session = get_json(server, f"/v1/sessions/{sessions[0]}")
+        assert session["state"] == "complete"
+        assert (session["frames"], session["bytes"]) == (frames, nbytes)
+        audio = stored_audio(server, sessions[0])
+        assert crc32c(audio) == crc
+        assert frames >= 100
