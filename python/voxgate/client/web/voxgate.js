@@ -171,11 +171,12 @@ export function streamUrl(base, sessionId) {
 /**
  * Every failure a VoxgateStream reports. `code` is the WebSocket close code
  * (4401, 4403, ...) or a name for failures without one: `buffer_full`,
- * `too_large`, `integrity`, `rejected` (a `nack` that resending cannot fix;
- * `error` is its reason), `reconnect_exhausted` (`cause`: the last attempt's
- * error), `token` (the token function failed), `token_used` (a string token
- * asked for twice), `closed`, `timeout`. `error` and `serverMessage` are the
- * server's `error` message when it sent one.
+ * `too_large`, `integrity`, `protocol` (the server speaks another version),
+ * `rejected` (a `nack` that resending cannot fix; `error` is its reason),
+ * `reconnect_exhausted` (`cause`: the last attempt's error), `token` (the
+ * token function failed), `token_used` (a string token asked for twice),
+ * `closed`, `timeout`. `error` and `serverMessage` are the server's `error`
+ * message when it sent one.
  */
 export class VoxgateError extends Error {
   /**
@@ -836,6 +837,9 @@ export class VoxgateStream extends EventTarget {
 
   /** @param {Record<string, any>} hello */
   _applyHello(hello) {
+    if (hello.protocol !== PROTOCOL_VERSION) {
+      throw new VoxgateError("protocol", "protocol", `server speaks protocol ${hello.protocol}, this client ${PROTOCOL_VERSION}`);
+    }
     const nextSeq = Number(hello.next_seq);
     /** @type {number[][]} */
     const missing = hello.missing || [];
