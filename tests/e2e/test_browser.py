@@ -561,3 +561,70 @@ def test_clients_doc_page_and_backend_work_as_written(
         audio = stored_audio(server, sessions[0])
         assert crc32c(audio) == crc
         assert frames >= 100
+
+
+# Sends `count` synthetic frames as fast as back-pressure lets it, then END.
+PRODUCE = """
+async ([sessionId, count, size, highWaterFrames]) => {
+  const { VoxgateStream } = await import("/client/voxgate.js");
+  const stream = new VoxgateStream({
+    url: location.origin, sessionId, token: () => window.mintToken(sessionId), highWaterFrames,
+  });
+  let waits = 0;
+  await stream.open();
+  for (let i = 0; i < count; i++) {
+    const payload = new Uint8Array(size).fill(i % 251);
+    if (!stream.send(payload)) {
+      waits++;
+      await stream.drained();
+    }
+  }
+  const complete = await stream.end({ timeoutMs: %d });
+  return { complete, stats: stream.stats, waits };
+}
+""".replace("%d", str(WAIT_MS))
+
+
+def test_small_credit_window_paces_a_fast_producer(browser: Browser, tmp_path: Path) -> None:
+    # A window of 2 KiB holds three 640-byte frames: the SDK must never send beyond it.
+    env = {"VOXGATE_MAX_FRAME_BYTES": "1024", "VOXGATE_WINDOW_BYTES": "2048"}
+    with start_server(tmp_path / "small-window", env=env) as server:
+        session_id = create_session(server)
+        page = open_page(browser, server)
+        try:
+            result = page.evaluate(PRODUCE, [session_id, 400, 640, 8])
+        finally:
+            page.close()
+        stats = result["stats"]
+        assert stats["nacks"] == {}, "a frame went out beyond the credit window"
+        assert result["waits"] > 0, "send() never reported back-pressure"
+        # END flags the last frame when it has not gone out yet, else an empty END follows.
+        assert stats["framesSent"] == result["complete"]["frames"] in (400, 401)
+        payloads = [bytes([i % 251]) * 640 for i in range(400)]
+        assert stored_audio(server, session_id) == b"".join(payloads)
+
+
+def test_newer_connection_supersedes_the_stream(page: Page, server: Server) -> None:
+    session_id = create_session(server)
+    result = page.evaluate(
+        """async (sessionId) => {
+            const { VoxgateStream } = await import("/client/voxgate.js");
+            const make = () => new VoxgateStream({
+                url: location.origin, sessionId, token: () => window.mintToken(sessionId),
+            });
+            const first = make();
+            await first.open();
+            first.send(new Uint8Array(320).fill(1));
+            const failed = new Promise((resolve) => {
+                first.addEventListener("error", (e) => resolve(e.detail));
+            });
+            const second = make();
+            await second.open();
+            const err = await failed;
+            second.close();
+            return { code: err.code, error: err.error, reconnects: first.stats.reconnects };
+        }""",
+        session_id,
+    )
+    # The older stream stops for good: reconnecting would take the session back.
+    assert result == {"code": 4409, "error": "superseded", "reconnects": 0}
