@@ -707,9 +707,11 @@ export class VoxgateStream extends EventTarget {
         outcome = await this._connection(token);
       } catch (err) {
         if (err instanceof VoxgateError) {
-          // A single-string token was used up: no later attempt can succeed. What
-          // refused the last connection says more than "token used" does.
-          this._fail(lastError instanceof VoxgateError ? lastError : err);
+          // A single-string token was used up: no later attempt can succeed. A refused
+          // token says more than "token used" does; other drops become its cause.
+          const refused = lastError instanceof VoxgateError && lastError.code === CLOSE_CODES.UNAUTHORIZED;
+          if (!refused && lastError !== null) err.cause = lastError;
+          this._fail(refused ? /** @type {VoxgateError} */ (lastError) : err);
           break;
         }
         outcome = { code: 0, error: "token", message: `token source failed: ${err && /** @type {any} */ (err).message ? /** @type {any} */ (err).message : err}`, progressed: false, reached: false };
