@@ -2,7 +2,7 @@
 # Prepare this checkout for running and testing voxgate, on a fresh Debian
 # machine as root or on one already set up (every step is skipped when done).
 #
-#   1. system packages from Debian: Redis and PostgreSQL for the tests
+#   1. system packages from Debian: Redis, PostgreSQL and Chromium for the tests
 #   2. rustfmt and clippy for the Rust toolchain that rustup manages
 #   3. the virtualenv .venv: every Python package at the exact version and hash
 #      pinned in requirements/dev.lock, then voxgate itself, editable, Rust extension built
