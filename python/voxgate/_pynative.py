@@ -16,21 +16,23 @@ from typing import Any, Final, TypeVar
 
 from typing_extensions import Buffer
 
+from voxgate import wire
+
 HEADER_SIZE: Final[int] = 24
 MAGIC: Final[bytes] = b"VF"
 VERSION: Final[int] = 1
-FLAG_END: Final[int] = 0x01
+FLAG_END: Final[int] = wire.FLAG_END
 FRAME_OK: Final[int] = 0
 FRAME_BAD_CRC: Final[int] = 1
 FRAME_TOO_LARGE: Final[int] = 2
 
 DecodedFrame = tuple[int, int, int, int, int, int, int]
 
-_RESERVED_FLAGS = 0xFF & ~FLAG_END
+_RESERVED_FLAGS = wire.RESERVED_FLAGS
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 _U8 = 0xFF
-_HEADER = struct.Struct(">2sBBIQII")
+_HEADER = struct.Struct(wire.HEADER_FORMAT)
 _POLY = 0x82F63B78
 T = TypeVar("T")
 

@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from voxgate import logs, metrics
 from voxgate.api.archive import download_archive
 from voxgate.api.audio import audio, missing
+from voxgate.api.client import client_router
 from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
 from voxgate.api.metrics import prometheus_metrics
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Litestar:
             *(events, listen, mint_listen_token),
             download_archive,
             storage,
+            client_router,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 
 from voxgate import _native
 from voxgate.ranges import to_ranges
+from voxgate.wire import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
 
 
 @dataclass
@@ -120,8 +121,8 @@ class FakeVoxgate:
             conn.token, conn.token_via = auth.removeprefix("Bearer "), "header"
         elif "token" in query:
             conn.token, conn.token_via = query["token"][0], "query"
-        elif "voxgate.token." in protocols:
-            token = protocols.split("voxgate.token.", 1)[1].split(",")[0].strip()
+        elif TOKEN_SUBPROTOCOL_PREFIX in protocols:
+            token = protocols.split(TOKEN_SUBPROTOCOL_PREFIX, 1)[1].split(",")[0].strip()
             conn.token, conn.token_via = token, "subprotocol"
         if conn.index in self.close_on_connect:
             code, error = self.close_on_connect[conn.index]
@@ -204,7 +205,7 @@ def _select_subprotocol(
     connection: ServerConnection, offered: Sequence[Subprotocol]
 ) -> Subprotocol | None:
     # Like voxgate: answer voxgate.v1 when offered, never the token.
-    return Subprotocol("voxgate.v1") if "voxgate.v1" in offered else None
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 @contextlib.asynccontextmanager

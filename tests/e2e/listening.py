@@ -22,6 +22,7 @@ from websockets.typing import Subprotocol
 
 from servers import Server
 from voxgate._native import FRAME_OK, StreamDecoder
+from voxgate.wire import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
 
 Json = dict[str, Any]
 Via = Literal["header", "query", "subprotocol"]
@@ -148,7 +149,10 @@ class WsListener:
         elif via == "query":
             query_token = token
         else:
-            subprotocols = [Subprotocol("voxgate.v1"), Subprotocol(f"voxgate.token.{token}")]
+            subprotocols = [
+                Subprotocol(SUBPROTOCOL),
+                Subprotocol(f"{TOKEN_SUBPROTOCOL_PREFIX}{token}"),
+            ]
         query = listen_query(
             audio=audio, from_seq=from_seq, last_event_id=last_event_id, token=query_token
         )

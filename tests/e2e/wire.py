@@ -1,6 +1,6 @@
 """Client side of the wire for end-to-end tests: frames, the HTTP API and raw WebSocket streams.
 
-Everything here talks to a real server exactly as PROTOCOL.md describes, with
+Everything here talks to a real server exactly as docs/protocol.md describes, with
 no voxgate client code in between, and checks the shape of every control
 message it reads.
 """
@@ -23,12 +23,13 @@ from websockets.typing import Subprotocol
 
 from servers import Server
 from voxgate._native import crc32c, encode_frame
+from voxgate.wire import FLAG_END as FLAG_END
+from voxgate.wire import FRAMES_CONTENT_TYPE as FRAMES_CONTENT_TYPE
+from voxgate.wire import HEADER_FORMAT, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
+from voxgate.wire import NACK_REASONS as NACK_REASONS
 
-# PROTOCOL section 1: magic, version, flags, seq, pts_us, length, crc32c.
-HEADER = struct.Struct(">2sBBIQII")
-FLAG_END = 0x01
-FRAMES_CONTENT_TYPE = "application/vnd.voxgate.frames"
-NACK_REASONS = frozenset({"checksum", "window", "conflict", "too_large", "sequence"})
+# docs/protocol.md, "Frames": magic, version, flags, seq, pts_us, length, crc32c.
+HEADER = struct.Struct(HEADER_FORMAT)
 PROBLEM_JSON = "application/problem+json"
 
 Json = dict[str, Any]
@@ -85,7 +86,7 @@ def stream_crc(payloads: Iterable[bytes]) -> int:
 
 
 def check_ranges(value: object, what: str = "ranges") -> list[list[int]]:
-    """Assert PROTOCOL section 3's range shape: inclusive [first, last] pairs, sorted, disjoint."""
+    """Assert the protocol's range shape: inclusive [first, last] pairs, sorted, disjoint."""
     assert isinstance(value, list), f"{what} is not a list: {value!r}"
     previous_last = -1
     for pair in value:
@@ -221,7 +222,7 @@ class Stream:
             self.backlog.append(message)
 
     async def read_hello(self, within: float = 5.0) -> Json:
-        """Read and check the ``hello`` that opens every stream (PROTOCOL section 3)."""
+        """Read and check the ``hello`` that opens every stream (docs/protocol.md)."""
         hello = await self.recv_wire(within)
         assert hello["type"] == "hello", f"first message is not hello: {hello}"
         assert hello.get("protocol") == 1, hello
@@ -230,7 +231,7 @@ class Stream:
         check_ranges(hello.get("missing"), "hello.missing")
         for key in ("window_bytes", "max_frame_bytes", "max_message_bytes"):
             assert isinstance(hello.get(key), int), f"hello.{key}: {hello}"
-            # A window may be 0 under load (PROTOCOL section 4); the limits may not.
+            # A window may be 0 under load (docs/protocol.md, credit); the limits may not.
             assert hello[key] >= (0 if key == "window_bytes" else 1), f"hello.{key}: {hello}"
         self.hello = hello
         return hello
@@ -297,7 +298,7 @@ class Stream:
         """Read until the server closes; assert the close code and return what came before.
 
         For a 4xxx code the last message before the close must be an ``error``
-        with a string ``code`` and ``message`` (PROTOCOL section 7).
+        with a string ``code`` and ``message`` (docs/protocol.md, close codes).
         """
         messages: list[Json] = list(self.backlog)
         self.backlog.clear()
@@ -369,7 +370,7 @@ class Api:
         self.streams.clear()
 
     async def create_session(self, **body: Any) -> Json:
-        """``POST /v1/sessions``; asserts the 201 shape of PROTOCOL 2.3."""
+        """``POST /v1/sessions``; asserts the 201 shape docs/protocol.md gives."""
         response = await self.http.post("/v1/sessions", json=body)
         assert response.status_code == 201, (
             f"create session: {response.status_code} {response.text}"
@@ -468,7 +469,7 @@ class Api:
         """Open a raw stream; mints a token unless ``token`` is given or ``mint`` is False.
 
         Does not read ``hello``. The server must accept the upgrade: refusals
-        are close codes after it (PROTOCOL section 7), not HTTP statuses.
+        are close codes after it (docs/protocol.md, close codes), not HTTP statuses.
         """
         if token is None and mint:
             token = await self.mint_token(session_id)
@@ -479,7 +480,10 @@ class Api:
             if via == "header":
                 headers["Authorization"] = f"Bearer {token}"
             elif via == "subprotocol":
-                subprotocols = [Subprotocol("voxgate.v1"), Subprotocol(f"voxgate.token.{token}")]
+                subprotocols = [
+                    Subprotocol(SUBPROTOCOL),
+                    Subprotocol(f"{TOKEN_SUBPROTOCOL_PREFIX}{token}"),
+                ]
             else:
                 url += f"?token={token}"
         if origin is not None:

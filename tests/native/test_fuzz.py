@@ -20,8 +20,9 @@ from voxgate._native import (
     decode,
     encode_frame,
 )
+from voxgate.wire import HEADER_FORMAT
 
-HEADER = struct.Struct(">2sBBIQII")
+HEADER = struct.Struct(HEADER_FORMAT)
 
 # (seq, flags, pts_us, payload or None, crc, verdict) per frame, or the error (kind, offset).
 Frames = list[tuple[int, int, int, bytes | None, int, int]]

@@ -103,7 +103,7 @@ def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
     if upload is not None:
         upload["requestBody"] = {
             "required": True,
-            "description": "frames back to back (PROTOCOL section 1)",
+            "description": "frames back to back (docs/protocol.md, Frames)",
             "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         }
         upload["responses"]["200"]["content"] = {"application/json": {"schema": _UPLOAD_ANSWER}}

@@ -9,8 +9,10 @@ from typing import Any, Self
 import httpx
 
 from voxgate.client.errors import ApiError
+from voxgate.wire import FRAMES_CONTENT_TYPE
 
-FRAMES_CONTENT_TYPE = "application/vnd.voxgate.frames"
+__all__ = ["FRAMES_CONTENT_TYPE", "Api", "TokenFactory"]
+
 
 TokenFactory = Callable[[], Awaitable[str]]
 
@@ -194,7 +196,7 @@ class Api:
     async def upload_frames(
         self, session_id: str, token: str, body: bytes | AsyncIterable[bytes]
     ) -> dict[str, Any]:
-        """HTTP upload (PROTOCOL 2.2): frames back to back, authenticated by a stream token.
+        """HTTP upload (docs/protocol.md): frames back to back, authenticated by a stream token.
 
         Returns ``{"acked", "duplicate", "rejected"}`` once every frame is durable
         or refused; :class:`ApiError` 400 for a malformed body, 401/403 for a bad token.

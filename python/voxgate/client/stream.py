@@ -1,4 +1,4 @@
-"""The WebSocket streaming client (PROTOCOL section 2.1, 3, 4 and 7).
+"""The WebSocket streaming client (docs/protocol.md: the stream, its messages, credit, close codes).
 
 One :class:`StreamClient` streams one session. It numbers frames 0, 1, 2...,
 keeps every frame until the server acks it, never has more unacked payload
@@ -43,19 +43,36 @@ from voxgate.client.errors import (
     Superseded,
 )
 from voxgate.ranges import contains
+from voxgate.wire import (
+    FLAG_END,
+    HEADER_SIZE,
+    SUBPROTOCOL,
+    TOKEN_SUBPROTOCOL_PREFIX,
+    CloseCode,
+    MessageType,
+    NackReason,
+)
 
 log = logging.getLogger("voxgate.client")
 
-HEADER_SIZE = 24
-FLAG_END = 0x01
-SUBPROTOCOL = "voxgate.v1"
-TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
 
-# Close codes (PROTOCOL section 7) after which the client reconnects with backoff.
-RECONNECT_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, 1014, 4408})
+# Close codes (docs/protocol.md) after which the client reconnects with backoff; 1006
+# (connection lost), 1012 and 1014 are RFC 6455 codes a proxy or the network may produce.
+RECONNECT_CODES = frozenset(
+    {
+        CloseCode.NORMAL,
+        CloseCode.GOING_AWAY,
+        1006,
+        CloseCode.INTERNAL_ERROR,
+        1012,
+        CloseCode.TRY_AGAIN_LATER,
+        1014,
+        CloseCode.IDLE,
+    }
+)
 # Close codes after which a new token may fix things: retried within the budget.
-RETRY_WITH_NEW_TOKEN_CODES = frozenset({4401, 4429})
-SUPERSEDED_CODE = 4409
+RETRY_WITH_NEW_TOKEN_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.TOO_MANY})
+SUPERSEDED_CODE = CloseCode.SUPERSEDED
 # HTTP statuses of a refused upgrade that are worth retrying.
 RETRY_HTTP_STATUSES = frozenset({401, 408, 429, 500, 502, 503, 504})
 
@@ -66,7 +83,7 @@ _WS_PROXY_KWARGS: dict[str, Any] = (
 
 
 class TokenMode(enum.StrEnum):
-    """How the stream token travels with the WebSocket upgrade (PROTOCOL 2.1)."""
+    """How the stream token travels with the WebSocket upgrade (docs/protocol.md)."""
 
     HEADER = "header"  # Authorization: Bearer <token>
     SUBPROTOCOL = "subprotocol"  # Sec-WebSocket-Protocol: voxgate.v1, voxgate.token.<token>
@@ -592,9 +609,9 @@ class StreamClient:
             if isinstance(message, bytes):
                 continue
             parsed: dict[str, Any] = orjson.loads(message)
-            if parsed.get("type") == "hello":
+            if parsed.get("type") == MessageType.HELLO:
                 return parsed
-            if parsed.get("type") == "error":
+            if parsed.get("type") == MessageType.ERROR:
                 last_error.update(parsed)
 
     def _classify_close(
@@ -650,7 +667,7 @@ class StreamClient:
     def _handle(self, message: dict[str, Any], last_error: dict[str, Any]) -> bool:
         """Apply one control message; True when it showed progress (frames acked)."""
         kind = message.get("type")
-        if kind == "ack":
+        if kind == MessageType.ACK:
             done = self._settle(message.get("acked", []), duplicate=False)
             done += self._settle(message.get("duplicate", []), duplicate=True)
             if "window_bytes" in message:
@@ -658,10 +675,10 @@ class StreamClient:
             self._release_held()
             self._notify()
             return done > 0
-        if kind == "nack":
+        if kind == MessageType.NACK:
             self._nack(message.get("ranges", []), str(message.get("reason", "")))
             return False
-        if kind == "complete":
+        if kind == MessageType.COMPLETE:
             self._completion = message
             for seq in list(self._frames):
                 self._frames.pop(seq)
@@ -670,7 +687,7 @@ class StreamClient:
             self._held.clear()
             self._notify()
             return True
-        if kind == "error":
+        if kind == MessageType.ERROR:
             last_error.update(message)
         return False
 
@@ -701,10 +718,10 @@ class StreamClient:
             if frame.inflight:
                 frame.inflight = False
                 self._inflight -= frame.length
-        if reason == "checksum":
+        if reason == NackReason.CHECKSUM:
             for seq in seqs:
                 self._enqueue(seq)
-        elif reason == "window":
+        elif reason == NackReason.WINDOW:
             # Resend once credit comes back: on the next ack, or after a pause.
             self._held.update(seqs)
             if self._held_timer is None:
@@ -806,7 +823,8 @@ class StreamClient:
         # A JSON ping keeps the server's idle timeout (4408) away while audio pauses.
         while True:
             await asyncio.sleep(every_s)
-            await ws.send(orjson.dumps({"type": "ping", "t": int(time.time() * 1000)}).decode())
+            ping = {"type": MessageType.PING, "t": int(time.time() * 1000)}
+            await ws.send(orjson.dumps(ping).decode())
 
 
 def _header_fields(wire: bytes) -> tuple[int, int, int, int, int]:
