@@ -17,7 +17,7 @@ from litestar import WebSocket, websocket
 from litestar.params import FromPath
 from litestar.types import Receive, Send
 
-from voxgate import logs, metrics
+from voxgate import logs, metrics, wire
 from voxgate.auth import bearer
 from voxgate.ingest.stream import Close, StreamConnection, StreamLimits, send_close
 from voxgate.observe import RAW_CHANNEL
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxgate.stream")
 events = logs.get("voxgate.stream")
 
-SUBPROTOCOL = "voxgate.v1"
-TOKEN_SUBPROTOCOL_PREFIX = "voxgate.token."
+SUBPROTOCOL = wire.SUBPROTOCOL
+TOKEN_SUBPROTOCOL_PREFIX = wire.TOKEN_SUBPROTOCOL_PREFIX
 # Control (text) messages are small JSON objects; anything larger is refused with 1009.
 MAX_CONTROL_BYTES = 4096
 

@@ -27,14 +27,12 @@ from typing import Any, cast
 import orjson
 from litestar.types import Receive, Send
 
-from voxgate import logs, metrics
+from voxgate import logs, metrics, wire
 from voxgate._native import Batch, FrameError, Ledger, StreamCore
 from voxgate.ingest.writer import Writer
 from voxgate.store.base import CommitResult, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.stream")
-
-PROTOCOL_VERSION = 1
 events = logs.get("voxgate.stream")
 
 # Above this many unsent nack seqs the reader waits for the handler to flush,
@@ -91,7 +89,7 @@ async def send_close(send: Send, close: Close, *, with_error: bool = False) -> N
     if with_error or close.code >= 4000:
         error = {"type": "error", "code": close.error, "message": close.message}
         await send(text_event(orjson.dumps(error).decode()))  # type: ignore[arg-type]
-    reason = close.message.encode()[:123].decode(errors="ignore")
+    reason = close.message.encode()[: wire.MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
     await send({"type": "websocket.close", "code": close.code, "reason": reason})
 
 
@@ -311,7 +309,7 @@ class StreamConnection:
         limits = self._limits
         hello = {
             "type": "hello",
-            "protocol": PROTOCOL_VERSION,
+            "protocol": wire.PROTOCOL_VERSION,
             "session_id": self.session_id,
             "next_seq": self._core.next_seq,
             "missing": missing,
