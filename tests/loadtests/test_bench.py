@@ -31,7 +31,7 @@ def _bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]
 @pytest.mark.e2e
 def test_compare_runs_voxgate_and_every_baseline(tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
-    servers = "voxgate,litestar,fastapi,voxgate-py,picows"
+    servers = "voxgate,litestar,fastapi,picows"
     run = _bench(
         "compare", "--servers", servers, "--streams", "2", "--duration", "1",
         "--frames-per-message", "2", "--data-root", str(tmp_path), "--json", str(out),
@@ -42,10 +42,25 @@ def test_compare_runs_voxgate_and_every_baseline(tmp_path: Path) -> None:
     for kind, result in report["results"].items():
         assert result["frames_acked"] > 0, kind
         assert not result["errors"], (kind, result["errors"])
-    for kind in ("voxgate", "voxgate-py"):
-        assert report["results"][kind]["streams_verified"] == 2
+    assert report["results"]["voxgate"]["streams_verified"] == 2
     assert report["ratios"]["voxgate/litestar"] is not None
     assert "(d) raw picows sink" in run.stdout
+
+
+@pytest.mark.e2e
+def test_capacity_ladder_climbs_while_servers_hold(tmp_path: Path) -> None:
+    out = tmp_path / "capacity.json"
+    run = _bench(
+        "capacity", "--servers", "voxgate,picows", "--start", "2", "--max-streams", "4",
+        "--duration", "1", "--p99-ms", "1000", "--data-root", str(tmp_path),
+        "--json", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [rung["streams"] for rung in report["rungs"]] == [2, 4]
+    # Two and four paced streams are far below any server's limit: both rungs hold.
+    assert report["held"] == {"voxgate": 4, "picows": 4}
+    assert "live-call capacity" in run.stdout
 
 
 @pytest.mark.e2e
