@@ -1,6 +1,6 @@
 """voxgate's Rust core: frame codec, CRC-32C and the credit ledger (PROTOCOL sections 1 and 4)."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -195,6 +195,11 @@ class CommitPlan:
         """JSON array of ``[state, next_seq, frames, bytes, end_seq, stream_crc32c,
         prefix_seq, prefix_crc32c, now, session_id]`` per changed session (a complete
         one gets its stream CRC)."""
+
+    def progress_by_session(
+        self, make: Callable[[int, int, int, int | None, bool, int | None], _T]
+    ) -> dict[str, _T]:
+        """``{session_id: make(next_seq, frames, bytes, end_seq, complete, stream_crc32c)}``."""
 
     def progress(self) -> list[tuple[str, int, int, int, int | None, bool, int | None]]:
         """(session_id, next_seq, frames, bytes, end_seq, complete, stream_crc32c) per session."""

@@ -22,6 +22,7 @@ from voxgate.store.base import (
     ListenSnapshot,
     Outcome,
     Part,
+    Progress,
     RetentionRun,
     Session,
     Store,
@@ -390,9 +391,17 @@ class Answers:
         self._event = asyncio.Event()
 
     def __call__(
-        self, batch: Batch, result: CommitResult | None, exc: BaseException | None
+        self,
+        batch: Batch,
+        outcomes: list[Outcome] | None,
+        progress: Progress | None,
+        exc: BaseException | None,
     ) -> None:
-        assert len(batch) == (len(result.outcomes) if result is not None else len(batch))
+        result = None
+        if outcomes is not None:
+            assert len(outcomes) == len(batch), "answers exactly the batch's frames"
+            mine = {} if progress is None else {batch.session_id: progress}
+            result = CommitResult(outcomes, mine)
         self.got.append((result, exc))
         self._event.set()
 

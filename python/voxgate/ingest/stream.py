@@ -30,7 +30,7 @@ from litestar.types import Receive, Send
 from voxgate import logs, metrics, wire
 from voxgate._native import Batch, FrameError, Ledger, StreamCore
 from voxgate.ingest.writer import Writer
-from voxgate.store.base import CommitResult, Progress, Store, StoreError
+from voxgate.store.base import Outcome, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.stream")
 events = logs.get("voxgate.stream")
@@ -508,17 +508,20 @@ class StreamConnection:
             try:
                 self._writer.submit(batch, batch.nbytes, self._on_commit)
             except StoreError as exc:  # WriterFull or stopped: answered like a failed commit
-                self._on_commit(batch, None, exc)
+                self._on_commit(batch, None, None, exc)
         if self._core.pending_rejections:
             self._wake.set()
 
     def _on_commit(
-        self, batch: Any, result: CommitResult | None, exc: BaseException | None
+        self,
+        batch: Batch,
+        outcomes: list[Outcome] | None,
+        progress: Progress | None,
+        exc: BaseException | None,
     ) -> None:
         self._commits -= 1
         if not self._commits:
             self._commits_done.set()
-        batch = cast(Batch, batch)
         nbytes = batch.nbytes
         if self._ledger_open and self._ledger.release(self._handle, nbytes):
             self._registry.pressure_relieved()
@@ -530,12 +533,11 @@ class StreamConnection:
             log.error("commit failed for session %s", self.session_id, exc_info=exc)
             self.fail(Close(1011, "internal", "unexpected server error"))
             return
-        assert result is not None
-        self._core.record(batch, result.outcomes)
+        assert outcomes is not None
+        self._core.record(batch, outcomes)
         self.frames += len(batch)
         self.bytes += nbytes
         metrics.INGESTED_BYTES["websocket"].inc(nbytes)
-        progress = result.progress.get(self.session_id)
         if progress is not None:
             self.take_progress(progress)
         self._wake.set()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from voxgate import metrics
 from voxgate._native import Batch
-from voxgate.store.base import CommitResult, FrameIn, Part, Progress, Store, StoreError
+from voxgate.store.base import CommitResult, FrameIn, Outcome, Part, Progress, Store, StoreError
 
 log = logging.getLogger("voxgate.writer")
 
@@ -34,8 +34,10 @@ class WriterFull(StoreError):
     """The writer already holds its hard limit of payload bytes; retry after acks drain."""
 
 
-# Called once with the submitted batch and the commit's answer for it, or the error.
-Done = Callable[[Batch, CommitResult | None, BaseException | None], None]
+# Called once with the submitted batch and the commit's answer for it: the outcome of
+# each of its frames and its session's counters (None if the session is gone), or the
+# error. Plain values, not a CommitResult: one of these runs per stream per commit.
+Done = Callable[[Batch, list[Outcome] | None, Progress | None, BaseException | None], None]
 
 
 class _Entry:
@@ -61,14 +63,20 @@ class _Entry:
     def cancelled(self) -> bool:
         return self.future is not None and self.future.cancelled()
 
+    def answer_batch(
+        self, outcomes: list[Outcome] | None, progress: Progress | None, exc: BaseException | None
+    ) -> None:
+        done, self.done = self.done, None  # at most once
+        assert done is not None
+        assert isinstance(self.frames, Batch)
+        try:
+            done(self.frames, outcomes, progress, exc)
+        except Exception:
+            log.exception("commit callback failed")
+
     def answer(self, result: CommitResult | None, exc: BaseException | None) -> None:
         if self.done is not None:
-            done, self.done = self.done, None  # at most once
-            assert isinstance(self.frames, Batch)
-            try:
-                done(self.frames, result, exc)
-            except Exception:
-                log.exception("commit callback failed")
+            self.answer_batch(None if result is None else result.outcomes, None, exc)
             return
         future = self.future
         if future is None or future.done():
@@ -281,10 +289,16 @@ class Writer:
             return
         start = 0
         progress = result.progress
+        outcomes = result.outcomes
         for entry in batch:
             end = start + len(entry.frames)
+            if entry.done is not None and entry.session_id is not None:
+                # A stream's batch: its slice and its session's counters, nothing built.
+                self._held_bytes -= entry.nbytes
+                entry.answer_batch(outcomes[start:end], progress.get(entry.session_id), None)
+                start = end
+                continue
             if entry.session_id is not None:
-                # One session: a lookup, not a scan of the batch's sessions per entry.
                 mine = progress.get(entry.session_id)
                 theirs = {} if mine is None else {entry.session_id: mine}
             else:

@@ -94,8 +94,9 @@ class Outcome(enum.IntEnum):
     GONE = 4  # session unknown or deleted: the stream closes 4410
 
 
-class Progress(msgspec.Struct, kw_only=True):
-    """A session's counters right after a commit."""
+class Progress(msgspec.Struct, gc=False):
+    """A session's counters right after a commit (made per session per commit: positional
+    construction and no cycle tracking keep that cheap)."""
 
     next_seq: int
     frames: int

@@ -913,18 +913,7 @@ class SqliteStore:
             if wrote:
                 self._retire(segment)
             raise
-        progress = {
-            sid: Progress(
-                next_seq=next_seq,
-                frames=count,
-                bytes=nbytes,
-                end_seq=end_seq,
-                complete=complete,
-                stream_crc32c=stream_crc,
-            )
-            for sid, next_seq, count, nbytes, end_seq, complete, stream_crc in plan.progress()
-        }
-        return CommitResult(plan.outcomes(_OUTCOMES), progress)
+        return CommitResult(plan.outcomes(_OUTCOMES), plan.progress_by_session(Progress))
 
     async def frame_index(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None
