@@ -62,6 +62,35 @@ class Close(Exception):
         self.message = message
 
 
+class Wakeup:
+    """An event with one waiter, the handler task: set and wait once per ack, so it is kept
+    to a flag and a bare future (asyncio.Event also keeps a waiter list and checks its loop)."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 def superseded() -> Close:
     return Close(4409, "superseded", "a newer connection took over this session's stream")
 
@@ -239,7 +268,7 @@ class StreamConnection:
         self._close: Close | None = None
         self._window_offer = False
         self._disconnected = False
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._drained = asyncio.Event()
         self._last_rx = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
