@@ -32,8 +32,10 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import importlib.util
 import json
 import math
+import re
 import ssl
 import struct
 import subprocess
@@ -43,9 +45,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
+from litestar.testing import AsyncTestClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -330,6 +334,51 @@ async def test_dropped_call_leaves_the_session_open(server: Server) -> None:
         assert session["state"] == "open", session
         assert session["frames"] == len(payloads), session
         assert await api.audio_bytes(session_id) == b"".join(payloads)
+
+
+def doc_block(language: str, marker: str) -> str:
+    """The code block of docs/clients.md in ``language`` that contains ``marker``."""
+    text = (Path(__file__).parents[2] / "docs" / "clients.md").read_text()
+    found = [b for b in re.findall(rf"```{language}\n(.*?)```", text, re.S) if marker in b]
+    assert len(found) == 1, f"one {language} block with {marker!r} expected in docs/clients.md"
+    block: str = found[0]
+    return block
+
+
+async def test_clients_doc_backend_answers_a_call_that_then_streams(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook of docs/clients.md, as written: its TwiML carries a session and a token
+    that a call then streams with."""
+    monkeypatch.setenv("VOXGATE_URL", server.base_url)
+    monkeypatch.setenv("VOXGATE_API_KEY", server.api_key)
+    path = tmp_path / "calls.py"
+    path.write_text(doc_block("python", "calls.py"))
+    spec = importlib.util.spec_from_file_location("doc_twilio_calls", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Litestar resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    async with AsyncTestClient(app=module.app) as backend:
+        # Twilio's voice webhook: a form POST with the call's parameters.
+        answer = await backend.post(
+            "/twilio/voice", data={"CallSid": f"CA{21:032x}", "From": "+15550003333"}
+        )
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["content-type"].startswith("text/xml")
+    stream = ElementTree.fromstring(answer.text).find("./Connect/Stream")
+    assert stream is not None, answer.text
+    assert stream.get("url", "").endswith("/v1/twilio/stream"), answer.text
+    custom = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    assert set(custom) == {"session_id", "token"}, custom
+    payloads = mulaw_chunks(tone(20))
+    code, reason, received = await stream_call(server, custom, payloads, n=21)
+    assert (code, received) == (1000, []), (code, reason, received)
+    async with api_for(server) as api:
+        session = await api.get_session(custom["session_id"])
+    assert session["state"] == "complete", session
+    assert session["metadata"]["callSid"] == f"CA{21:032x}", session
 
 
 # --- refusals and faults -------------------------------------------------------------------
