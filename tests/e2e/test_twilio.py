@@ -28,6 +28,7 @@ Every value is a string except the media format's numbers; chunks count from
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -55,6 +56,7 @@ from websockets.exceptions import ConnectionClosed
 
 from e2e.wire import Api, api_for, assert_problem
 from servers import Server, start_server
+from voxgate.client.cli import add_stream_command, run_stream_command
 from voxgate.g711 import linear_to_ulaw
 
 Json = dict[str, Any]
@@ -379,6 +381,55 @@ async def test_clients_doc_backend_answers_a_call_that_then_streams(
         session = await api.get_session(custom["session_id"])
     assert session["state"] == "complete", session
     assert session["metadata"]["callSid"] == f"CA{21:032x}", session
+
+
+def mulaw_wav(data: bytes) -> bytes:
+    """A WAV file of 8 kHz mono mu-law (format tag 7), written field by field."""
+    fmt = struct.pack("<HHIIHHH", 7, 1, 8000, 8000, 1, 8, 0)
+    fact = struct.pack("<I", len(data))
+    body = (
+        b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        + b"fact" + struct.pack("<I", 4) + fact
+        + b"LIST" + struct.pack("<I", 4) + b"INFO"  # a chunk readers must skip
+        + b"data" + struct.pack("<I", len(data)) + data
+    )  # fmt: skip
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+async def run_cli(server: Server, *argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_stream_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["stream", *argv, "--url", server.base_url, "--api-key", server.api_key]
+    )
+    return await run_stream_command(args)
+
+
+@pytest.mark.parametrize("kind", ["call.ulaw", "call.mulaw", "call.wav"])
+async def test_cli_streams_mulaw_files(server: Server, tmp_path: Path, kind: str) -> None:
+    audio = b"".join(mulaw_chunks(tone(30)))
+    path = tmp_path / kind
+    path.write_bytes(mulaw_wav(audio) if kind.endswith(".wav") else audio)
+    async with api_for(server) as api:
+        session_id = await api.new_session(codec="mulaw", sample_rate=8000, channels=1)
+        assert await run_cli(server, str(path), "--session", session_id) == 0
+        session = await api.get_session(session_id)
+        # 20 ms frames of 160 bytes (the last one carries END); the WAV header is not audio.
+        got = (session["state"], session["frames"], session["bytes"])
+        assert got == ("complete", 30, len(audio)), session
+        assert await api.audio_bytes(session_id) == audio
+
+
+async def test_cli_refuses_a_mulaw_file_for_a_pcm_session(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "call.ulaw"
+    path.write_bytes(b"\xff" * 1600)
+    async with api_for(server) as api:
+        session_id = await api.new_session()  # pcm_s16le
+        assert await run_cli(server, str(path), "--session", session_id) == 2
+        assert "mulaw" in capsys.readouterr().err
+        assert (await api.get_session(session_id))["frames"] == 0
 
 
 # --- refusals and faults -------------------------------------------------------------------
