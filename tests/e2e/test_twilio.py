@@ -79,6 +79,14 @@ def mulaw_chunks(samples: list[int]) -> list[bytes]:
     return [encoded[i : i + CHUNK_BYTES] for i in range(0, len(encoded), CHUNK_BYTES)]
 
 
+def metric(server: Server, name: str) -> float:
+    """A sample's value from ``/metrics`` (0 when absent)."""
+    for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def twilio_signature(url: str) -> str:
     """X-Twilio-Signature of a request without POST parameters: base64 HMAC-SHA1 of the URL."""
     digest = hmac.new(AUTH_TOKEN.encode(), url.encode(), hashlib.sha1).digest()
@@ -273,6 +281,8 @@ async def test_call_streams_into_the_session_and_downloads_as_mulaw_wav(server: 
         # After stop the server ends the call itself once the session is complete, and it
         # never sends Twilio voxgate's own control messages.
         assert (code, received) == (1000, []), (code, reason, received)
+        counted = metric(server, 'voxgate_twilio_messages_total{event="media"}')
+        assert counted >= CALL_CHUNKS, counted
         session = await api.get_session(session_id)
         assert session["state"] == "complete", session
         assert (session["frames"], session["bytes"]) == (CALL_CHUNKS + 1, CALL_CHUNKS * 160)
@@ -564,6 +574,23 @@ async def test_bad_or_missing_signature_is_refused_and_creates_nothing(
         assert (await refused(signed_server, {}, headers={"X-Twilio-Signature": "AAAA"}))[0] == 4403
         assert (await refused(signed_server, {}))[0] == 4401
         assert await session_count(api) == before
+
+
+async def test_signature_over_the_host_header_without_a_public_url(tmp_path: Path) -> None:
+    """Without VOXGATE_PUBLIC_URL the signed URL is rebuilt from the Host header."""
+    env = {"VOXGATE_TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+    with start_server(tmp_path, env=env) as plain:
+        url = f"{plain.ws_url}/v1/twilio/stream"
+        headers = {"X-Twilio-Signature": twilio_signature(url)}
+        payloads = mulaw_chunks(tone(5))
+        code, reason, _ = await stream_call(plain, {}, payloads, n=31, headers=headers)
+        assert code == 1000, (code, reason)
+        async with api_for(plain) as api:
+            sessions = await calls_of(api, f"CA{31:032x}")
+            assert [s["state"] for s in sessions] == ["complete"], sessions
+        # Signed for the public name while Host says 127.0.0.1: refused.
+        headers = {"X-Twilio-Signature": twilio_signature(SIGNED_URL)}
+        assert (await refused(plain, {}, headers=headers))[0] == 4403
 
 
 # --- wss -----------------------------------------------------------------------------------

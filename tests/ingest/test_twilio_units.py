@@ -17,6 +17,7 @@ from voxgate.ingest.twilio import (
     parse_start,
     signature_valid,
 )
+from voxgate.settings import Settings, SettingsError
 
 # --- G.711 -------------------------------------------------------------------------
 
@@ -204,3 +205,9 @@ def test_start_must_announce_mulaw_8khz_mono() -> None:
     with pytest.raises(Close) as excinfo:
         parse_start(start)
     assert refusal(excinfo) == (4400, "media_format")
+
+
+def test_public_url_setting_needs_a_scheme() -> None:
+    assert Settings.from_env({"VOXGATE_PUBLIC_URL": "https://voice.example.com"}).public_url
+    with pytest.raises(SettingsError, match="VOXGATE_PUBLIC_URL"):
+        Settings.from_env({"VOXGATE_PUBLIC_URL": "voice.example.com"})
