@@ -15,6 +15,7 @@ from voxgate.ingest.twilio import (
     decode_media,
     parse_message,
     parse_start,
+    read_start,
     signature_valid,
 )
 from voxgate.settings import Settings, SettingsError
@@ -211,3 +212,12 @@ def test_public_url_setting_needs_a_scheme() -> None:
     assert Settings.from_env({"VOXGATE_PUBLIC_URL": "https://voice.example.com"}).public_url
     with pytest.raises(SettingsError, match="VOXGATE_PUBLIC_URL"):
         Settings.from_env({"VOXGATE_PUBLIC_URL": "voice.example.com"})
+
+
+async def test_only_a_few_messages_may_come_before_start() -> None:
+    async def connected_forever() -> dict[str, object]:
+        return {"type": "websocket.receive", "text": '{"event": "connected"}'}
+
+    with pytest.raises(Close) as excinfo:
+        await read_start(connected_forever, LIMITS)  # type: ignore[arg-type]
+    assert refusal(excinfo) == (4400, "before_start")

@@ -63,6 +63,8 @@ MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 #: Bounds of what a ``start`` may carry (Twilio limits custom parameters far below them).
 MAX_CUSTOM_PARAMETERS = 64
 MAX_PARAMETER_CHARS = 1024
+# Messages taken before start (Twilio sends one: connected).
+_MAX_BEFORE_START = 8
 # JSON around a media payload's base64 (event, sequenceNumber, streamSid, media fields).
 _MEDIA_OVERHEAD_BYTES = 1024
 
@@ -148,10 +150,11 @@ def parse_start(message: Mapping[str, Any]) -> TwilioStart:
 async def read_start(receive: Receive, limits: StreamLimits) -> TwilioStart | None:
     """Read up to and including the ``start`` message; None when the client went away.
 
-    ``connected`` is skipped; anything else before ``start`` closes with 4400
-    (``media_before_start`` for media), silence for ``idle_timeout_s`` with 4408.
+    ``connected`` is skipped (a few times at most); anything else before ``start``
+    closes with 4400 (``media_before_start`` for media), silence for
+    ``idle_timeout_s`` with 4408.
     """
-    while True:
+    for _ in range(_MAX_BEFORE_START):
         try:
             async with asyncio.timeout(limits.idle_timeout_s):
                 message = await receive()
@@ -169,6 +172,7 @@ async def read_start(receive: Receive, limits: StreamLimits) -> TwilioStart | No
         if event == "media":
             raise bad_message("media before start", "media_before_start")
         raise bad_message(f"{event[:32]} before start", "before_start")
+    raise bad_message(f"no start within {_MAX_BEFORE_START} messages", "before_start")
 
 
 def decode_media(media: object, max_frame_bytes: int) -> tuple[int, int, bytes]:
