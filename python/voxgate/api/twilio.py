@@ -106,7 +106,8 @@ async def _session_for(
         metadata={
             "callSid": start.call_sid,
             "streamSid": start.stream_sid,
-            "customParameters": dict(params),
+            # A stray stream token is a credential, not metadata.
+            "customParameters": {k: v for k, v in params.items() if k != "token"},
         },
     )
     events.info("twilio.session", session_id=session.id, call_sid=start.call_sid)
