@@ -25,6 +25,7 @@ from voxgate.api.storage import storage
 from voxgate.api.stream import stream
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
+from voxgate.api.twilio import twilio_stream
 from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.upload import upload
 from voxgate.observe import Observed
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> Litestar:
             audio,
             upload,
             stream,
+            twilio_stream,
             stats,
             *(post_transcript, list_transcripts, relay_transcript),
             *(events, listen, mint_listen_token),

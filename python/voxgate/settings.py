@@ -138,6 +138,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
     trusted_proxies: tuple[str, ...] = ()
 
+    # Twilio Media Streams (docs/clients.md). With the account's auth token set, a
+    # stream whose upgrade carries a valid X-Twilio-Signature gets a session of its own.
+    twilio_auth_token: str = ""
+    # The scheme and host clients reach this server at (https://voice.example.com), for
+    # URLs that must match what the client used, such as the one Twilio signs. Empty:
+    # the request's Host header.
+    public_url: str = ""
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
             raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
@@ -179,6 +187,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
             raise SettingsError(f"VOXGATE_TRUSTED_PROXIES: {exc}") from None
+        if self.public_url and not self.public_url.startswith(
+            ("http://", "https://", "ws://", "wss://")
+        ):
+            raise SettingsError(
+                "VOXGATE_PUBLIC_URL must start with https://, http://, wss:// or ws://"
+            )
         if self.listen_buffer_events < 1 or self.listen_max_lag_frames < 1:
             raise SettingsError(
                 "VOXGATE_LISTEN_BUFFER_EVENTS and VOXGATE_LISTEN_MAX_LAG_FRAMES must be at least 1"

@@ -164,7 +164,7 @@ def test_cli_parses_stream_arguments() -> None:
     assert args.file == "a.raw"
     assert args.session == "ses_1"
     assert args.url == "http://127.0.0.1:8000"
-    assert args.frame_bytes == 640
+    assert args.frame_bytes is None  # 20 ms of the file's format, or 640 bytes
     assert args.frames_per_message == 4
     assert args.realtime
     assert args.handler is run_stream_command

@@ -13,6 +13,7 @@ from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
+from voxgate import g711
 from voxgate.api.sessions import live_session, runtime_of
 from voxgate.auth import require_api_key
 from voxgate.errors import ApiError, problem_responses
@@ -195,14 +196,26 @@ async def audio(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
     format: FromQuery[Literal["raw", "wav"] | None] = None,
+    encoding: FromQuery[Literal["pcm_s16le"] | None] = None,
     allow_gaps: FromQuery[bool] = False,
 ) -> Response[Any]:
-    """Stored payloads in seq order, as raw bytes or WAV; honours a single ``Range``."""
+    """Stored payloads in seq order, as raw bytes or WAV; honours a single ``Range``.
+
+    ``format=wav`` serves ``pcm_s16le`` sessions as PCM WAV and ``mulaw`` / ``alaw``
+    sessions as WAV with format tag 7 / 6; ``encoding=pcm_s16le`` decodes G.711
+    sessions to 16-bit PCM (raw or WAV). Other codecs: 422.
+    """
     runtime = runtime_of(request)
     store = runtime.store
     session = await live_session(runtime, session_id)
     if format not in (None, "raw", "wav"):
         raise ApiError(422, "bad_format", "format must be raw or wav")
+    codec = session.codec or ""
+    decode = encoding == "pcm_s16le" and codec in g711.FORMAT_TAGS
+    if encoding == "pcm_s16le" and not decode and codec != "pcm_s16le":
+        raise ApiError(
+            422, "cannot_decode", f"encoding=pcm_s16le decodes mulaw and alaw sessions, not {codec}"
+        )
     refuse_cold(session)
     if not allow_gaps:
         gaps = await store.missing(session_id)
@@ -222,28 +235,54 @@ async def audio(
         # One snapshot of the index sizes the body, even while frames keep arriving.
         index = await store.frame_index(session_id)
         data_total = sum(entry.length for entry in index)
+    # Decoded G.711 is two output bytes per stored byte; the body maps ranges back.
+    scale = 2 if decode else 1
     header = b""
     media_type = "application/octet-stream"
     if format == "wav":
-        if session.codec != "pcm_s16le":
-            raise ApiError(422, "not_pcm", "format=wav needs a pcm_s16le session")
-        header = wav_header(data_total, session.sample_rate or 16000, session.channels or 1)
+        channels = session.channels or 1
+        if codec == "pcm_s16le" or decode:
+            rate = session.sample_rate or (8000 if decode else 16000)
+            header = wav_header(scale * data_total, rate, channels)
+        elif codec in g711.FORMAT_TAGS:
+            header = g711.wav_header(codec, data_total, session.sample_rate or 8000, channels)
+        else:
+            raise ApiError(422, "not_pcm", "format=wav needs a pcm_s16le, mulaw or alaw session")
         media_type = "audio/wav"
+    data_total *= scale
     total = len(header) + data_total
     wanted = parse_range(request.headers.get("range"), total) if total else None
     first, last = wanted if wanted is not None else (0, total - 1)
 
-    async def body() -> AsyncIterator[bytes]:
-        if first < len(header):
-            yield header[first : last + 1]
-        data_first = max(first - len(header), 0)
-        data_last = last - len(header)
+    async def stored(data_first: int, data_last: int) -> AsyncIterator[bytes]:
         if archived is not None:
             async for piece in archived.read(data_first, data_last):
                 yield piece
         elif data_last >= data_first:
             async for piece in _payload_bytes(store, session_id, index, data_first, data_last):
                 yield piece
+
+    async def body() -> AsyncIterator[bytes]:
+        if first < len(header):
+            yield header[first : last + 1]
+        data_first = max(first - len(header), 0)
+        data_last = last - len(header)
+        if data_last < data_first:
+            return
+        if not decode:
+            async for piece in stored(data_first, data_last):
+                yield piece
+            return
+        # Each stored byte is one sample, two output bytes: decode the stored bytes the
+        # range touches, then trim the half sample at either end.
+        skip = data_first % 2
+        remaining = data_last - data_first + 1
+        async for piece in stored(data_first // 2, data_last // 2):
+            pcm = g711.decode(codec, piece)[skip : skip + remaining]
+            skip = 0
+            remaining -= len(pcm)
+            if pcm:
+                yield pcm
 
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(max(last - first + 1, 0))}
     status = 200

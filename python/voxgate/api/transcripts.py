@@ -130,7 +130,9 @@ async def post_transcript(
 async def list_transcripts(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
-    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    # Bounded below the store's 64-bit ids (larger values overflowed into a 500) and
+    # within what JSON Schema consumers read exactly (2**53).
+    after: Annotated[int, QueryParameter(ge=0, le=2**53 - 1)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> TranscriptPage:
     """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""

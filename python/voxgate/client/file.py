@@ -38,13 +38,17 @@ async def stream_file(
     frames_per_message: int = 1,
     bytes_per_second: float | None = None,
     complete_timeout_s: float | None = 60.0,
+    offset: int = 0,
+    length: int | None = None,
     **client_options: Any,
 ) -> StreamReport:
     """Send ``path`` as ``frame_bytes``-sized frames, end the stream and verify ``complete``.
 
     With ``bytes_per_second`` the frames are paced like a live capture
     (``pts_us`` follows the pacing); without it they go as fast as the window
-    allows. ``client_options`` go to :class:`StreamClient`. Raises ``OSError``
+    allows. ``offset`` and ``length`` pick the audio out of a container (a WAV
+    file's data chunk, see :mod:`voxgate.client.audiofile`); by default the whole
+    file is sent. ``client_options`` go to :class:`StreamClient`. Raises ``OSError``
     when the file cannot be read, ``ValueError`` for a bad ``frame_bytes`` and
     every :class:`~voxgate.client.StreamError` of the stream (``IntegrityError``
     when the server's CRC disagrees).
@@ -62,17 +66,23 @@ async def stream_file(
         **client_options,
     )
     handle = await asyncio.to_thread(Path(path).open, "rb")
+    remaining = length
     try:
+        if offset:
+            await asyncio.to_thread(handle.seek, offset)
         async with client:
             sent = 0
             pending = b""
             while True:
-                chunk = await asyncio.to_thread(handle.read, _READ_CHUNK)
+                want = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
+                chunk = await asyncio.to_thread(handle.read, want) if want else b""
+                if remaining is not None:
+                    remaining -= len(chunk)
                 data = pending + chunk
                 last_chunk = not chunk
                 cut = len(data) if last_chunk else len(data) - len(data) % frame_bytes
-                for offset in range(0, cut, frame_bytes):
-                    payload = data[offset : offset + frame_bytes]
+                for at in range(0, cut, frame_bytes):
+                    payload = data[at : at + frame_bytes]
                     pts_us = None
                     if bytes_per_second is not None:
                         pts_us = int(sent * 1_000_000 / bytes_per_second)
