@@ -23,7 +23,7 @@ from voxgate.ingest.stream import Close, StreamConnection, StreamLimits, send_cl
 from voxgate.observe import RAW_CHANNEL
 from voxgate.rates import SESSION_CONNECTS
 from voxgate.settings import Settings
-from voxgate.store.base import SessionState, StoreError, Tier
+from voxgate.store.base import Session, SessionState, StoreError, Tier
 from voxgate.tokens.base import TokenStoreError
 
 if TYPE_CHECKING:
@@ -75,6 +75,64 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return origin is None or "*" in allowed or origin in allowed
 
 
+def raw_channel(socket: WebSocket[Any, Any, Any]) -> tuple[Receive, Send]:
+    """The server's own ASGI receive and send when the outermost layer kept them (it does
+    in production): one call each per message instead of three nested wrappers."""
+    raw = cast("tuple[Receive, Send] | None", socket.scope.get(RAW_CHANNEL))
+    return raw or (socket.receive, socket.send)
+
+
+async def claim(runtime: Runtime, session: Session) -> tuple[Session, int, list[list[int]]]:
+    """Check that ``session`` takes a stream now and claim it (superseding any older one):
+    the session as it is after the claim, the claim's generation and its gaps. Raises
+    :class:`Close` (gone, rate limited) and StoreError."""
+    if session.state is SessionState.DELETED:
+        raise Close(4410, "gone", "session deleted: it no longer accepts frames")
+    if session.tier is not Tier.HOT:
+        raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
+    connects = await runtime.limits.check(SESSION_CONNECTS, session.id)
+    if connects is not None and not connects.allowed:
+        raise Close(
+            4429,
+            "rate_limited",
+            f"too many connections to this session, retry in {math.ceil(connects.retry_after_s)} s",
+        )
+    generation = await runtime.store.claim_stream(session.id)
+    # Re-read after claiming so no commit of an older stream slips between.
+    session = await runtime.store.get_session(session.id) or session
+    return session, generation, await runtime.store.missing(session.id)
+
+
+def start_connection(
+    runtime: Runtime,
+    session: Session,
+    generation: int,
+    receive: Receive,
+    send: Send,
+    limits: StreamLimits,
+) -> StreamConnection:
+    """The claimed session's StreamConnection, registered; its ``run`` serves the stream."""
+    conn = StreamConnection(
+        session_id=session.id,
+        generation=generation,
+        receive=receive,
+        send=send,
+        writer=runtime.writer,
+        ledger=runtime.ledger,
+        registry=runtime.streams,
+        limits=limits,
+        next_seq=session.next_seq,
+        end_seq=session.end_seq,
+    )
+    if session.state is SessionState.COMPLETE and session.end_seq is not None:
+        conn.set_complete(
+            session.end_seq, session.frames, session.bytes, session.stream_crc32c or 0
+        )
+    runtime.streams.register(conn)
+    metrics.ACTIVE_STREAMS.inc()
+    return conn
+
+
 @websocket("/v1/sessions/{session_id:str}/stream", name="stream")
 async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) -> None:
     """Stream audio frames into a session: the primary ingest transport."""
@@ -101,24 +159,9 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         session = await runtime.store.get_session(session_id)
         if session is None:
             raise Close(4404, "not_found", "unknown session")
-        if session.state is SessionState.DELETED:
-            raise Close(4410, "gone", "session deleted: it no longer accepts frames")
-        if session.tier is not Tier.HOT:
-            raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
         if token_session != session_id:
             raise Close(4403, "forbidden", "stream token is for another session")
-        connects = await runtime.limits.check(SESSION_CONNECTS, session_id)
-        if connects is not None and not connects.allowed:
-            raise Close(
-                4429,
-                "rate_limited",
-                f"too many connections to this session, retry in "
-                f"{math.ceil(connects.retry_after_s)} s",
-            )
-        generation = await runtime.store.claim_stream(session_id)
-        # Re-read after claiming so no commit of an older stream slips between.
-        session = await runtime.store.get_session(session_id) or session
-        missing = await runtime.store.missing(session_id)
+        session, generation, missing = await claim(runtime, session)
     except Close as close:
         await reject(socket, close)
         return
@@ -126,28 +169,8 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         log.error("store unavailable at stream open: %s", exc)
         await reject(socket, Close(1013, "store_unavailable", "storage unavailable"))
         return
-    # The server's own receive and send when the outermost layer kept them (it does in
-    # production): one call each per message instead of three nested ones.
-    raw = cast("tuple[Receive, Send] | None", socket.scope.get(RAW_CHANNEL))
-    receive, send = raw or (socket.receive, socket.send)
-    conn = StreamConnection(
-        session_id=session_id,
-        generation=generation,
-        receive=receive,
-        send=send,
-        writer=runtime.writer,
-        ledger=runtime.ledger,
-        registry=runtime.streams,
-        limits=stream_limits(settings),
-        next_seq=session.next_seq,
-        end_seq=session.end_seq,
-    )
-    if session.state is SessionState.COMPLETE and session.end_seq is not None:
-        conn.set_complete(
-            session.end_seq, session.frames, session.bytes, session.stream_crc32c or 0
-        )
-    runtime.streams.register(conn)
-    metrics.ACTIVE_STREAMS.inc()
+    receive, send = raw_channel(socket)
+    conn = start_connection(runtime, session, generation, receive, send, stream_limits(settings))
     events.info(
         "stream.open",
         session_id=session_id,

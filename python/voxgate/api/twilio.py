@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket, websocket
-from litestar.types import Receive, Send
+from litestar.types import Send
 
 from voxgate import logs, metrics, wire
-from voxgate.api.stream import origin_allowed, stream_limits
-from voxgate.ingest.stream import Close, StreamConnection
+from voxgate.api.stream import claim, origin_allowed, raw_channel, start_connection, stream_limits
+from voxgate.ingest.stream import Close
 from voxgate.ingest.twilio import TwilioChannel, TwilioStart, read_start, signature_valid
-from voxgate.observe import RAW_CHANNEL
-from voxgate.rates import SESSION_CONNECTS
 from voxgate.settings import Settings
-from voxgate.store.base import Session, SessionState, StoreError, Tier
+from voxgate.store.base import Session, StoreError
 from voxgate.tokens.base import TokenStoreError
 
 if TYPE_CHECKING:
@@ -137,8 +134,7 @@ async def twilio_stream(socket: WebSocket[Any, Any, Any]) -> None:
     settings = runtime.settings
     limits = stream_limits(settings)
     await socket.accept()
-    raw = cast("tuple[Receive, Send] | None", socket.scope.get(RAW_CHANNEL))
-    receive, send = raw or (socket.receive, socket.send)
+    receive, send = raw_channel(socket)
     start: TwilioStart | None = None
     try:
         if runtime.draining:
@@ -151,22 +147,7 @@ async def twilio_stream(socket: WebSocket[Any, Any, Any]) -> None:
         if start is None:
             return  # Twilio hung up before start
         session = await _session_for(socket, runtime, start)
-        session_id = session.id
-        if session.state is SessionState.DELETED:
-            raise Close(4410, "gone", "session deleted: it no longer accepts frames")
-        if session.tier is not Tier.HOT:
-            raise Close(4410, "gone", f"session archived ({session.tier}): it takes no frames")
-        connects = await runtime.limits.check(SESSION_CONNECTS, session_id)
-        if connects is not None and not connects.allowed:
-            raise Close(
-                4429,
-                "rate_limited",
-                f"too many connections to this session, retry in "
-                f"{math.ceil(connects.retry_after_s)} s",
-            )
-        generation = await runtime.store.claim_stream(session_id)
-        session = await runtime.store.get_session(session_id) or session
-        missing = await runtime.store.missing(session_id)
+        session, generation, missing = await claim(runtime, session)
     except Close as close:
         await refuse(send, close, start.call_sid if start is not None else None)
         return
@@ -175,29 +156,12 @@ async def twilio_stream(socket: WebSocket[Any, Any, Any]) -> None:
         unavailable = Close(1013, "store_unavailable", "storage unavailable")
         await refuse(send, unavailable, start.call_sid if start is not None else None)
         return
-    channel = TwilioChannel(receive, send, start, limits, session_id)
-    conn = StreamConnection(
-        session_id=session_id,
-        generation=generation,
-        receive=channel.receive,
-        send=channel.send,
-        writer=runtime.writer,
-        ledger=runtime.ledger,
-        registry=runtime.streams,
-        limits=limits,
-        next_seq=session.next_seq,
-        end_seq=session.end_seq,
-    )
+    channel = TwilioChannel(receive, send, start, limits, session.id)
+    conn = start_connection(runtime, session, generation, channel.receive, channel.send, limits)
     channel.attach(conn)
-    if session.state is SessionState.COMPLETE and session.end_seq is not None:
-        conn.set_complete(
-            session.end_seq, session.frames, session.bytes, session.stream_crc32c or 0
-        )
-    runtime.streams.register(conn)
-    metrics.ACTIVE_STREAMS.inc()
     events.info(
         "twilio.open",
-        session_id=session_id,
+        session_id=session.id,
         call_sid=start.call_sid,
         stream_sid=start.stream_sid,
         generation=generation,
