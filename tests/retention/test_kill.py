@@ -1,9 +1,10 @@
 """``voxgate retention run`` killed with SIGKILL at every step, then run again.
 
-A test hook (``VOXGATE_TEST_RETENTION_PAUSE``) stops the runner dead at a
-named point; the test kills it there with a real SIGKILL, checks what the
-kill left, and runs it again: every session ends where it belongs, with its
-audio intact, and an archive written before the kill is kept, not written twice.
+``paused_run.py`` (beside this file) wraps the runner and its store from
+the outside and stops it dead at a named point; the test kills it there with
+a real SIGKILL, checks what the kill left, and runs it again: every session
+ends where it belongs, with its audio intact, and an archive written before
+the kill is kept, not written twice.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from services import PostgresServer
 from store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate.retention.archive import ArchiveReader, archive_relpath, verify_archive
 from voxgate.retention.cli import EXIT_BUSY
-from voxgate.retention.runner import PAUSE_ENV
 from voxgate.store.base import Session, Tier
 
 from .conftest import frame, payload_of
 
 PAUSE_TIMEOUT_S = 60.0
+PAUSED_RUN = Path(__file__).with_name("paused_run.py")
 
 
 class Target:
@@ -82,8 +83,8 @@ class PausedRunner:
 
     def __init__(self, env: dict[str, str], point: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voxgate", "retention", "run"],
-            env={**env, PAUSE_ENV: point},
+            [sys.executable, str(PAUSED_RUN), point],
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
