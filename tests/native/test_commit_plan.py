@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voxgate import _native, _pynative
+from native import pynative as _pynative
+from voxgate import _native
 from voxgate.store.base import FrameIn, Outcome
 from voxgate.store.tally import SessionTally
 

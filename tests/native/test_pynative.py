@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voxgate import _native, _pynative
+from native import pynative as _pynative
+from voxgate import _native
 
 MAX = 1 << 20
 u32 = st.integers(0, (1 << 32) - 1)
