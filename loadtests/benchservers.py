@@ -1,7 +1,8 @@
 """Servers the benchmarks run, each a subprocess on a free 127.0.0.1 port.
 
 - ``voxgate``: ``voxgate serve`` with a temporary data dir and a fixed API key;
-- ``voxgate-py``: the same with ``VOXGATE_NATIVE=python`` (baseline b);
+- ``voxgate-py``: the same on the pure-Python core, ``tests/native/pynative.py``
+  (``PYTHONPATH=tests/native/python_core``; baseline b);
 - ``litestar``: ``baseline_litestar.py``, a bare Litestar-on-Granian handler (baseline a);
 - ``fastapi``: ``baseline_fastapi.py``, FastAPI on uvicorn parsing, checking CRCs, acking (c);
 - ``picows``: ``baseline_picows.py``, a raw picows sink (d).
@@ -28,6 +29,8 @@ import httpx
 from voxgate.settings import Settings
 
 HERE = Path(__file__).resolve().parent
+# On PYTHONPATH, its sitecustomize swaps voxgate._native for the pure-Python copy.
+PYTHON_CORE = HERE.parent / "tests" / "native" / "python_core"
 API_KEY = "bench-key"
 STARTUP_TIMEOUT_S = 30.0
 KINDS = ("voxgate", "voxgate-py", "litestar", "fastapi", "picows")
@@ -219,7 +222,6 @@ def start_server(
             "VOXGATE_API_KEYS": API_KEY,
             "VOXGATE_DURABILITY": durability,
             "VOXGATE_LOG_LEVEL": "WARNING",
-            "VOXGATE_NATIVE": "python" if kind == "voxgate-py" else "rust",
             # Every simulated stream has its own session and token, all from one address.
             "VOXGATE_RATE_LIMIT_SESSIONS": "off",
             "VOXGATE_RATE_LIMIT_TOKENS": "off",
@@ -227,6 +229,11 @@ def start_server(
             "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
             "VOXGATE_MAX_STREAMS_PER_IP": "0",
         }
+        if kind == "voxgate-py":
+            # The Rust core swapped for the pure-Python copy, from outside the package.
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(PYTHON_CORE), env.get("PYTHONPATH")])
+            )
         command = [*_voxgate_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers)]
     else:

@@ -15,7 +15,7 @@
     python loadtests/ingest_bench.py idle --streams 2000
 
 Servers (``loadtests/benchservers.py``): ``voxgate``; the baselines (a) ``litestar``,
-(b) ``voxgate-py`` (``VOXGATE_NATIVE=python``), (c) ``fastapi``, (d) ``picows``.
+(b) ``voxgate-py`` (the pure-Python core), (c) ``fastapi``, (d) ``picows``.
 Each starts as a subprocess on a free 127.0.0.1 port and stops after its run.
 The load comes from ``loadtests/loadgen.py`` (picows + uvloop, callbacks, no
 task per stream) in a process of its own; its CPU use is printed beside the

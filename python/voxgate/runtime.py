@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 
 from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
-from voxgate.core import NAME as CORE_NAME
 from voxgate.core import native as _native
 from voxgate.fanout.hub import Hub
 from voxgate.heap import HeapTrimmer
@@ -158,7 +157,7 @@ class Runtime:
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        log.info("hot-path core: %s (%s)", CORE_NAME, _native.__name__)
+        log.info("hot-path core: %s", _native.__name__)
         await self.store.open()
         await self.writer.start()
         await self.hub.start()

@@ -105,9 +105,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     listen_poll_s: float = 0.0
 
     log_level: str = "INFO"
-    # The hot-path core: "rust" (voxgate._native) or "python" (voxgate._pynative, for
-    # benchmark comparisons only). Read once at import by voxgate.core.
-    native: Literal["rust", "python"] = "rust"
 
     # -- retention (docs/operations.md) --
     # Ages count from a session's last activity (its last stored frame, or creation).

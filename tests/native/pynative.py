@@ -1,7 +1,8 @@
 """voxgate's core in pure Python: the same API and results as the Rust ``voxgate._native``.
 
-It exists for one comparison: ``VOXGATE_NATIVE=python`` runs the same server
-with this module in place of the Rust extension, so the benchmarks can show
+It exists for one comparison: a server started with
+``PYTHONPATH=tests/native/python_core`` runs with this module in place of the
+Rust extension, so the benchmarks can show
 what the Rust core buys. It is a faithful copy (the tests check it against
 the Rust module on random inputs), written the way a careful Python
 implementation would be: ``struct`` for headers, slicing-by-8 tables for

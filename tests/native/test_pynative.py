@@ -1,16 +1,13 @@
 """The pure-Python core gives exactly what the Rust core gives, on random inputs.
 
-``VOXGATE_NATIVE=python`` is a benchmark baseline; it is only a fair one if it
-does the same work with the same results, errors included.
+The pure-Python core (``tests/native/pynative.py``) is a benchmark baseline;
+it is only a fair one if it does the same work with the same results, errors included.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -230,18 +227,3 @@ def test_ledger_stats_behave_alike() -> None:
             stats.refused = 5
         assert stats == module.Ledger(1, 2, 1, 3).stats()
     assert repr(_pynative.Ledger(1, 2, 1, 3).stats()) == repr(_native.Ledger(1, 2, 1, 3).stats())
-
-
-def test_core_selects_the_module_named_by_the_setting() -> None:
-    code = "from voxgate import core; print(core.NAME, core.native.__name__)"
-    for setting, expected in (("", "rust voxgate._native"), ("python", "python voxgate._pynative")):
-        env = {**os.environ, "VOXGATE_NATIVE": setting}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        assert out.stdout.strip() == expected
-    env = {**os.environ, "VOXGATE_NATIVE": "fortran"}
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0
-    assert "VOXGATE_NATIVE must be one of rust, python" in bad.stderr
-    importlib.import_module("voxgate.core")  # the default in this process imports cleanly
