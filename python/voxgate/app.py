@@ -18,12 +18,12 @@ from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
 from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
+from voxgate.api.problems import EXCEPTION_HANDLERS
 from voxgate.api.sessions import SessionController
 from voxgate.api.stats import stats
 from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
-from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.stream import stream
 from voxgate.ingest.upload import upload
 from voxgate.observe import Observed

@@ -8,8 +8,8 @@ from litestar import Litestar, post
 from litestar.datastructures import State
 from litestar.testing import TestClient
 
+from voxgate.api.problems import EXCEPTION_HANDLERS
 from voxgate.clientip import parse_networks
-from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.limits import Limits, rate_limited
 from voxgate.rates import TRANSCRIPTS
 from voxgate.settings import Settings

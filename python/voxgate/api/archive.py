@@ -13,9 +13,9 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from voxgate.api.audio import parse_range, refuse_cold
+from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import live_session, runtime_of
 from voxgate.auth import require_api_key
-from voxgate.errors import problem_responses
 from voxgate.retention.archive import (
     MEDIA_TYPE,
     SUFFIX,

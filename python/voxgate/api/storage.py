@@ -7,9 +7,9 @@ from typing import Any
 import msgspec
 from litestar import Request, get
 
+from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import runtime_of
 from voxgate.auth import require_api_key
-from voxgate.errors import problem_responses
 from voxgate.retention import metrics
 from voxgate.store.base import RetentionRun, TierStats
 
