@@ -11,7 +11,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from voxgate.api.problems import ApiError
+from voxgate.errors import ApiError
 from voxgate.settings import Settings
 
 API_KEY_FILE = "api_key"

@@ -10,6 +10,7 @@ from typing import Literal
 import msgspec
 
 from voxgate.clientip import parse_networks
+from voxgate.errors import VoxgateError
 from voxgate.rates import RATE_NAMES, parse_rate
 
 Durability = Literal["fsync", "process"]
@@ -18,7 +19,7 @@ Durability = Literal["fsync", "process"]
 _LIST_FIELDS = frozenset({"api_keys", "cors_origins", "trusted_proxies"})
 
 
-class SettingsError(ValueError):
+class SettingsError(VoxgateError, ValueError):
     """A ``VOXGATE_*`` variable has a value voxgate cannot use."""
 
 

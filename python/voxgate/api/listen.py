@@ -20,10 +20,11 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
-from voxgate.api.problems import ApiError, problem_responses
+from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import runtime_of
 from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
 from voxgate.auth import bearer, key_matches, require_api_key
+from voxgate.errors import ApiError
 from voxgate.fanout.bus import BusError
 from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener

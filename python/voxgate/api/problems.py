@@ -1,4 +1,4 @@
-"""The one place where exceptions become RFC 9457 problem details."""
+"""The one place where exceptions become RFC 9457 problem details (see voxgate.errors)."""
 
 from __future__ import annotations
 
@@ -11,29 +11,13 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from voxgate.errors import TYPE_PREFIX, ApiError, title_of
 from voxgate.retention.archive import ArchiveError
 from voxgate.store.base import StoreError
 from voxgate.tokens.base import TokenStoreError
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("voxgate.api")
-
-_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    410: "Gone",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    416: "Range Not Satisfiable",
-    422: "Unprocessable Content",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 class Problem(msgspec.Struct):
@@ -75,26 +59,6 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-class ApiError(Exception):
-    """A client-facing error of the HTTP API: its status, a short code and a sentence."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers or {}
-        self.extra = extra or {}
-
-
 def problem(
     status: int,
     code: str,
@@ -105,8 +69,8 @@ def problem(
 ) -> Response[dict[str, Any]]:
     """A problem-details response; ``type`` is a stable URN naming the error."""
     body: dict[str, Any] = {
-        "type": f"urn:voxgate:error:{code}",
-        "title": _TITLES.get(status, "Error"),
+        "type": f"{TYPE_PREFIX}{code}",
+        "title": title_of(status),
         "status": status,
         "detail": detail,
     }
@@ -123,7 +87,7 @@ def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[d
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
-    code = _TITLES.get(status, "error").lower().replace(" ", "_")
+    code = title_of(status).lower().replace(" ", "_")
     return problem(status, code, str(exc.detail), headers=exc.headers, extra=extra)
 
 

@@ -33,6 +33,8 @@ import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 
+from voxgate.errors import VoxgateError
+
 log = logging.getLogger("voxgate.fanout")
 
 CHANNEL_PREFIX = "voxgate:events:"
@@ -56,7 +58,7 @@ OUTBOX_LIMIT = 65_536
 _WARN_EVERY_S = 10.0
 
 
-class BusError(Exception):
+class BusError(VoxgateError):
     """The bus cannot take a subscription right now (Redis unreachable)."""
 
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from voxgate.api.problems import ApiError
 from voxgate.clientip import client_ip
+from voxgate.errors import ApiError
 from voxgate.limits.base import Decision
 from voxgate.rates import RATE_NAMES
 

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from voxgate.errors import VoxgateError
+
 
 class Tier(enum.StrEnum):
     """Where a session's audio lives (voxgate.retention moves sessions down, never up)."""
@@ -100,7 +102,7 @@ class FrameEntry(msgspec.Struct, array_like=True):
     crc32c: int
 
 
-class StoreError(Exception):
+class StoreError(VoxgateError):
     """The store cannot serve right now (I/O error, database down)."""
 
 
