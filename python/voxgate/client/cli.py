@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+import orjson
 
 from voxgate.client.api import Api
 from voxgate.client.errors import ApiError, StreamError
@@ -95,7 +96,7 @@ async def run_stream_command(args: argparse.Namespace) -> int:
         "reconnects": stats.reconnects,
     }
     if args.json:
-        print(json.dumps(fields))
+        print(orjson.dumps(fields).decode())
     else:
         for key, value in fields.items():
             print(f"{key}: {value}")
