@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from voxgate.cli import KILL_AFTER_GRACE_S
-from voxgate.settings import Settings
+from voxgate.settings import PROCESS_FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -35,7 +35,11 @@ DATABASE_URL = "VOXGATE_DATABASE_URL"
 
 
 def setting_names() -> set[str]:
-    return {f"VOXGATE_{name.upper()}" for name in Settings.__struct_fields__}
+    return {
+        f"VOXGATE_{name.upper()}"
+        for name in Settings.__struct_fields__
+        if name not in PROCESS_FIELDS  # set by ``voxgate serve`` for its workers
+    }
 
 
 # --- .env.example -------------------------------------------------------------------

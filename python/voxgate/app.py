@@ -49,7 +49,7 @@ def create_app(settings: Settings) -> Litestar:
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
             await runtime.stop()
-            metrics.worker_exited()
+            metrics.worker_exited(settings.metrics_dir)
 
     app = Litestar(
         route_handlers=[

@@ -32,7 +32,6 @@ from prometheus_client import (
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -177,18 +176,21 @@ def record_nack(transport: str, reason: str, ranges: list[list[int]]) -> None:
         _CONFLICT[transport].inc(n)
 
 
-def exposition() -> bytes:
-    """The text exposition of every metric (summed over workers in multiprocess mode)."""
-    if os.environ.get(MULTIPROC_ENV):
+def exposition(multiprocess_dir: str | None) -> bytes:
+    """The text exposition of every metric (summed over workers in multiprocess mode).
+
+    ``multiprocess_dir`` is ``Settings.metrics_dir``: set, the workers' sums.
+    """
+    if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
 
-def worker_exited() -> None:
-    """Drop this process's live gauges from the multiprocess sums."""
-    if os.environ.get(MULTIPROC_ENV):
+def worker_exited(multiprocess_dir: str | None) -> None:
+    """Drop this process's live gauges from the multiprocess sums (``Settings.metrics_dir``)."""
+    if multiprocess_dir:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 

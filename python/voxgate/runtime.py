@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from voxgate import settings as settings_module
 from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
 from voxgate.core import native as _native
@@ -42,8 +42,8 @@ from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
 
-# Set by ``voxgate serve`` for its worker processes.
-WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
+# Set by ``voxgate serve`` for its worker processes (read into Settings.serve_workers).
+WORKERS_ENV = settings_module.WORKERS_ENV
 
 # The shutdown trigger Granian made for this worker's event loop (see install_shutdown_hook).
 _GRANIAN_SHUTDOWN: list[Any] = []
@@ -122,7 +122,7 @@ class Runtime:
                 redacted_url(settings.redis_url),
                 "yes" if hiredis_in_use() else "no",
             )
-        elif int(os.environ.get(WORKERS_ENV, "1")) > 1:
+        elif settings.serve_workers > 1:
             # Worker processes must share tokens: a file every worker of this host sees.
             self.tokens = SqliteTokenStore(data_dir / "tokens.db")
             log.warning(_SINGLE_INSTANCE, "a file of this host's data dir")
@@ -130,7 +130,7 @@ class Runtime:
             self.tokens = MemoryTokenStore()
             log.warning(_SINGLE_INSTANCE, "this process's memory")
         self.tokens = MeteredTokenStore(self.tokens)
-        workers = int(os.environ.get(WORKERS_ENV, "1"))
+        workers = settings.serve_workers
         self.limits = Limits(
             settings,
             # The one Redis client of this process, when there is Redis.

@@ -18,6 +18,14 @@ Durability = Literal["fsync", "process"]
 # Fields whose environment value is a comma-separated list.
 _LIST_FIELDS = frozenset({"api_keys", "cors_origins", "trusted_proxies"})
 
+# ``voxgate serve`` tells its worker processes how many they are through this variable.
+WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
+# prometheus_client's multiprocess directory, set by ``voxgate serve --workers N``.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Fields ``voxgate serve`` sets for its workers, not operators (not in .env.example),
+# and the variable each is read from.
+PROCESS_FIELDS = {"serve_workers": WORKERS_ENV, "metrics_dir": METRICS_DIR_ENV}
+
 
 class SettingsError(VoxgateError, ValueError):
     """A ``VOXGATE_*`` variable has a value voxgate cannot use."""
@@ -136,6 +144,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
     trusted_proxies: tuple[str, ...] = ()
 
+    # -- set by ``voxgate serve`` for its worker processes (PROCESS_FIELDS) --
+    # Worker processes of this server (``voxgate serve --workers``).
+    serve_workers: int = 1
+    # Where the workers' metrics meet (prometheus_client multiprocess mode); None: one process.
+    metrics_dir: str | None = None
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
             raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
@@ -214,7 +228,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if environ is None else environ
         raw: dict[str, object] = {}
         for name in cls.__struct_fields__:
-            value = env.get(f"VOXGATE_{name.upper()}")
+            value = env.get(PROCESS_FIELDS.get(name) or f"VOXGATE_{name.upper()}")
             if value is None:
                 continue
             if name in _LIST_FIELDS:

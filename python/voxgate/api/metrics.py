@@ -22,4 +22,5 @@ async def prometheus_metrics(request: Request[Any, Any, Any]) -> Response[bytes]
         await storage_metrics.refresh(request.app.state.runtime.store)
     except StoreError as exc:
         log.warning("storage figures not refreshed: %s", exc)
-    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+    settings = request.app.state.runtime.settings
+    return Response(metrics.exposition(settings.metrics_dir), media_type=metrics.CONTENT_TYPE)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -39,7 +38,6 @@ log = logging.getLogger("voxgate.fanout")
 
 # Store re-read interval of every feed when several workers share a data dir without Redis.
 _WORKERS_POLL_S = 0.25
-_WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
 
 
 class Hub:
@@ -60,9 +58,8 @@ class Hub:
         self.listeners: set[Listener] = set()
         self._committed: list[tuple[Sequence[FrameIn], CommitResult]] = []
         self._flush: asyncio.Handle | None = None
-        workers = int(os.environ.get(_WORKERS_ENV, "1"))
         poll = settings.listen_poll_s
-        if not poll and workers > 1 and redis is None:
+        if not poll and settings.serve_workers > 1 and redis is None:
             poll = _WORKERS_POLL_S  # other workers' commits reach us only through the store
         self.poll_s = poll
         self._poller: asyncio.Task[None] | None = None
