@@ -54,10 +54,10 @@ from voxgate.fanout.events import Out
 from voxgate.fanout.hub import Hub
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import StreamRegistry
+from voxgate.redis_client import redis_client
 from voxgate.settings import Settings
 from voxgate.store.base import FrameIn
 from voxgate.store.sqlite import SqliteStore
-from voxgate.tokens.redis import redis_client
 
 
 def free_port() -> int:

@@ -23,6 +23,7 @@ from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
 from voxgate.limits import Limits, RedisRateLimiter
+from voxgate.redis_client import REDIS_ERRORS, hiredis_in_use, redacted_url, redis_client
 from voxgate.retention.runner import Retention, RetentionSchedule
 from voxgate.settings import Settings
 from voxgate.store.base import Store
@@ -31,13 +32,7 @@ from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
 from voxgate.tokens.metered import MeteredTokenStore
-from voxgate.tokens.redis import (
-    REDIS_ERRORS,
-    RedisTokenStore,
-    hiredis_in_use,
-    redacted_url,
-    redis_client,
-)
+from voxgate.tokens.redis import RedisTokenStore
 from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")

@@ -12,7 +12,7 @@ import redis
 
 from services import RedisServer
 from voxgate.fanout.bus import OUTBOX_LIMIT, RESYNC_MESSAGE, BusError, LocalBus, RedisBus
-from voxgate.tokens.redis import redis_client
+from voxgate.redis_client import redis_client
 
 
 class Inbox:

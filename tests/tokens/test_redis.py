@@ -12,14 +12,9 @@ from redis.asyncio import Redis
 from servers import free_port
 from services import RedisServer
 from voxgate.ingest.claims import CHANNEL, ClaimChannel, decode_claim, encode_claim
+from voxgate.redis_client import hiredis_in_use, redacted_url, redis_client
 from voxgate.tokens.base import TokenStoreError, token_hash
-from voxgate.tokens.redis import (
-    KEY_PREFIX,
-    RedisTokenStore,
-    hiredis_in_use,
-    redacted_url,
-    redis_client,
-)
+from voxgate.tokens.redis import KEY_PREFIX, RedisTokenStore
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from voxgate import metrics
 from voxgate.limits.base import Decision, RateLimiter
 from voxgate.rates import Rate
-from voxgate.tokens.redis import REDIS_ERRORS, redis_client
+from voxgate.redis_client import REDIS_ERRORS, redis_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
