@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.runtime = runtime
         logs.register_secrets(runtime.api_keys)
         await runtime.start()
-        sampler = asyncio.create_task(metrics.sample(runtime))
+        sampler = asyncio.create_task(runtime.sample_metrics())
         try:
             yield
         finally:

@@ -7,16 +7,18 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
+from voxgate import metrics
 from voxgate import settings as settings_module
 from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
 from voxgate.core import native as _native
+from voxgate.fanout.bus import LocalBus, RedisBus
 from voxgate.fanout.hub import Hub
 from voxgate.heap import HeapTrimmer
 from voxgate.ingest.claims import ClaimChannel
@@ -143,7 +145,8 @@ class Runtime:
             # Hard cap: credit already granted may overshoot the high watermark by this much.
             2 * settings.global_high_bytes,
         )
-        self.hub = Hub(settings, self.store, self.streams, self.redis)
+        bus = RedisBus(self.redis) if self.redis is not None else LocalBus()
+        self.hub = Hub(settings, self.store, bus, self.streams.window_of)
         self.writer.on_commit = self.hub.committed
         self.retention = Retention(self.store, settings)
         self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
@@ -175,6 +178,16 @@ class Runtime:
         # The store thread hands the GIL back and forth with the event loop; at the
         # default 5 ms each hand-over can stall a commit that long under load.
         sys.setswitchinterval(0.001)
+
+    def sample_metrics(self) -> Coroutine[Any, Any, None]:
+        """The loop that copies this process's ledger and fan-out figures into gauges."""
+        hub = self.hub
+        return metrics.sample(
+            window_bytes=self.settings.window_bytes,
+            ledger=self.ledger.stats,
+            fanout=lambda: (len(hub.listeners), len(hub.feeds)),
+            bus=hub.bus.stats,
+        )
 
     def _take_over_signals(self) -> None:
         # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before

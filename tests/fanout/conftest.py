@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from voxgate._native import FLAG_END, crc32c
+from voxgate.fanout.bus import LocalBus
 from voxgate.fanout.hub import Hub
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.settings import Settings
@@ -32,7 +33,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 @pytest.fixture
 async def hub(store: SqliteStore) -> AsyncIterator[Hub]:
-    running = Hub(SETTINGS, store, StreamRegistry())
+    running = Hub(SETTINGS, store, LocalBus(), StreamRegistry().window_of)
     await running.start()
     yield running
     await running.stop(1.0)

@@ -22,7 +22,16 @@ class Recorder(Listener):
     """A listener that only records what its feed offers it."""
 
     def __init__(self, hub: Hub, session_id: str) -> None:
-        super().__init__(hub, session_id, audio=False, from_seq=0, last_event_id=0)
+        settings = hub.settings
+        super().__init__(
+            hub.store,
+            session_id,
+            audio=False,
+            from_seq=0,
+            last_event_id=0,
+            buffer_events=settings.listen_buffer_events,
+            max_lag_frames=settings.listen_max_lag_frames,
+        )
         self.seen: list[dict[str, Any]] = []
 
     def offer(self, out: Out) -> None:

@@ -18,7 +18,7 @@ from .conftest import SETTINGS, frame, new_session
 
 async def joined(hub: Hub, session_id: str, **kwargs: Any) -> Listener:
     options: dict[str, Any] = {"audio": False, "from_seq": 0, "last_event_id": 0, **kwargs}
-    listener = Listener(hub, session_id, **options)
+    listener = hub.new_listener(session_id, **options)
     await hub.join(listener)
     return listener
 

@@ -131,8 +131,7 @@ async def admit(runtime: Runtime, session_id: str) -> None:
 
 
 def _new_listener(runtime: Runtime, session_id: str, params: ListenParams) -> Listener:
-    return Listener(
-        runtime.hub,
+    return runtime.hub.new_listener(
         session_id,
         audio=params.audio,
         from_seq=params.from_seq,

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from voxgate.fanout.bus import EventBus
 from voxgate.fanout.events import (
     DELETED_OUT,
     MAX_MISSING_RANGES,
@@ -29,10 +30,9 @@ from voxgate.fanout.events import (
     transcript_out,
 )
 from voxgate.ranges import complement, count, subtract, union
-from voxgate.store.base import SessionState, StoreError
+from voxgate.store.base import SessionState, Store, StoreError
 
 if TYPE_CHECKING:
-    from voxgate.fanout.hub import Hub
     from voxgate.fanout.listener import Listener
 
 log = logging.getLogger("voxgate.fanout")
@@ -44,8 +44,9 @@ _RETRY_SYNC_S = 1.0
 class Feed:
     """The session's tracker and its local listeners."""
 
-    def __init__(self, hub: Hub, session_id: str) -> None:
-        self.hub = hub
+    def __init__(self, store: Store, bus: EventBus, session_id: str) -> None:
+        self.store = store
+        self.bus = bus
         self.session_id = session_id
         self.listeners: set[Listener] = set()
         # Known stored: every seq below next_seq except those in missing.
@@ -74,7 +75,7 @@ class Feed:
 
     async def _open(self) -> None:
         try:
-            await self.hub.bus.subscribe(self.session_id)
+            await self.bus.subscribe(self.session_id)
             await self._sync(initial=True)
         except Exception as exc:  # BusError, StoreError: the joining listeners get it
             self.error = exc
@@ -236,7 +237,7 @@ class Feed:
                 return
 
     async def _sync(self, *, initial: bool) -> None:
-        store = self.hub.store
+        store = self.store
         snapshot = await store.listen_snapshot(self.session_id)
         session = snapshot.session
         if session is None or session.state is SessionState.DELETED:
