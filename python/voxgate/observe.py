@@ -24,9 +24,10 @@ import orjson
 import structlog
 from litestar.routes import HTTPRoute
 
-from voxgate import limits, logs, metrics
+from voxgate import logs, metrics
+from voxgate.api.ratelimit import SCOPE_KEY
 from voxgate.clientip import client_ip, parse_networks
-from voxgate.limits import ConnectionCounter
+from voxgate.limits import ConnectionCounter, Decision
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -122,8 +123,8 @@ class Observed:
                         headers = [
                             (k, allow.encode() if k.lower() == b"allow" else v) for k, v in headers
                         ]
-                decision = scope.get(limits.SCOPE_KEY)
-                if isinstance(decision, limits.Decision) and decision.allowed:
+                decision = scope.get(SCOPE_KEY)
+                if isinstance(decision, Decision) and decision.allowed:
                     headers.extend(
                         (k.lower().encode(), v.encode()) for k, v in decision.headers().items()
                     )

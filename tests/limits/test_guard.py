@@ -9,8 +9,9 @@ from litestar.datastructures import State
 from litestar.testing import TestClient
 
 from voxgate.api.problems import EXCEPTION_HANDLERS
+from voxgate.api.ratelimit import rate_limited
 from voxgate.clientip import parse_networks
-from voxgate.limits import Limits, rate_limited
+from voxgate.limits import Limits
 from voxgate.rates import TRANSCRIPTS
 from voxgate.settings import Settings
 

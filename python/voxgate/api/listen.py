@@ -21,6 +21,7 @@ from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
 from voxgate.api.problems import problem_responses
+from voxgate.api.ratelimit import rate_limited
 from voxgate.api.sessions import runtime_of
 from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
 from voxgate.auth import bearer, key_matches, require_api_key
@@ -29,7 +30,6 @@ from voxgate.fanout.bus import BusError
 from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Close, _reject, _stop
-from voxgate.limits import rate_limited
 from voxgate.rates import TOKENS
 from voxgate.store.base import SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError

@@ -16,29 +16,24 @@ carry the same three headers. WebSocket refusals close with 4429.
 Backends, one per file, behind :class:`~voxgate.limits.base.RateLimiter`:
 :mod:`.memory`, :mod:`.sqlite` (a file the workers of one host share) and
 :mod:`.redis`. :mod:`.policy` holds the configured rates and picks the
-backend; :mod:`.guards` enforces them on requests; :mod:`.connections` caps
-concurrent connections.
+backend; :mod:`.connections` caps concurrent connections. The Litestar guards
+that enforce the rates on requests are the API's: :mod:`voxgate.api.ratelimit`.
 """
 
 from voxgate.limits.base import Decision, RateLimiter, gcra
 from voxgate.limits.connections import ConnectionCounter
-from voxgate.limits.guards import SCOPE_KEY, Guard, enforce, rate_limited
 from voxgate.limits.memory import MemoryRateLimiter
 from voxgate.limits.policy import Limits
 from voxgate.limits.redis import RedisRateLimiter
 from voxgate.limits.sqlite import SqliteRateLimiter
 
 __all__ = [
-    "SCOPE_KEY",
     "ConnectionCounter",
     "Decision",
-    "Guard",
     "Limits",
     "MemoryRateLimiter",
     "RateLimiter",
     "RedisRateLimiter",
     "SqliteRateLimiter",
-    "enforce",
     "gcra",
-    "rate_limited",
 ]
