@@ -12,8 +12,8 @@ import pytest
 
 from client.fake_server import FakeVoxgate, running
 from voxgate import _native
+from voxgate.cli.stream import add_stream_command, run_stream_command
 from voxgate.client import FRAMES_CONTENT_TYPE, Api, ApiError, stream_file, stream_url
-from voxgate.client.cli import add_stream_command, run_stream_command
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -22,8 +22,8 @@ import pytest
 
 from services import PostgresServer
 from store.conftest import Backend, PostgresBackend, SqliteBackend
+from voxgate.cli.retention import EXIT_BUSY
 from voxgate.retention.archive import ArchiveReader, archive_relpath, verify_archive
-from voxgate.retention.cli import EXIT_BUSY
 from voxgate.store.base import Session, Tier
 
 from .conftest import frame, payload_of

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from voxgate.auth import ensure_api_keys
-from voxgate.client.cli import add_stream_command
-from voxgate.retention.cli import add_retention_command
+from voxgate.cli.db import add_db_command, check_database
+from voxgate.cli.retention import add_retention_command
+from voxgate.cli.stream import add_stream_command
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.base import StoreError
-from voxgate.store.cli import add_db_command, check_database
 
 # Seconds after VOXGATE_SHUTDOWN_GRACE_S for commits already submitted to finish.
 KILL_AFTER_GRACE_S = 10

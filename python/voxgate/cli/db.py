@@ -8,9 +8,9 @@ from pathlib import Path
 
 import asyncpg
 
+from voxgate.cli.backup import add_backup_commands
 from voxgate.settings import Settings, SettingsError
 from voxgate.store import migrations
-from voxgate.store.backup_cli import add_backup_commands
 from voxgate.store.base import StoreError
 from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.transfer import copy_sqlite_to_postgres
