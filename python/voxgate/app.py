@@ -12,13 +12,13 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
 from voxgate import logs, metrics
-from voxgate.api.archive import download_archive
+from voxgate.api.archive_download import download_archive
 from voxgate.api.audio import audio, missing
 from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
-from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
 from voxgate.api.problems import EXCEPTION_HANDLERS
+from voxgate.api.prometheus import prometheus_metrics
 from voxgate.api.sessions import SessionController
 from voxgate.api.stats import stats
 from voxgate.api.storage import storage

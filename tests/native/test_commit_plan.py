@@ -1,7 +1,7 @@
 """CommitPlan (the per-frame work of an embedded-store commit) follows SessionTally's rules.
 
 The embedded store judges frames with ``CommitPlan`` from the core; the
-PostgreSQL store with :class:`~voxgate.store.tally.SessionTally`. Both must
+PostgreSQL store with :class:`~voxgate.store.commit_rules.SessionTally`. Both must
 answer every batch alike, and the Rust and pure-Python cores must agree to
 the byte on the JSON they hand to SQLite.
 """
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from native import pynative as _pynative
 from voxgate import _native
 from voxgate.store.base import FrameIn, Outcome
-from voxgate.store.tally import SessionTally
+from voxgate.store.commit_rules import SessionTally
 
 U64 = 1 << 64
 OUTCOMES = tuple(Outcome)

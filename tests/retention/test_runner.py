@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from voxgate.retention import metrics
+from voxgate.retention import storage_gauges
 from voxgate.retention.archive import ArchiveReader, archive_relpath, verify_archive
 from voxgate.retention.runner import Retention, next_run_after
 from voxgate.settings import Settings
@@ -212,7 +212,7 @@ async def test_the_figures_are_published_as_prometheus_gauges(tmp_path: Path, st
     await streamed(store, 2)
     hot, _ = await streamed(store, 3, end=False)
     await Retention(store, policy(tmp_path, retention_idle_hours=1)).run()
-    stats, last_run = await metrics.refresh(store)
+    stats, last_run = await storage_gauges.refresh(store)
     assert last_run is not None
 
     def value(name: str, **labels: str) -> float | None:
