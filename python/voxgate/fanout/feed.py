@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from voxgate.fanout.bus import EventBus
 from voxgate.fanout.events import (
@@ -32,8 +32,15 @@ from voxgate.fanout.events import (
 from voxgate.ranges import complement, count, subtract, union
 from voxgate.store.base import SessionState, Store, StoreError
 
-if TYPE_CHECKING:
-    from voxgate.fanout.listener import Listener
+
+class Subscriber(Protocol):
+    """What a feed needs of each listener on it (:class:`~voxgate.fanout.listener.Listener`)."""
+
+    def offer(self, out: Out) -> None:
+        """Take one event; never blocks."""
+
+    def resync(self) -> None:
+        """Events may have been lost: catch up from the store."""
 
 log = logging.getLogger("voxgate.fanout")
 
@@ -48,7 +55,7 @@ class Feed:
         self.store = store
         self.bus = bus
         self.session_id = session_id
-        self.listeners: set[Listener] = set()
+        self.listeners: set[Subscriber] = set()
         # Known stored: every seq below next_seq except those in missing.
         self.next_seq = 0
         self.missing: list[list[int]] = []

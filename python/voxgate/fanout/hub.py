@@ -155,8 +155,7 @@ class Hub:
             if feed is not None:
                 feed.request_sync()
                 for listener in feed.listeners:
-                    listener.behind = True  # transcripts may have been lost too
-                    listener.wake.set()
+                    listener.resync()  # transcripts may have been lost too
 
     async def _poll(self) -> None:
         while True:

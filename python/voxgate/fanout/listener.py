@@ -94,6 +94,11 @@ class Listener:
 
     # -- from the feed and the transport (never block) -----------------------------------
 
+    def resync(self) -> None:
+        """Events may have been lost on the way: re-read transcripts from the store."""
+        self.behind = True
+        self.wake.set()
+
     def offer(self, out: Out) -> None:
         if self.end is not None:
             return
