@@ -2,7 +2,8 @@
 # Set up this checkout if needed, then run every check CI runs, in order,
 # stopping at the first one that fails:
 #   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test
-#   Python: ruff check, ruff format --check, mypy --strict, stubtest (_native.pyi), pytest
+#   Python: ruff check, ruff format --check, mypy --strict, stubtest (_native.pyi),
+#           import contract (.importlinter), pytest
 # Arguments go to pytest, e.g. `./scripts/test.sh tests/e2e -k resume`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,6 +48,8 @@ check "mypy (tests and load tests)" "$VENV/bin/mypy" --strict tests loadtests
 # The hand-written stub of the Rust extension against the extension setup.sh built:
 # every name, signature and class in python/voxgate/_native.pyi must match it.
 check "stubtest" "$VENV/bin/python" -m mypy.stubtest voxgate._native --mypy-config-file pyproject.toml
+# The package's layers and the absence of import cycles (.importlinter).
+check "import contract" "$VENV/bin/lint-imports" --config .importlinter
 
 # pytest exits 5 when it collected no test: a run that tests nothing fails.
 pytest_run() {
