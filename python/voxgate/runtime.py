@@ -1,11 +1,16 @@
-"""The live parts of one server process, built from settings and shared by every handler."""
+"""The composition root: the live parts of one server process, built from settings.
+
+:class:`Runtime` builds each part and hands it its collaborators (store,
+writer, ledger, registry of streams, tokens, limits, the fan-out hub and its
+bus, retention); it starts them in order and stops them in reverse. Nothing
+outside ``app.py`` and the API reaches into it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -14,7 +19,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from voxgate import metrics
-from voxgate import settings as settings_module
 from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
 from voxgate.core import native as _native
@@ -27,7 +31,8 @@ from voxgate.ingest.writer import Writer
 from voxgate.limits import Limits, RedisRateLimiter
 from voxgate.redis_client import REDIS_ERRORS, hiredis_in_use, redacted_url, redis_client
 from voxgate.retention.runner import Retention, RetentionSchedule
-from voxgate.settings import Settings
+from voxgate.settings import WORKERS_ENV, Settings
+from voxgate.shutdown import install_shutdown_hook, take_over_signals
 from voxgate.store.base import Store
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
@@ -39,34 +44,8 @@ from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
 
-# Set by ``voxgate serve`` for its worker processes (read into Settings.serve_workers).
-WORKERS_ENV = settings_module.WORKERS_ENV
-
-# The shutdown trigger Granian made for this worker's event loop (see install_shutdown_hook).
-_GRANIAN_SHUTDOWN: list[Any] = []
-
-
-def install_shutdown_hook() -> None:
-    """Let each Granian worker's runtime find the trigger Granian's signal handler sets.
-
-    Called by ``voxgate serve`` before Granian starts its workers, which then
-    inherit it. Granian registers its SIGTERM/SIGINT handler on the worker's
-    loop; with uvloop there is no way to read it back, so the trigger it sets
-    is remembered when Granian makes it.
-    """
-    import granian._signals as granian_signals
-
-    original: Callable[[Any], Any] = granian_signals.set_loop_signals
-    if getattr(original, "voxgate_hook", False):
-        return
-
-    def set_loop_signals(loop: Any) -> Any:
-        trigger = original(loop)
-        _GRANIAN_SHUTDOWN.append(trigger)
-        return trigger
-
-    set_loop_signals.voxgate_hook = True  # type: ignore[attr-defined]
-    granian_signals.set_loop_signals = set_loop_signals
+# ``voxgate serve`` imports WORKERS_ENV and install_shutdown_hook from here.
+__all__ = ["WORKERS_ENV", "Runtime", "install_shutdown_hook", "store_for"]
 
 
 _SINGLE_INSTANCE = (
@@ -169,7 +148,7 @@ class Runtime:
             except REDIS_ERRORS as exc:
                 # Not fatal: minting answers 503 until Redis is back, then all recovers.
                 log.error("Redis unreachable at start, tokens unavailable until it is: %s", exc)
-        self._take_over_signals()
+        take_over_signals(self._on_signal)
         # What exists after start-up lives as long as the process: keep it out of
         # every later collection (the ingest path allocates fast; full collections
         # that rescan the whole heap showed up as a fifth of the server's CPU).
@@ -188,27 +167,6 @@ class Runtime:
             fanout=lambda: (len(hub.listeners), len(hub.feeds)),
             bus=hub.bus.stats,
         )
-
-    def _take_over_signals(self) -> None:
-        # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
-        # the lifespan shutdown runs. Drain first (close streams with 1001 after
-        # their acks), then do what Granian's own handler does. Its shutdown trigger
-        # comes from the hook ``voxgate serve`` installs (any event loop, uvloop
-        # included); failing that, asyncio keeps the handler in a private table.
-        loop = asyncio.get_running_loop()
-        stops: dict[signal.Signals, Callable[[], object]] = {}
-        if _GRANIAN_SHUTDOWN:
-            trigger = _GRANIAN_SHUTDOWN[-1]
-            stops = {sig: trigger.set for sig in (signal.SIGTERM, signal.SIGINT)}
-        else:
-            handlers = getattr(loop, "_signal_handlers", None)
-            if isinstance(handlers, dict):
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    previous = handlers.get(sig)
-                    if isinstance(previous, asyncio.Handle):
-                        stops[sig] = previous._run
-        for sig, stop in stops.items():
-            loop.add_signal_handler(sig, self._on_signal, stop)
 
     def _on_signal(self, stop: Callable[[], object]) -> None:
         if self._drain is not None:

@@ -42,6 +42,7 @@ class Subscriber(Protocol):
     def resync(self) -> None:
         """Events may have been lost: catch up from the store."""
 
+
 log = logging.getLogger("voxgate.fanout")
 
 _TRANSCRIPT_PAGE = 500
