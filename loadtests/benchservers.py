@@ -1,8 +1,8 @@
 """Servers the benchmarks run, each a subprocess on a free 127.0.0.1 port.
 
 - ``voxgate``: ``voxgate serve`` with a temporary data dir and a fixed API key;
-- ``voxgate-py``: the same on the pure-Python core, ``tests/native/pynative.py``
-  (``PYTHONPATH=tests/native/python_core``; baseline b);
+- ``voxgate-py``: the same on the pure-Python core, ``tests/unit/native/pynative.py``
+  (``PYTHONPATH=tests/unit/native/python_core``; baseline b);
 - ``litestar``: ``baseline_litestar.py``, a bare Litestar-on-Granian handler (baseline a);
 - ``fastapi``: ``baseline_fastapi.py``, FastAPI on uvicorn parsing, checking CRCs, acking (c);
 - ``picows``: ``baseline_picows.py``, a raw picows sink (d).
@@ -30,7 +30,7 @@ from voxgate.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 # On PYTHONPATH, its sitecustomize swaps voxgate._native for the pure-Python copy.
-PYTHON_CORE = HERE.parent / "tests" / "native" / "python_core"
+PYTHON_CORE = HERE.parent / "tests" / "unit" / "native" / "python_core"
 API_KEY = "bench-key"
 STARTUP_TIMEOUT_S = 30.0
 KINDS = ("voxgate", "voxgate-py", "litestar", "fastapi", "picows")

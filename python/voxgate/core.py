@@ -2,7 +2,7 @@
 
 Every module of the server takes the core from here, so the package has one
 place that names the extension. (The benchmarks' pure-Python copy lives in
-``tests/native/pynative.py``; ``tests/native/python_core/`` swaps it in from
+``tests/unit/native/pynative.py``; ``tests/unit/native/python_core/`` swaps it in from
 outside the package.)
 """
 

@@ -1,8 +1,8 @@
 """The conformance suite again, on a server running the pure-Python core.
 
 The benchmarks' baseline (b) is the same server with the Rust core swapped
-out for ``tests/native/pynative.py`` from outside the package
-(``PYTHONPATH=tests/native/python_core``). It must behave exactly as the real one, so every
+out for ``tests/unit/native/pynative.py`` from outside the package
+(``PYTHONPATH=tests/unit/native/python_core``). It must behave exactly as the real one, so every
 conformance test runs against it too.
 """
 
@@ -16,12 +16,12 @@ import pytest
 from e2e.test_conformance import *  # noqa: F403  (the tests, re-collected against this server)
 from servers import Server, start_server
 
-PYTHON_CORE = Path(__file__).resolve().parent.parent / "native" / "python_core"
+PYTHON_CORE = Path(__file__).resolve().parent.parent / "unit" / "native" / "python_core"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server whose hot path is tests/native/pynative.py."""
+    """A server whose hot path is tests/unit/native/pynative.py."""
     with start_server(
         tmp_path_factory.mktemp("server"), env={"PYTHONPATH": str(PYTHON_CORE)}
     ) as running:
@@ -29,4 +29,4 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_the_server_runs_the_python_core(server: Server) -> None:
-    assert "hot-path core: native.pynative" in server.log_path.read_text()
+    assert "hot-path core: unit.native.pynative" in server.log_path.read_text()

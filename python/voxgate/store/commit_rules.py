@@ -6,8 +6,9 @@ extends the gap-free prefix and its running CRC-32C, and writes the counters
 back. The PostgreSQL store applies these rules with this class; the embedded
 store with the core's ``CommitPlan`` (Rust; in benchmarks its pure-Python
 copy), which does the same per-frame work in one object per commit so its
-store thread holds the GIL only briefly. ``tests/native/test_commit_plan.py`` holds the two to the
-same answers for every batch.
+store thread holds the GIL only briefly.
+``tests/unit/native/test_commit_plan.py`` holds the two to the same answers
+for every batch.
 """
 
 from __future__ import annotations

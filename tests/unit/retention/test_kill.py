@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from services import PostgresServer
-from store.conftest import Backend, PostgresBackend, SqliteBackend
+from unit.store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate.cli.retention import EXIT_BUSY
 from voxgate.retention.archive import ArchiveReader, archive_relpath, verify_archive
 from voxgate.store.base import Session, Tier

@@ -1,6 +1,6 @@
 """The pure-Python core gives exactly what the Rust core gives, on random inputs.
 
-The pure-Python core (``tests/native/pynative.py``) is a benchmark baseline;
+The pure-Python core (``tests/unit/native/pynative.py``) is a benchmark baseline;
 it is only a fair one if it does the same work with the same results, errors included.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from native import pynative as _pynative
+from unit.native import pynative as _pynative
 from voxgate import _native
 
 MAX = 1 << 20

@@ -21,7 +21,7 @@ from voxgate.store.sqlite import DB_NAME, MIGRATIONS, SEGMENTS_DIR, SqliteStore,
 from .conftest import frame, payload_of
 from .crash_child import payload as child_payload
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CHILD = Path(__file__).with_name("crash_child.py")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.fake_server import FakeVoxgate, running
+from unit.client.fake_server import FakeVoxgate, running
 from voxgate import _native
 from voxgate.cli.stream import add_stream_command, run_stream_command
 from voxgate.client import FRAMES_CONTENT_TYPE, Api, ApiError, stream_file, stream_url

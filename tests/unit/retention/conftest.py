@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from store.conftest import Backend, backend, frame, payload_of, store
+from unit.store.conftest import Backend, backend, frame, payload_of, store
 
 __all__ = ["Backend", "backend", "frame", "payload_of", "store"]

@@ -1,7 +1,7 @@
 """voxgate's core in pure Python: the same API and results as the Rust ``voxgate._native``.
 
 It exists for one comparison: a server started with
-``PYTHONPATH=tests/native/python_core`` runs with this module in place of the
+``PYTHONPATH=tests/unit/native/python_core`` runs with this module in place of the
 Rust extension, so the benchmarks can show
 what the Rust core buys. It is a faithful copy (the tests check it against
 the Rust module on random inputs), written the way a careful Python

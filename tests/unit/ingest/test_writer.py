@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from store.conftest import Backend, PostgresBackend, SqliteBackend
+from unit.store.conftest import Backend, PostgresBackend, SqliteBackend
 from voxgate._native import FLAG_END, crc32c
 from voxgate.ingest.writer import Writer, WriterFull
 from voxgate.store.base import (

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from client.fake_server import FakeVoxgate, running
+from unit.client.fake_server import FakeVoxgate, running
 from voxgate import _native
 from voxgate.client import (
     Backoff,

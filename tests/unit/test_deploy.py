@@ -27,7 +27,7 @@ from packaging.version import Version
 from voxgate.cli import KILL_AFTER_GRACE_S
 from voxgate.settings import PROCESS_FIELDS, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PORT = 8000
 # Compose points every instance at the shared PostgreSQL database with this.

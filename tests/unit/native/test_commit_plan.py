@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from native import pynative as _pynative
+from unit.native import pynative as _pynative
 from voxgate import _native
 from voxgate.store.base import FrameIn, Outcome
 from voxgate.store.commit_rules import SessionTally
