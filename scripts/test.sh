@@ -49,7 +49,7 @@ check "mypy (tests and load tests)" "$VENV/bin/mypy" --strict tests loadtests
 # every name, signature and class in python/voxgate/_native.pyi must match it.
 check "stubtest" "$VENV/bin/python" -m mypy.stubtest voxgate._native --mypy-config-file pyproject.toml
 # The package's layers and the absence of import cycles (.importlinter).
-check "import contract" "$VENV/bin/lint-imports" --config .importlinter
+check "import contract" "$VENV/bin/lint-imports" .importlinter
 
 # pytest exits 5 when it collected no test: a run that tests nothing fails.
 pytest_run() {
