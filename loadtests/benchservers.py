@@ -1,7 +1,7 @@
 """Servers the benchmarks run, each a subprocess on a free 127.0.0.1 port.
 
 - ``voxgate``: ``voxgate serve`` with a temporary data dir and a fixed API key;
-- ``voxgate-py``: the same with ``VOXGATE_NATIVE=python`` (baseline b);
+- ``voxgate-ref``: another build of voxgate (``$VOXGATE_BENCH_REF``), for before/after;
 - ``litestar``: ``baseline_litestar.py``, a bare Litestar-on-Granian handler (baseline a);
 - ``fastapi``: ``baseline_fastapi.py``, FastAPI on uvicorn parsing, checking CRCs, acking (c);
 - ``picows``: ``baseline_picows.py``, a raw picows sink (d).
@@ -30,7 +30,7 @@ from voxgate.settings import Settings
 HERE = Path(__file__).resolve().parent
 API_KEY = "bench-key"
 STARTUP_TIMEOUT_S = 30.0
-KINDS = ("voxgate", "voxgate-py", "voxgate-ref", "litestar", "fastapi", "picows")
+KINDS = ("voxgate", "voxgate-ref", "litestar", "fastapi", "picows")
 # voxgate-ref: another build of voxgate (its ``voxgate`` executable, e.g. the previous
 # release's virtualenv), for before/after figures measured in one run.
 REF_ENV = "VOXGATE_BENCH_REF"
@@ -38,7 +38,6 @@ ALIASES = {"baseline": "litestar"}
 # What each server is, for reports.
 ROLES = {
     "voxgate": "voxgate (Rust core)",
-    "voxgate-py": "(b) voxgate, pure-Python core",
     "voxgate-ref": f"voxgate, the build at ${REF_ENV}",
     "litestar": "(a) bare Litestar/Granian",
     "fastapi": "(c) FastAPI/uvicorn + crc32c",
@@ -216,14 +215,13 @@ def start_server(
         if window_bytes < Settings().max_frame_bytes:
             env["VOXGATE_MAX_FRAME_BYTES"] = str(window_bytes)
     data_dir = None
-    if kind in ("voxgate", "voxgate-py", "voxgate-ref"):
+    if kind in ("voxgate", "voxgate-ref"):
         data_dir = root / f"data-{kind}-{port}"
         env |= {
             "VOXGATE_DATA_DIR": str(data_dir),
             "VOXGATE_API_KEYS": API_KEY,
             "VOXGATE_DURABILITY": durability,
             "VOXGATE_LOG_LEVEL": "WARNING",
-            "VOXGATE_NATIVE": "python" if kind == "voxgate-py" else "rust",
             # Every simulated stream has its own session and token, all from one address.
             "VOXGATE_RATE_LIMIT_SESSIONS": "off",
             "VOXGATE_RATE_LIMIT_TOKENS": "off",
@@ -277,6 +275,6 @@ def sessions_and_tokens(
     kind: str, base_url: str, streams: int, api_key: str = API_KEY
 ) -> tuple[list[str], list[str]]:
     """Sessions with a fresh stream token each (voxgate); placeholders for the baselines."""
-    if kind not in ("voxgate", "voxgate-py", "voxgate-ref"):
+    if kind not in ("voxgate", "voxgate-ref"):
         return [f"ses_baseline_{i}" for i in range(streams)], ["unused"] * streams
     return asyncio.run(_create(base_url, api_key, streams))

@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any
 
-from voxgate.core import NAME, native
+from voxgate.core import native
 from voxgate.store.base import FrameIn
 from voxgate.store.sqlite import SqliteStore
 
@@ -67,7 +67,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await store.close()
     return {
-        "core": NAME,
+        "core": native.__name__,
         "sessions": args.sessions,
         "frames_per_session": args.frames_per_session,
         "frame_bytes": args.frame_bytes,

@@ -1,7 +1,7 @@
 """Ingest benchmark: voxgate's durable path beside what users would run instead.
 
     # one load against several servers, printed side by side with ratios
-    python loadtests/ingest_bench.py compare --servers voxgate,litestar,fastapi,voxgate-py,picows \\
+    python loadtests/ingest_bench.py compare --servers voxgate,litestar,fastapi,picows \\
         --streams 16 --frame-bytes 640 --frames-per-message 1 --duration 10 [--repeat 3]
 
     # live calls held at ack p99 <= 50 ms: a doubling ladder of paced streams from 50
@@ -19,7 +19,7 @@
     python loadtests/ingest_bench.py idle --streams 2000
 
 Servers (``loadtests/benchservers.py``): ``voxgate``; the baselines (a) ``litestar``,
-(b) ``voxgate-py`` (``VOXGATE_NATIVE=python``), (c) ``fastapi``, (d) ``picows``.
+``voxgate-ref`` (another build, ``$VOXGATE_BENCH_REF``), (c) ``fastapi``, (d) ``picows``.
 Each starts as a subprocess on a free 127.0.0.1 port and stops after its run.
 The load comes from ``loadtests/loadgen.py`` (picows + uvloop, callbacks, no
 task per stream) in a process of its own, or with ``--driver rust`` from
@@ -59,7 +59,7 @@ from benchservers import (
 from generators import DRIVERS, failed_result, open_generator
 from loadgen import CONNECT_TIMEOUT_S, LoadSpec
 
-VOXGATE_KINDS = ("voxgate", "voxgate-py", "voxgate-ref")
+VOXGATE_KINDS = ("voxgate", "voxgate-ref")
 
 
 @dataclass

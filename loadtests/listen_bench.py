@@ -49,15 +49,15 @@ from benchservers import API_KEY, ServerProcess, sessions_and_tokens, start_serv
 from ingest_bench import run_load
 from loadgen import LoadSpec
 from voxgate._native import FLAG_END, StreamDecoder, crc32c
-from voxgate.fanout.bus import RedisBus
+from voxgate.fanout.bus import LocalBus, RedisBus
 from voxgate.fanout.events import Out
 from voxgate.fanout.hub import Hub
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import StreamRegistry
+from voxgate.redis_client import redis_client
 from voxgate.settings import Settings
 from voxgate.store.base import FrameIn
 from voxgate.store.sqlite import SqliteStore
-from voxgate.tokens.redis import redis_client
 
 
 def free_port() -> int:
@@ -102,7 +102,16 @@ class Counter(Listener):
     """A local listener that only counts what its feed offers."""
 
     def __init__(self, hub: Hub, session_id: str) -> None:
-        super().__init__(hub, session_id, audio=False, from_seq=0, last_event_id=0)
+        settings = hub.settings
+        super().__init__(
+            hub.store,
+            session_id,
+            audio=False,
+            from_seq=0,
+            last_event_id=0,
+            buffer_events=settings.listen_buffer_events,
+            max_lag_frames=settings.listen_max_lag_frames,
+        )
         self.count = 0
 
     def offer(self, out: Out) -> None:
@@ -132,7 +141,8 @@ async def publish_cost(
     try:
         for mode in modes:
             client = redis_client(redis_url) if redis_url and mode.startswith("redis") else None
-            hub = Hub(Settings(), store, StreamRegistry(), client)
+            bus = RedisBus(client) if client is not None else LocalBus()
+            hub = Hub(Settings(), store, bus, StreamRegistry().window_of)
             await hub.start()
             ids = [
                 (
@@ -190,9 +200,14 @@ async def audio_paths(root: Path, redis_url: str | None, megabytes: int) -> dict
                 commit_batch([sid], first, min(1000, total_frames - first), frame_bytes)
             )
         # What a listener does: read from the store by seq range, frame, hand to the socket.
-        hub = Hub(Settings(listen_max_lag_frames=total_frames), store, StreamRegistry())
+        hub = Hub(
+            Settings(listen_max_lag_frames=total_frames),
+            store,
+            LocalBus(),
+            StreamRegistry().window_of,
+        )
         await hub.start()
-        listener = Listener(hub, sid, audio=True, from_seq=0, last_event_id=0)
+        listener = hub.new_listener(sid, audio=True, from_seq=0, last_event_id=0)
         await hub.join(listener)
         started, wall = cpu_s(), time.perf_counter()
         run = listener.run()

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -25,7 +26,11 @@ from pathlib import Path
 import crc32c as crc32c_pkg
 import google_crc32c
 
-from voxgate import _native, _pynative
+from voxgate import _native
+
+# The pure-Python copy of the core lives with the tests that check it against Rust.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from unit.native import pynative as _pynative
 
 SIZES = [64, 640, 4096, 65536, 1 << 20]
 HEADER = struct.Struct(">2sBBIQII")

@@ -3,7 +3,8 @@
 # stopping at the first one that fails:
 #   Rust: cargo fmt --check, cargo clippy -D warnings, cargo test; for the load
 #   generator (loadtests/loadgen-rs, a crate of its own): fmt and clippy only
-#   Python: ruff check, ruff format --check, mypy --strict, pytest (unit and end-to-end)
+#   Python: ruff check, ruff format --check, mypy --strict, stubtest (_native.pyi),
+#           import contract (.importlinter), pytest (unit and end-to-end)
 # Arguments go to pytest, e.g. `./scripts/test.sh tests/e2e -k resume`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,6 +52,11 @@ check "ruff check" "$VENV/bin/ruff" check "${ruff_paths[@]}"
 check "ruff format" "$VENV/bin/ruff" format --check "${ruff_paths[@]}"
 check "mypy (package voxgate)" "$VENV/bin/mypy"
 check "mypy (tests and load tests)" "$VENV/bin/mypy" --strict tests loadtests
+# The hand-written stub of the Rust extension against the extension setup.sh built:
+# every name, signature and class in python/voxgate/_native.pyi must match it.
+check "stubtest" "$VENV/bin/python" -m mypy.stubtest voxgate._native --mypy-config-file pyproject.toml
+# The package's layers and the absence of import cycles (.importlinter).
+check "import contract" "$VENV/bin/lint-imports" .importlinter
 
 # pytest exits 5 when it collected no test: a run that tests nothing fails.
 pytest_run() {

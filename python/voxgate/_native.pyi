@@ -1,9 +1,30 @@
 """voxgate's Rust core: frame codec, CRC-32C and the credit ledger (PROTOCOL sections 1 and 4)."""
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, final
 
 from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
+
+__all__ = [
+    "FLAG_END",
+    "FRAME_BAD_CRC",
+    "FRAME_OK",
+    "FRAME_TOO_LARGE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "VERSION",
+    "CommitPlan",
+    "DecodedFrame",
+    "FrameError",
+    "Ledger",
+    "LedgerStats",
+    "StreamDecoder",
+    "crc32c",
+    "crc32c_combine",
+    "decode",
+    "encode_frame",
+    "encode_header",
+]
 
 HEADER_SIZE: Final[int]  # 24
 MAGIC: Final[bytes]  # b"VF"
@@ -49,6 +70,7 @@ def decode(message: Buffer, max_frame_bytes: int) -> list[DecodedFrame]:
     Raises :class:`FrameError` on broken framing; nothing of the message counts then.
     """
 
+@final  # pyo3 classes cannot be subclassed
 class StreamDecoder:
     """Incremental decoder for byte streams (HTTP bodies) split anywhere.
 
@@ -56,7 +78,7 @@ class StreamDecoder:
     payload is skipped as it streams past, never buffered.
     """
 
-    def __init__(self, max_frame_bytes: int) -> None: ...
+    def __new__(cls, max_frame_bytes: int) -> StreamDecoder: ...
     def feed(self, chunk: Buffer) -> list[tuple[int, int, int, bytes | None, int, int]]:
         """Frames completed by ``chunk``: (seq, flags, pts_us, payload, crc32c, verdict).
 
@@ -79,6 +101,7 @@ class StreamDecoder:
     def consumed(self) -> int:
         """Total bytes fed so far."""
 
+@final  # pyo3 classes cannot be subclassed
 class LedgerStats:
     inflight_bytes: int  # admitted and not yet released, all streams
     streams: int
@@ -87,6 +110,7 @@ class LedgerStats:
     admitted_bytes: int  # total ever admitted
     refused: int  # admits refused
 
+@final  # pyo3 classes cannot be subclassed
 class Ledger:
     """Credit accounting for every open stream of this process.
 
@@ -98,9 +122,9 @@ class Ledger:
     ``global_low``) no new credit, i.e. the stream's current in-flight bytes.
     """
 
-    def __init__(
-        self, window_bytes: int, global_high: int, global_low: int, global_limit: int
-    ) -> None:
+    def __new__(
+        cls, window_bytes: int, global_high: int, global_low: int, global_limit: int
+    ) -> Ledger:
         """Raises ValueError unless ``global_low <= global_high <= global_limit``.
 
         Methods taking a ``handle`` raise KeyError for one not open.
@@ -146,6 +170,7 @@ class _CommitFrame(Protocol):
 
 _T = TypeVar("_T")
 
+@final  # pyo3 classes cannot be subclassed
 class CommitPlan:
     """The per-frame work of one store commit, with the rules of ``SessionTally``.
 
@@ -156,9 +181,9 @@ class CommitPlan:
     names), ``finish``, ``progress``.
     """
 
-    def __init__(
-        self, parts: Iterable[_CommitFrame | Batch], sessions: Iterable[Sequence[Any]]
-    ) -> None:
+    def __new__(
+        cls, parts: Iterable[_CommitFrame | Batch], sessions: Iterable[Sequence[Any]]
+    ) -> CommitPlan:
         """``parts``: single frames and Batches (each counts as its frames), in commit
         order. ``sessions``: rows of (id, next_seq, frames, bytes, end_seq, stream_crc32c,
         prefix_seq, prefix_crc32c) as stored before the commit."""

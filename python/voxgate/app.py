@@ -12,13 +12,14 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
 from voxgate import logs, metrics
-from voxgate.api.archive import download_archive
+from voxgate.api.archive_download import download_archive
 from voxgate.api.audio import audio, missing
 from voxgate.api.client import client_router
 from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
-from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
+from voxgate.api.problems import EXCEPTION_HANDLERS
+from voxgate.api.prometheus import prometheus_metrics
 from voxgate.api.sessions import SessionController
 from voxgate.api.stats import stats
 from voxgate.api.storage import storage
@@ -26,7 +27,6 @@ from voxgate.api.stream import stream
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.api.twilio import twilio_stream
-from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.upload import upload
 from voxgate.observe import Observed
 from voxgate.runtime import Runtime
@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.runtime = runtime
         logs.register_secrets(runtime.api_keys)
         await runtime.start()
-        sampler = asyncio.create_task(metrics.sample(runtime))
+        sampler = asyncio.create_task(runtime.sample_metrics())
         try:
             yield
         finally:
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> Litestar:
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
             await runtime.stop()
-            metrics.worker_exited()
+            metrics.worker_exited(settings.metrics_dir)
 
     app = Litestar(
         route_handlers=[

@@ -1,22 +1,32 @@
-"""The one place where exceptions become RFC 9457 problem details."""
+"""The root of voxgate's exceptions, and the one error of its HTTP API.
+
+Every exception voxgate defines derives from :class:`VoxgateError`, so a
+caller can catch all of them at once (the way ``aiokafka.errors`` roots its
+errors in one class). The families, each in the module that raises it:
+
+- :class:`ApiError`: an RFC 9457 problem of the HTTP API. Handlers raise it and
+  the server answers it (``voxgate.api.problems``); the client raises it for
+  an answer the server gave.
+- ``voxgate.settings.SettingsError``: a setting that cannot be used.
+- ``voxgate.store.base.StoreError`` (``WriterFull``, ``TransferError``): the store
+  cannot do what was asked; the API answers 503.
+- ``voxgate.tokens.base.TokenStoreError``: the token store is unreachable; 503.
+- ``voxgate.retention.archive.ArchiveError``: an archive file is unsound.
+- ``voxgate.store.backup.BackupError``: a backup cannot be made, checked or restored.
+- ``voxgate.fanout.bus.BusError``: the event bus cannot publish.
+- ``voxgate.client.StreamError`` and its subclasses: a client stream failed.
+
+``voxgate._native.FrameError`` (broken framing, raised by the Rust core) is a
+``ValueError`` and stays outside this tree: it is raised where the framing is
+read and turned into a close code or a 400 right there.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import msgspec
-from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.types import ExceptionHandlersMap
-
-from voxgate.retention.archive import ArchiveError
-from voxgate.store.base import StoreError
-from voxgate.tokens.base import TokenStoreError
-
-PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("voxgate.api")
+# RFC 9457 "type" of voxgate's problems: this prefix and the error's short code.
+TYPE_PREFIX = "urn:voxgate:error:"
 
 _TITLES = {
     400: "Bad Request",
@@ -36,47 +46,24 @@ _TITLES = {
 }
 
 
-class Problem(msgspec.Struct):
-    """RFC 9457 problem details, as every error answers (extra members may follow)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
+def title_of(status: int) -> str:
+    """The RFC 9110 reason phrase voxgate's problems carry as ``title``."""
+    return _TITLES.get(status, "Error")
 
 
-# What each error status means on voxgate's API, for the OpenAPI schema.
-_MEANING = {
-    400: "Malformed request: bad JSON, wrong types, missing or unknown fields, broken framing",
-    401: "Missing or invalid credential (API key, or stream token where one is named)",
-    403: "The stream token is for another session",
-    404: "Unknown session",
-    409: "The session has gaps (pass allow_gaps=true)",
-    410: "The session was deleted (audio and archive: its audio expired, tier cold)",
-    413: "Request body above the configured limit",
-    415: "Wrong Content-Type",
-    416: "Range outside the stored bytes",
-    422: "Well-formed but out of range (token ttl_s above the maximum, format not possible)",
-    429: "Rate limit: see Retry-After and the RateLimit-* headers",
-    503: "Storage or token store unavailable: retry after Retry-After",
-}
+class VoxgateError(Exception):
+    """Base of every exception voxgate defines."""
 
 
-def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """``responses=`` for a route handler: each status answers problem details."""
-    return {
-        status: ResponseSpec(
-            data_container=Problem,
-            description=_MEANING[status],
-            media_type=PROBLEM_JSON,
-            generate_examples=False,
-        )
-        for status in statuses
-    }
+class ApiError(VoxgateError):
+    """A problem of the HTTP API: its status, a short code and a sentence.
 
-
-class ApiError(Exception):
-    """A client-facing error of the HTTP API: its status, a short code and a sentence."""
+    On the server a handler raises it and the client gets RFC 9457 problem
+    details (``headers`` go on the response, ``extra`` members into the body).
+    In the client it is what a non-success answer raises: :meth:`from_problem`
+    keeps the server's body in ``problem`` (a stand-in ``{"title": <body
+    text>}`` when the body was not JSON).
+    """
 
     def __init__(
         self,
@@ -87,81 +74,26 @@ class ApiError(Exception):
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(f"HTTP {status}: {detail}" if detail else f"HTTP {status}")
         self.status = status
         self.code = code
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra or {}
+        self.problem: dict[str, Any] = {
+            "type": f"{TYPE_PREFIX}{code}",
+            "title": title_of(status),
+            "status": status,
+            "detail": detail,
+            **self.extra,
+        }
 
-
-def problem(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Response[dict[str, Any]]:
-    """A problem-details response; ``type`` is a stable URN naming the error."""
-    body: dict[str, Any] = {
-        "type": f"urn:voxgate:error:{code}",
-        "title": _TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-    }
-    body.update(extra or {})
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    return problem(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
-
-
-def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    status = exc.status_code
-    extra: dict[str, Any] = {}
-    if isinstance(exc, ValidationException) and exc.extra:
-        extra["errors"] = exc.extra
-    code = _TITLES.get(status, "error").lower().replace(" ", "_")
-    return problem(status, code, str(exc.detail), headers=exc.headers, extra=extra)
-
-
-def _store_error(_: Request[Any, Any, Any], exc: StoreError) -> Response[dict[str, Any]]:
-    log.error("store unavailable: %s", exc)
-    return problem(
-        503,
-        "store_unavailable",
-        "storage is unavailable, retry shortly",
-        headers={"Retry-After": "1"},
-    )
-
-
-def _token_store_error(_: Request[Any, Any, Any], exc: TokenStoreError) -> Response[dict[str, Any]]:
-    log.error("token store unavailable: %s", exc)
-    return problem(
-        503,
-        "token_store_unavailable",
-        "the token store is unavailable, retry shortly",
-        headers={"Retry-After": "2"},
-    )
-
-
-def _archive_error(_: Request[Any, Any, Any], exc: ArchiveError) -> Response[dict[str, Any]]:
-    log.error("archive unreadable: %s", exc)
-    return problem(500, "archive_unreadable", "the session's archive cannot be read")
-
-
-def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    log.exception("unexpected error", exc_info=exc)
-    return problem(500, "internal", "unexpected server error")
-
-
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    ApiError: _api_error,
-    HTTPException: _http_exception,
-    StoreError: _store_error,
-    TokenStoreError: _token_store_error,
-    ArchiveError: _archive_error,
-    Exception: _unexpected,
-}
+    @classmethod
+    def from_problem(cls, status: int, problem: dict[str, Any]) -> ApiError:
+        """The error a server's answer of ``status`` with body ``problem`` means."""
+        kind = problem.get("type")
+        code = kind.removeprefix(TYPE_PREFIX) if isinstance(kind, str) else ""
+        detail = problem.get("detail") or problem.get("title") or ""
+        error = cls(status, code, str(detail))
+        error.problem = problem
+        return error

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -30,9 +30,8 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from voxgate.runtime import Runtime
+    from voxgate._native import LedgerStats
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only double the output
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -190,18 +189,21 @@ def record_nacks(transport: str, reason: str, count: int) -> None:
         _CONFLICT[transport].inc(count)
 
 
-def exposition() -> bytes:
-    """The text exposition of every metric (summed over workers in multiprocess mode)."""
-    if os.environ.get(MULTIPROC_ENV):
+def exposition(multiprocess_dir: str | None) -> bytes:
+    """The text exposition of every metric (summed over workers in multiprocess mode).
+
+    ``multiprocess_dir`` is ``Settings.metrics_dir``: set, the workers' sums.
+    """
+    if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
 
-def worker_exited() -> None:
-    """Drop this process's live gauges from the multiprocess sums."""
-    if os.environ.get(MULTIPROC_ENV):
+def worker_exited(multiprocess_dir: str | None) -> None:
+    """Drop this process's live gauges from the multiprocess sums (``Settings.metrics_dir``)."""
+    if multiprocess_dir:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
@@ -213,23 +215,35 @@ def _rss_bytes() -> int:
         return 0
 
 
-async def sample(runtime: Runtime, every_s: float = 1.0) -> None:
-    """Copy ledger and process figures into gauges every ``every_s`` until cancelled."""
-    WINDOW_CONFIGURED.set(runtime.settings.window_bytes)
-    seen_events = runtime.ledger.stats().pressure_events
-    seen_bus = runtime.hub.bus.stats()
+async def sample(
+    *,
+    window_bytes: int,
+    ledger: Callable[[], LedgerStats],
+    fanout: Callable[[], tuple[int, int]],
+    bus: Callable[[], Mapping[str, int]],
+    every_s: float = 1.0,
+) -> None:
+    """Copy ledger, fan-out and process figures into gauges every ``every_s`` until cancelled.
+
+    ``ledger``: the credit ledger's stats; ``fanout``: (listeners, feeds) of this
+    process; ``bus``: the event bus's counters (``published``, ``dropped``).
+    """
+    WINDOW_CONFIGURED.set(window_bytes)
+    seen_events = ledger().pressure_events
+    seen_bus = bus()
     while True:
-        stats = runtime.ledger.stats()
+        stats = ledger()
         INFLIGHT_BYTES.set(stats.inflight_bytes)
         BACKPRESSURE.set(1 if stats.pressure else 0)
         if stats.pressure_events > seen_events:
             BACKPRESSURE_EVENTS.inc(stats.pressure_events - seen_events)
             seen_events = stats.pressure_events
         MEMORY_RSS.set(_rss_bytes())
-        LISTENERS.set(len(runtime.hub.listeners))
-        LISTENER_FEEDS.set(len(runtime.hub.feeds))
-        bus = runtime.hub.bus.stats()
-        EVENTS_PUBLISHED.inc(bus["published"] - seen_bus["published"])
-        EVENTS_DROPPED.inc(bus["dropped"] - seen_bus["dropped"])
-        seen_bus = bus
+        listeners, feeds = fanout()
+        LISTENERS.set(listeners)
+        LISTENER_FEEDS.set(feeds)
+        counts = bus()
+        EVENTS_PUBLISHED.inc(counts["published"] - seen_bus["published"])
+        EVENTS_DROPPED.inc(counts["dropped"] - seen_bus["dropped"])
+        seen_bus = counts
         await asyncio.sleep(every_s)

@@ -24,9 +24,11 @@ import orjson
 import structlog
 from litestar.routes import HTTPRoute
 
-from voxgate import limits, logs, metrics
+from voxgate import logs, metrics
+from voxgate.api.ratelimit import SCOPE_KEY
 from voxgate.clientip import client_ip, parse_networks
-from voxgate.limits import ConnectionCounter
+from voxgate.ingest.stream import RAW_CHANNEL
+from voxgate.limits import ConnectionCounter, Decision
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -42,10 +44,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logs.get("voxgate.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
-# Scope key holding a WebSocket's ASGI (receive, send) as the server gave them: the
-# stream route's per-message loop uses them directly, past the per-call wrappers of
-# Litestar and its middleware (after the accept, which goes through them all).
-RAW_CHANNEL = "voxgate.raw_channel"
+
 # A client's id is kept if it is short and plain; anything else gets a fresh one.
 _GOOD_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # Routes polled by machines: their access lines are debug, not info.
@@ -126,8 +125,8 @@ class Observed:
                         headers = [
                             (k, allow.encode() if k.lower() == b"allow" else v) for k, v in headers
                         ]
-                decision = scope.get(limits.SCOPE_KEY)
-                if isinstance(decision, limits.Decision) and decision.allowed:
+                decision = scope.get(SCOPE_KEY)
+                if isinstance(decision, Decision) and decision.allowed:
                     headers.extend(
                         (k.lower().encode(), v.encode()) for k, v in decision.headers().items()
                     )

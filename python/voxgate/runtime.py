@@ -1,76 +1,51 @@
-"""The live parts of one server process, built from settings and shared by every handler."""
+"""The composition root: the live parts of one server process, built from settings.
+
+:class:`Runtime` builds each part and hands it its collaborators (store,
+writer, ledger, registry of streams, tokens, limits, the fan-out hub and its
+bus, retention); it starts them in order and stops them in reverse. Nothing
+outside ``app.py`` and the API reaches into it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-import os
-import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
+from voxgate import metrics
 from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
-from voxgate.core import NAME as CORE_NAME
 from voxgate.core import native as _native
+from voxgate.fanout.bus import LocalBus, RedisBus
 from voxgate.fanout.hub import Hub
 from voxgate.heap import HeapTrimmer
 from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
 from voxgate.ingest.writer import Writer
 from voxgate.limits import Limits, RedisRateLimiter
+from voxgate.redis_client import REDIS_ERRORS, hiredis_in_use, redacted_url, redis_client
 from voxgate.retention.runner import Retention, RetentionSchedule
-from voxgate.settings import Settings
+from voxgate.settings import WORKERS_ENV, Settings
+from voxgate.shutdown import install_shutdown_hook, take_over_signals
 from voxgate.store.base import Store
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 from voxgate.tokens.base import TokenStore
 from voxgate.tokens.memory import MemoryTokenStore
 from voxgate.tokens.metered import MeteredTokenStore
-from voxgate.tokens.redis import (
-    REDIS_ERRORS,
-    RedisTokenStore,
-    hiredis_in_use,
-    redacted_url,
-    redis_client,
-)
+from voxgate.tokens.redis import RedisTokenStore
 from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
 
-# Set by ``voxgate serve`` for its worker processes.
-WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
-
-# The shutdown trigger Granian made for this worker's event loop (see install_shutdown_hook).
-_GRANIAN_SHUTDOWN: list[Any] = []
-
-
-def install_shutdown_hook() -> None:
-    """Let each Granian worker's runtime find the trigger Granian's signal handler sets.
-
-    Called by ``voxgate serve`` before Granian starts its workers, which then
-    inherit it. Granian registers its SIGTERM/SIGINT handler on the worker's
-    loop; with uvloop there is no way to read it back, so the trigger it sets
-    is remembered when Granian makes it.
-    """
-    import granian._signals as granian_signals
-
-    original: Callable[[Any], Any] = granian_signals.set_loop_signals
-    if getattr(original, "voxgate_hook", False):
-        return
-
-    def set_loop_signals(loop: Any) -> Any:
-        trigger = original(loop)
-        _GRANIAN_SHUTDOWN.append(trigger)
-        return trigger
-
-    set_loop_signals.voxgate_hook = True  # type: ignore[attr-defined]
-    granian_signals.set_loop_signals = set_loop_signals
+# ``voxgate serve`` imports WORKERS_ENV and install_shutdown_hook from here.
+__all__ = ["WORKERS_ENV", "Runtime", "install_shutdown_hook", "store_for"]
 
 
 _SINGLE_INSTANCE = (
@@ -123,7 +98,7 @@ class Runtime:
                 redacted_url(settings.redis_url),
                 "yes" if hiredis_in_use() else "no",
             )
-        elif int(os.environ.get(WORKERS_ENV, "1")) > 1:
+        elif settings.serve_workers > 1:
             # Worker processes must share tokens: a file every worker of this host sees.
             self.tokens = SqliteTokenStore(data_dir / "tokens.db")
             log.warning(_SINGLE_INSTANCE, "a file of this host's data dir")
@@ -131,7 +106,7 @@ class Runtime:
             self.tokens = MemoryTokenStore()
             log.warning(_SINGLE_INSTANCE, "this process's memory")
         self.tokens = MeteredTokenStore(self.tokens)
-        workers = int(os.environ.get(WORKERS_ENV, "1"))
+        workers = settings.serve_workers
         self.limits = Limits(
             settings,
             # The one Redis client of this process, when there is Redis.
@@ -149,7 +124,8 @@ class Runtime:
             # Hard cap: credit already granted may overshoot the high watermark by this much.
             2 * settings.global_high_bytes,
         )
-        self.hub = Hub(settings, self.store, self.streams, self.redis)
+        bus = RedisBus(self.redis) if self.redis is not None else LocalBus()
+        self.hub = Hub(settings, self.store, bus, self.streams.window_of)
         self.writer.on_commit = self.hub.committed
         self.retention = Retention(self.store, settings)
         self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
@@ -158,7 +134,7 @@ class Runtime:
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        log.info("hot-path core: %s (%s)", CORE_NAME, _native.__name__)
+        log.info("hot-path core: %s", _native.__name__)
         await self.store.open()
         await self.writer.start()
         await self.hub.start()
@@ -172,7 +148,7 @@ class Runtime:
             except REDIS_ERRORS as exc:
                 # Not fatal: minting answers 503 until Redis is back, then all recovers.
                 log.error("Redis unreachable at start, tokens unavailable until it is: %s", exc)
-        self._take_over_signals()
+        take_over_signals(self._on_signal)
         # What exists after start-up lives as long as the process: keep it out of
         # every later collection (the ingest path allocates fast; full collections
         # that rescan the whole heap showed up as a fifth of the server's CPU).
@@ -182,26 +158,15 @@ class Runtime:
         # default 5 ms each hand-over can stall a commit that long under load.
         sys.setswitchinterval(0.001)
 
-    def _take_over_signals(self) -> None:
-        # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
-        # the lifespan shutdown runs. Drain first (close streams with 1001 after
-        # their acks), then do what Granian's own handler does. Its shutdown trigger
-        # comes from the hook ``voxgate serve`` installs (any event loop, uvloop
-        # included); failing that, asyncio keeps the handler in a private table.
-        loop = asyncio.get_running_loop()
-        stops: dict[signal.Signals, Callable[[], object]] = {}
-        if _GRANIAN_SHUTDOWN:
-            trigger = _GRANIAN_SHUTDOWN[-1]
-            stops = {sig: trigger.set for sig in (signal.SIGTERM, signal.SIGINT)}
-        else:
-            handlers = getattr(loop, "_signal_handlers", None)
-            if isinstance(handlers, dict):
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    previous = handlers.get(sig)
-                    if isinstance(previous, asyncio.Handle):
-                        stops[sig] = previous._run
-        for sig, stop in stops.items():
-            loop.add_signal_handler(sig, self._on_signal, stop)
+    def sample_metrics(self) -> Coroutine[Any, Any, None]:
+        """The loop that copies this process's ledger and fan-out figures into gauges."""
+        hub = self.hub
+        return metrics.sample(
+            window_bytes=self.settings.window_bytes,
+            ledger=self.ledger.stats,
+            fanout=lambda: (len(hub.listeners), len(hub.feeds)),
+            bus=hub.bus.stats,
+        )
 
     def _on_signal(self, stop: Callable[[], object]) -> None:
         if self._drain is not None:

@@ -10,6 +10,7 @@ from typing import Literal
 import msgspec
 
 from voxgate.clientip import parse_networks
+from voxgate.errors import VoxgateError
 from voxgate.rates import RATE_NAMES, parse_rate
 
 Durability = Literal["fsync", "process"]
@@ -17,8 +18,16 @@ Durability = Literal["fsync", "process"]
 # Fields whose environment value is a comma-separated list.
 _LIST_FIELDS = frozenset({"api_keys", "cors_origins", "trusted_proxies"})
 
+# ``voxgate serve`` tells its worker processes how many they are through this variable.
+WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
+# prometheus_client's multiprocess directory, set by ``voxgate serve --workers N``.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Fields ``voxgate serve`` sets for its workers, not operators (not in .env.example),
+# and the variable each is read from.
+PROCESS_FIELDS = {"serve_workers": WORKERS_ENV, "metrics_dir": METRICS_DIR_ENV}
 
-class SettingsError(ValueError):
+
+class SettingsError(VoxgateError, ValueError):
     """A ``VOXGATE_*`` variable has a value voxgate cannot use."""
 
 
@@ -105,9 +114,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     listen_poll_s: float = 0.0
 
     log_level: str = "INFO"
-    # The hot-path core: "rust" (voxgate._native) or "python" (voxgate._pynative, for
-    # benchmark comparisons only). Read once at import by voxgate.core.
-    native: Literal["rust", "python"] = "rust"
 
     # -- retention (docs/operations.md) --
     # Ages count from a session's last activity (its last stored frame, or creation).
@@ -145,6 +151,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # URLs that must match what the client used, such as the one Twilio signs. Empty:
     # the request's Host header.
     public_url: str = ""
+    # -- set by ``voxgate serve`` for its worker processes (PROCESS_FIELDS) --
+    # Worker processes of this server (``voxgate serve --workers``).
+    serve_workers: int = 1
+    # Where the workers' metrics meet (prometheus_client multiprocess mode); None: one process.
+    metrics_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
@@ -230,7 +241,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if environ is None else environ
         raw: dict[str, object] = {}
         for name in cls.__struct_fields__:
-            value = env.get(f"VOXGATE_{name.upper()}")
+            value = env.get(PROCESS_FIELDS.get(name) or f"VOXGATE_{name.upper()}")
             if value is None:
                 continue
             if name in _LIST_FIELDS:

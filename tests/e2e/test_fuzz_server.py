@@ -1,7 +1,7 @@
 """Damaged and arbitrary input against a live server, over WebSocket and HTTP upload.
 
 Every message gets the protocol's answer for what PROTOCOL section 1 says it
-is (the Python reference decoder of tests/native/test_fuzz.py decides), a
+is (the Python reference decoder of tests/unit/native/test_fuzz.py decides), a
 broken one stores nothing, and the worker keeps serving.
 """
 
@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from e2e.wire import FRAMES_CONTENT_TYPE
-from native.test_fuzz import damaged, reference
 from servers import Server
+from unit.native.test_fuzz import damaged, reference
 from voxgate._native import FRAME_BAD_CRC, FRAME_TOO_LARGE
 from voxgate.settings import Settings
 

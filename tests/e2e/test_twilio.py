@@ -56,7 +56,7 @@ from websockets.exceptions import ConnectionClosed
 
 from e2e.wire import Api, api_for, assert_problem
 from servers import Server, start_server
-from voxgate.client.cli import add_stream_command, run_stream_command
+from voxgate.cli.stream import add_stream_command, run_stream_command
 from voxgate.g711 import linear_to_ulaw
 
 Json = dict[str, Any]

@@ -14,9 +14,10 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from voxgate import g711
+from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import live_session, runtime_of
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError, problem_responses
+from voxgate.errors import ApiError
 from voxgate.retention.archive import ArchiveError, ArchiveReader
 from voxgate.store.base import FrameEntry, Session, Store, Tier
 

@@ -20,16 +20,17 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
+from voxgate.api.problems import problem_responses
+from voxgate.api.ratelimit import rate_limited
 from voxgate.api.sessions import runtime_of
 from voxgate.api.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, reject
 from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
 from voxgate.auth import bearer, key_matches, require_api_key
-from voxgate.errors import ApiError, problem_responses
+from voxgate.errors import ApiError
 from voxgate.fanout.bus import BusError
 from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import Close, stop_task
-from voxgate.limits import rate_limited
 from voxgate.rates import TOKENS
 from voxgate.store.base import SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError
@@ -131,8 +132,7 @@ async def admit(runtime: Runtime, session_id: str) -> None:
 
 
 def _new_listener(runtime: Runtime, session_id: str, params: ListenParams) -> Listener:
-    return Listener(
-        runtime.hub,
+    return runtime.hub.new_listener(
         session_id,
         audio=params.audio,
         from_seq=params.from_seq,

@@ -8,9 +8,10 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from voxgate.api.problems import problem_responses
+from voxgate.api.ratelimit import rate_limited
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError, problem_responses
-from voxgate.limits import rate_limited
+from voxgate.errors import ApiError
 from voxgate.rates import SESSIONS
 from voxgate.store.base import Session, SessionState
 

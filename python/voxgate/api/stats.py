@@ -9,9 +9,9 @@ from typing import Any
 
 from litestar import Request, get
 
+from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import runtime_of
 from voxgate.auth import require_api_key
-from voxgate.errors import problem_responses
 
 
 def _rss_bytes() -> int | None:

@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 from litestar import Request, get
 
+from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import runtime_of
 from voxgate.auth import require_api_key
-from voxgate.errors import problem_responses
-from voxgate.retention import metrics
+from voxgate.retention import storage_gauges
 from voxgate.store.base import RetentionRun, TierStats
 
 
@@ -36,7 +36,7 @@ class StorageReport(msgspec.Struct):
 async def storage(request: Request[Any, Any, Any]) -> StorageReport:
     """Sessions and bytes per tier, each tier's oldest session, the last retention run."""
     runtime = runtime_of(request)
-    stats, last_run = await metrics.refresh(runtime.store)
+    stats, last_run = await storage_gauges.refresh(runtime.store)
     settings = runtime.settings
     return StorageReport(
         tiers={tier.value: figures for tier, figures in stats.items()},

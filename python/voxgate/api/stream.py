@@ -19,8 +19,13 @@ from litestar.types import Receive, Send
 
 from voxgate import logs, metrics, wire
 from voxgate.auth import bearer
-from voxgate.ingest.stream import Close, StreamConnection, StreamLimits, send_close
-from voxgate.observe import RAW_CHANNEL
+from voxgate.ingest.stream import (
+    RAW_CHANNEL,
+    Close,
+    StreamConnection,
+    StreamLimits,
+    send_close,
+)
 from voxgate.rates import SESSION_CONNECTS
 from voxgate.settings import Settings
 from voxgate.store.base import Session, SessionState, StoreError, Tier

@@ -9,10 +9,11 @@ import msgspec
 from litestar import Request, post
 from litestar.params import FromPath, JSONBody
 
+from voxgate.api.problems import problem_responses
+from voxgate.api.ratelimit import rate_limited
 from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
-from voxgate.errors import ApiError, problem_responses
-from voxgate.limits import rate_limited
+from voxgate.errors import ApiError
 from voxgate.rates import TOKENS
 
 

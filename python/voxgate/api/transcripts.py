@@ -9,10 +9,11 @@ from litestar import Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from voxgate.api.problems import PROBLEM_JSON, Problem, problem_responses
+from voxgate.api.ratelimit import rate_limited
 from voxgate.api.sessions import live_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
-from voxgate.errors import PROBLEM_JSON, ApiError, Problem, problem_responses
-from voxgate.limits import rate_limited
+from voxgate.errors import ApiError
 from voxgate.rates import TRANSCRIPTS
 from voxgate.store.base import Transcript, TranscriptIn, TranscriptOutcome
 

@@ -29,7 +29,7 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
 
 def _check(response: httpx.Response, *expected: int) -> httpx.Response:
     if response.status_code not in expected:
-        raise ApiError(response.status_code, _problem(response))
+        raise ApiError.from_problem(response.status_code, _problem(response))
     return response
 
 

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from voxgate.errors import VoxgateError
+
 _RAW_SUFFIXES = {
     ".ulaw": "mulaw",
     ".mulaw": "mulaw",
@@ -29,7 +31,7 @@ _MAX_CHUNKS = 64
 FRAME_MS = 20
 
 
-class AudioFileError(ValueError):
+class AudioFileError(VoxgateError, ValueError):
     """A file that claims to be WAV but cannot be read as one."""
 
 

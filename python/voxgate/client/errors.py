@@ -1,26 +1,24 @@
-"""The client's error types: one for the management API, one family for streams."""
+"""The client's error types: :class:`ApiError` for the management API (the
+server's own, from ``voxgate.errors``), one family for streams."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from voxgate.errors import ApiError, VoxgateError
 
-class ApiError(Exception):
-    """A management or upload call answered with a non-success HTTP status.
-
-    ``status`` is the HTTP status; ``problem`` the RFC 9457 problem details the
-    server sent (``type``, ``title``, ``status``, ``detail``), or a stand-in
-    ``{"title": <body text>}`` when the body was not JSON.
-    """
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        self.status = status
-        self.problem = problem
-        detail = problem.get("detail") or problem.get("title") or ""
-        super().__init__(f"HTTP {status}: {detail}" if detail else f"HTTP {status}")
+__all__ = [
+    "ApiError",
+    "IntegrityError",
+    "ReconnectExhausted",
+    "StreamClosed",
+    "StreamError",
+    "StreamRejected",
+    "Superseded",
+]
 
 
-class StreamError(Exception):
+class StreamError(VoxgateError):
     """Base of every error a :class:`~voxgate.client.StreamClient` raises."""
 
 

@@ -25,13 +25,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
+
+from voxgate.errors import VoxgateError
+from voxgate.redis_client import keep_connected
 
 log = logging.getLogger("voxgate.fanout")
 
@@ -56,7 +59,7 @@ OUTBOX_LIMIT = 65_536
 _WARN_EVERY_S = 10.0
 
 
-class BusError(Exception):
+class BusError(VoxgateError):
     """The bus cannot take a subscription right now (Redis unreachable)."""
 
 
@@ -151,6 +154,7 @@ class RedisBus:
         self._commands: collections.deque[tuple[bytes, ...]] = collections.deque()
         self._commands_ready = asyncio.Event()
         self._connected = False
+        self._first = True  # no subscriber connection made yet: nothing to resync after it
         self.reconnects = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -290,33 +294,34 @@ class RedisBus:
         self._commands_ready.set()
 
     async def _subscribe_loop(self) -> None:
+        await keep_connected(
+            self._subscription,
+            self._warn_subscriber,
+            name="event bus subscriber",
+            min_delay_s=0.1,
+            max_delay_s=2.0,
+        )
+
+    async def _subscription(self, connected: Callable[[], None]) -> None:
+        """One subscriber connection: (re)subscribe, then read and write until it fails."""
         client = self._client
         assert client is not None
-        backoff = 0.1
-        first = True
-        while True:
-            pool = client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            try:
-                await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                self._on_connected(conn, first)
-                first = False
-                backoff = 0.1
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._read(conn))
-                    group.create_task(self._write(conn))
-            except* (redis.exceptions.RedisError, OSError) as errors:
-                self._warn_subscriber(errors)
-            except* Exception as errors:
-                log.error("event bus: subscriber failed", exc_info=errors)
-            finally:
-                self._connected = False
-                self._commands.clear()
-                self._pending.clear()
-                with contextlib.suppress(Exception):
-                    await conn.disconnect()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+        pool = client.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            self._on_connected(conn, self._first)
+            self._first = False
+            connected()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(conn))
+                group.create_task(self._write(conn))
+        finally:
+            self._connected = False
+            self._commands.clear()
+            self._pending.clear()
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
 
     def _on_connected(self, conn: AbstractConnection, first: bool) -> None:
         self._connected = True
@@ -332,11 +337,13 @@ class RedisBus:
             assert self._resync is not None
             self._resync(None)
 
-    def _warn_subscriber(self, errors: BaseExceptionGroup[Any]) -> None:
+    def _warn_subscriber(self, error: BaseException) -> None:
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
         now = time.monotonic()
         if now - self._warned >= _WARN_EVERY_S:
             self._warned = now
-            log.warning("event bus: Redis subscriber connection lost: %s", errors.exceptions[0])
+            log.warning("event bus: Redis subscriber connection lost: %s", error)
 
     async def _write(self, conn: AbstractConnection) -> None:
         while True:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from voxgate.fanout.bus import EventBus
 from voxgate.fanout.events import (
     DELETED_OUT,
     MAX_MISSING_RANGES,
@@ -29,11 +30,18 @@ from voxgate.fanout.events import (
     transcript_out,
 )
 from voxgate.ranges import complement, count, subtract, union
-from voxgate.store.base import SessionState, StoreError
+from voxgate.store.base import SessionState, Store, StoreError
 
-if TYPE_CHECKING:
-    from voxgate.fanout.hub import Hub
-    from voxgate.fanout.listener import Listener
+
+class Subscriber(Protocol):
+    """What a feed needs of each listener on it (:class:`~voxgate.fanout.listener.Listener`)."""
+
+    def offer(self, out: Out) -> None:
+        """Take one event; never blocks."""
+
+    def resync(self) -> None:
+        """Events may have been lost: catch up from the store."""
+
 
 log = logging.getLogger("voxgate.fanout")
 
@@ -44,10 +52,11 @@ _RETRY_SYNC_S = 1.0
 class Feed:
     """The session's tracker and its local listeners."""
 
-    def __init__(self, hub: Hub, session_id: str) -> None:
-        self.hub = hub
+    def __init__(self, store: Store, bus: EventBus, session_id: str) -> None:
+        self.store = store
+        self.bus = bus
         self.session_id = session_id
-        self.listeners: set[Listener] = set()
+        self.listeners: set[Subscriber] = set()
         # Known stored: every seq below next_seq except those in missing.
         self.next_seq = 0
         self.missing: list[list[int]] = []
@@ -74,7 +83,7 @@ class Feed:
 
     async def _open(self) -> None:
         try:
-            await self.hub.bus.subscribe(self.session_id)
+            await self.bus.subscribe(self.session_id)
             await self._sync(initial=True)
         except Exception as exc:  # BusError, StoreError: the joining listeners get it
             self.error = exc
@@ -236,7 +245,7 @@ class Feed:
                 return
 
     async def _sync(self, *, initial: bool) -> None:
-        store = self.hub.store
+        store = self.store
         snapshot = await store.listen_snapshot(self.session_id)
         session = snapshot.session
         if session is None or session.state is SessionState.DELETED:

@@ -3,8 +3,8 @@
 Publishing is cheap and off the ingest path: the writer calls :meth:`Hub.committed`
 after each store commit (after durability), which only keeps a reference; one
 callback, after the woken streams sent their acks, turns everything committed
-meanwhile into at most one progress message per session. Without Redis and without a local listener
-of a session, nothing is built for it at all.
+meanwhile into at most one progress message per session. Without Redis and
+without a local listener of a session, nothing is built for it at all.
 
 Receiving: the bus delivers messages of the sessions this process subscribed
 to; the hub hands each to the session's feed. A feed is created by the first
@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import orjson
-from redis.asyncio import Redis
 
 from voxgate._native import Batch
-from voxgate.fanout.bus import EventBus, LocalBus, RedisBus
+from voxgate.fanout.bus import EventBus
 from voxgate.fanout.events import DELETED_MESSAGE, End, progress_message, transcript_message
 from voxgate.fanout.feed import Feed
 from voxgate.fanout.listener import Listener
@@ -33,14 +30,10 @@ from voxgate.ranges import to_ranges
 from voxgate.settings import Settings
 from voxgate.store.base import CommitResult, Outcome, Part, Progress, Store, Transcript
 
-if TYPE_CHECKING:
-    from voxgate.ingest.stream import StreamRegistry
-
 log = logging.getLogger("voxgate.fanout")
 
 # Store re-read interval of every feed when several workers share a data dir without Redis.
 _WORKERS_POLL_S = 0.25
-_WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
 
 
 class Hub:
@@ -50,20 +43,23 @@ class Hub:
         self,
         settings: Settings,
         store: Store,
-        streams: StreamRegistry,
-        redis: Redis | None = None,
+        bus: EventBus,
+        window_of: Callable[[str], int | None],
     ) -> None:
+        """``bus``: a :class:`LocalBus` within one process, a :class:`RedisBus` across
+        processes. ``window_of(session_id)``: the credit window the session's open
+        stream in this process last advertised, None without one (progress events
+        carry it)."""
         self.settings = settings
         self.store = store
-        self.streams = streams
-        self.bus: EventBus = RedisBus(redis) if redis is not None else LocalBus()
+        self.window_of = window_of
+        self.bus = bus
         self.feeds: dict[str, Feed] = {}
         self.listeners: set[Listener] = set()
         self._committed: list[tuple[Sequence[Part], CommitResult]] = []
         self._flush: asyncio.Handle | None = None
-        workers = int(os.environ.get(_WORKERS_ENV, "1"))
         poll = settings.listen_poll_s
-        if not poll and workers > 1 and redis is None:
+        if not poll and settings.serve_workers > 1 and not bus.broadcast:
             poll = _WORKERS_POLL_S  # other workers' commits reach us only through the store
         self.poll_s = poll
         self._poller: asyncio.Task[None] | None = None
@@ -144,7 +140,7 @@ class Hub:
                         seqs.append(part.seq)
         for sid, seqs in stored.items():
             if seqs:  # only duplicates: nothing new to tell
-                window = self.streams.window_of(sid)
+                window = self.window_of(sid)
                 self.bus.publish(sid, progress_message(to_ranges(seqs), latest[sid], window))
 
     def transcript_added(self, transcript: Transcript) -> None:
@@ -169,8 +165,7 @@ class Hub:
             if feed is not None:
                 feed.request_sync()
                 for listener in feed.listeners:
-                    listener.behind = True  # transcripts may have been lost too
-                    listener.wake.set()
+                    listener.resync()  # transcripts may have been lost too
 
     async def _poll(self) -> None:
         while True:
@@ -181,6 +176,21 @@ class Hub:
 
     # -- listeners ---------------------------------------------------------------------
 
+    def new_listener(
+        self, session_id: str, *, audio: bool, from_seq: int, last_event_id: int
+    ) -> Listener:
+        """A listener of ``session_id`` reading this hub's store, with the settings' buffers;
+        :meth:`join` attaches it."""
+        return Listener(
+            self.store,
+            session_id,
+            audio=audio,
+            from_seq=from_seq,
+            last_event_id=last_event_id,
+            buffer_events=self.settings.listen_buffer_events,
+            max_lag_frames=self.settings.listen_max_lag_frames,
+        )
+
     async def join(self, listener: Listener) -> Feed:
         """Attach ``listener`` to its session's feed, creating and opening it if needed.
 
@@ -190,7 +200,7 @@ class Hub:
         """
         feed = self.feeds.get(listener.session_id)
         if feed is None:
-            feed = Feed(self, listener.session_id)
+            feed = Feed(self.store, self.bus, listener.session_id)
             self.feeds[listener.session_id] = feed
             feed.open()
         feed.listeners.add(listener)

@@ -42,11 +42,10 @@ from voxgate.fanout.events import (
     transcript_out,
     with_dropped,
 )
-from voxgate.store.base import SessionState
+from voxgate.store.base import SessionState, Store
 
 if TYPE_CHECKING:
     from voxgate.fanout.feed import Feed
-    from voxgate.fanout.hub import Hub
 
 PROGRESS_BUFFER = 32
 _TRANSCRIPT_PAGE = 200
@@ -62,14 +61,18 @@ class Listener:
 
     def __init__(
         self,
-        hub: Hub,
+        store: Store,
         session_id: str,
         *,
         audio: bool,
         from_seq: int,
         last_event_id: int,
+        buffer_events: int,
+        max_lag_frames: int,
     ) -> None:
-        self.hub = hub
+        """``buffer_events`` and ``max_lag_frames``: ``VOXGATE_LISTEN_BUFFER_EVENTS``
+        and ``VOXGATE_LISTEN_MAX_LAG_FRAMES`` (see :class:`~voxgate.settings.Settings`)."""
+        self.store = store
         self.session_id = session_id
         self.audio = audio
         self.cursor = from_seq  # next audio seq to send
@@ -78,8 +81,8 @@ class Listener:
         self._queue: collections.deque[Out] = collections.deque()
         self._progress = 0  # progress events in the queue
         self._events = 0  # other events in the queue
-        self._limit = hub.settings.listen_buffer_events
-        self._max_lag = hub.settings.listen_max_lag_frames
+        self._limit = buffer_events
+        self._max_lag = max_lag_frames
         self.dropped = 0  # progress events dropped since one was last sent
         self.dropped_total = 0
         self.rereads = 0  # times the queue overflowed and transcripts were re-read
@@ -90,6 +93,11 @@ class Listener:
         self.wake = asyncio.Event()
 
     # -- from the feed and the transport (never block) -----------------------------------
+
+    def resync(self) -> None:
+        """Events may have been lost on the way: re-read transcripts from the store."""
+        self.behind = True
+        self.wake.set()
 
     def offer(self, out: Out) -> None:
         if self.end is not None:
@@ -207,7 +215,7 @@ class Listener:
 
     async def _catch_up(self) -> AsyncIterator[Out]:
         """Transcripts after the last one sent, from the store, until none are left."""
-        store = self.hub.store
+        store = self.store
         while self.end is None:
             self.behind = False  # from here on, queued transcripts are complete again
             page = await store.list_transcripts(
@@ -234,7 +242,7 @@ class Listener:
                 )
             )
             return
-        frames = await self.hub.store.read_frames(
+        frames = await self.store.read_frames(
             self.session_id,
             self.cursor,
             edge - 1,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from voxgate.tokens.redis import REDIS_ERRORS
+from voxgate.redis_client import REDIS_ERRORS, keep_connected
 
 log = logging.getLogger("voxgate.stream")
 
@@ -84,33 +84,40 @@ class ClaimChannel:
                 log.warning("cannot announce a stream takeover (the store poll will): %s", exc)
 
     async def _listen(self) -> None:
-        delay = _RECONNECT_MIN_S
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                if not self.subscribed:
-                    log.info("listening for stream takeovers on Redis channel %s", CHANNEL)
-                self.subscribed = True
-                delay = _RECONNECT_MIN_S
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=_LISTEN_WAIT_S
-                    )
-                    if message is None or message.get("type") != "message":
-                        continue
-                    claim = decode_claim(message["data"])
-                    if claim is not None:
-                        self._on_claim(*claim)
-            except REDIS_ERRORS as exc:
-                if self.subscribed:
-                    log.warning("lost the Redis takeover channel, reconnecting: %s", exc)
-                self.subscribed = False
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_S)
+        await keep_connected(
+            self._subscription,
+            self._lost,
+            name="stream takeover channel",
+            min_delay_s=_RECONNECT_MIN_S,
+            max_delay_s=_RECONNECT_MAX_S,
+        )
+
+    async def _subscription(self, connected: Callable[[], None]) -> None:
+        """One connection to the channel: hear claims until it fails."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANNEL)
+            if not self.subscribed:
+                log.info("listening for stream takeovers on Redis channel %s", CHANNEL)
+            self.subscribed = True
+            connected()
+            while True:
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=_LISTEN_WAIT_S
+                )
+                if message is None or message.get("type") != "message":
+                    continue
+                claim = decode_claim(message["data"])
+                if claim is not None:
+                    self._on_claim(*claim)
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.subscribed:
+            log.warning("lost the Redis takeover channel, reconnecting: %s", exc)
+        self.subscribed = False
 
     async def close(self) -> None:
         """Stop listening and wait for announcements still being published."""

@@ -9,9 +9,10 @@ from litestar import Request, Response, post
 from litestar.params import FromPath
 
 from voxgate import metrics
+from voxgate.api.problems import problem, problem_responses
 from voxgate.auth import bearer
 from voxgate.core import native as _native
-from voxgate.errors import ApiError, problem, problem_responses
+from voxgate.errors import ApiError
 from voxgate.ingest.tally import Tally, precheck
 from voxgate.store.base import FrameIn, SessionState, Tier
 

@@ -35,6 +35,7 @@ import msgspec
 import zstandard
 
 from voxgate.core import native
+from voxgate.errors import VoxgateError
 from voxgate.store.base import FrameEntry, Session, Store
 
 crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
@@ -62,7 +63,7 @@ _FOOTER = struct.Struct("<IBI")  # number of frames, descriptor, seekable magic
 _ENTRY = struct.Struct("<II")  # compressed size, decompressed size
 
 
-class ArchiveError(Exception):
+class ArchiveError(VoxgateError):
     """An archive is missing, unreadable, or does not hold what it should."""
 
 

@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
@@ -53,17 +51,6 @@ log = logging.getLogger("voxgate.retention")
 
 TMP_DIR = ".tmp"
 MAX_ERRORS = 100  # errors kept in one run record
-# Test hook, not a setting: comma-separated points where the runner stops dead
-# (it prints "retention paused at <point> <session id>" and sleeps) so that a
-# test can SIGKILL it there. Points: begun, writing, written, verified, finished, expired.
-PAUSE_ENV = "VOXGATE_TEST_RETENTION_PAUSE"
-
-
-def _pause(point: str, session_id: str) -> None:
-    points = os.environ.get(PAUSE_ENV, "")
-    if point in points.split(","):
-        print(f"retention paused at {point} {session_id}", file=sys.stderr, flush=True)
-        time.sleep(3600)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -186,13 +173,11 @@ class Retention:
             session_id, Tier.WARM, move.last_activity_at
         ):
             return  # it took frames or was deleted since it was listed: next run decides
-        _pause("begun", session_id)
         session = await store.get_session(session_id)
         if session is None or session.state is SessionState.DELETED:
             return  # deleted since it was listed: nothing to keep
         try:
             summary, reused = await self._archive_file(session)
-            _pause("verified", session_id)
             record = ArchiveRecord(
                 path=summary.path,
                 bytes=summary.summary.bytes,
@@ -207,7 +192,6 @@ class Retention:
             with contextlib.suppress(Exception):
                 await store.cancel_move(session_id)
             raise
-        _pause("finished", session_id)
         run.bytes_archived += record.bytes
         if reused:
             run.reused += 1
@@ -231,7 +215,6 @@ class Retention:
                 log.warning("retention: rewriting unsound archive of %s: %s", session_id, exc)
         chunks = archive_stream(session, index, indexed_payloads(self.store, session_id, index))
         await self._write(session_id, path, chunks)
-        _pause("written", session_id)
         try:
             summary = await asyncio.to_thread(
                 verify_archive, path, session_id=session_id, index=index
@@ -248,12 +231,8 @@ class Retention:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
             try:
-                first = True
                 async for chunk in chunks:
                     await asyncio.to_thread(_write_all, fd, chunk)
-                    if first:
-                        first = False
-                        _pause("writing", session_id)
                 await asyncio.to_thread(os.fsync, fd)
             finally:
                 os.close(fd)
@@ -273,7 +252,6 @@ class Retention:
             session_id, Tier.COLD, move.last_activity_at
         ):
             return
-        _pause("begun", session_id)
         session = await store.get_session(session_id)
         try:
             if not await store.finish_cold(session_id):
@@ -282,7 +260,6 @@ class Retention:
             with contextlib.suppress(Exception):
                 await store.cancel_move(session_id)
             raise
-        _pause("expired", session_id)
         run.expired += 1
         record = await store.archive_record(session_id)
         if record is not None:

@@ -33,6 +33,7 @@ import msgspec
 
 from voxgate.core import native
 from voxgate.durable import fsync_dir
+from voxgate.errors import VoxgateError
 from voxgate.store.sqlite import DATA_LOCK, DB_NAME, RETENTION_LOCK, SEGMENTS_DIR
 
 crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
@@ -45,7 +46,7 @@ ATTEMPTS = 5
 _ZEROS = bytes(1024 * 1024)
 
 
-class BackupError(Exception):
+class BackupError(VoxgateError):
     """A backup cannot be made, is unsound, or cannot be restored; the message says why."""
 
 

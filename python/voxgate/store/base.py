@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import msgspec
 
 from voxgate._native import Batch
+from voxgate.errors import VoxgateError
 
 
 class Tier(enum.StrEnum):
@@ -123,7 +124,7 @@ class FrameEntry(msgspec.Struct, array_like=True):
     crc32c: int
 
 
-class StoreError(Exception):
+class StoreError(VoxgateError):
     """The store cannot serve right now (I/O error, database down)."""
 
 

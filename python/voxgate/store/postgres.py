@@ -9,7 +9,7 @@ A commit is one transaction: it locks the rows of the sessions it touches
 (``SELECT ... FOR UPDATE`` in id order, so concurrent commits over overlapping
 sessions never deadlock), looks up already stored frames only below each
 session's ``next_seq`` (nothing can be stored above it), decides every frame's
-outcome with :class:`~voxgate.store.tally.SessionTally`, ``COPY``-s the new
+outcome with :class:`~voxgate.store.commit_rules.SessionTally`, ``COPY``-s the new
 frames straight into ``frames`` (no conflict can occur while the session rows
 are locked), extends each session's gap-free prefix and CRC, and writes the
 counters back. PostgreSQL's commit, with ``synchronous_commit`` left on, is
@@ -62,8 +62,8 @@ from voxgate.store.base import (
     TranscriptResult,
     frames_of,
 )
+from voxgate.store.commit_rules import SessionTally
 from voxgate.store.migrations import Connection
-from voxgate.store.tally import SessionTally
 
 crc32c = native.crc32c
 

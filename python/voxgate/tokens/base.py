@@ -9,6 +9,8 @@ from typing import Protocol
 
 import msgspec
 
+from voxgate.errors import VoxgateError
+
 TOKEN_PREFIX = "vgt_"
 
 
@@ -21,7 +23,7 @@ class StreamToken(msgspec.Struct, frozen=True):
     ttl_s: int
 
 
-class TokenStoreError(Exception):
+class TokenStoreError(VoxgateError):
     """The token store cannot answer right now (for example Redis is down)."""
 
 

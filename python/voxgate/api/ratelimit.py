@@ -1,0 +1,62 @@
+"""Litestar guards that enforce a rate limit per client IP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from voxgate.clientip import client_ip
+from voxgate.errors import ApiError
+from voxgate.limits.base import Decision
+from voxgate.rates import RATE_NAMES
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
+
+# Where a guard leaves its decision for the response headers (see voxgate.observe).
+SCOPE_KEY = "voxgate.rate_limit"
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
+
+
+async def enforce(connection: ASGIConnection[Any, Any, Any, Any], name: str) -> Decision | None:
+    """Check limit ``name`` for the connection's client IP; raises ApiError 429 when over.
+
+    The decision is also left in the scope so the response carries the
+    ``RateLimit-*`` headers. Usable from any handler, HTTP or WebSocket.
+    """
+    runtime: Runtime = connection.app.state.runtime
+    ip = client_ip(connection.scope, runtime.trusted_proxies)
+    decision = await runtime.limits.check(name, ip)
+    if decision is None:
+        return None
+    connection.scope[SCOPE_KEY] = decision  # type: ignore[literal-required]
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests: at most {decision.rate.requests} per "
+            f"{decision.rate.period_s:g} s; retry in {math.ceil(decision.retry_after_s)} s",
+            headers=decision.headers(),
+        )
+    return decision
+
+
+def rate_limited(name: str) -> Guard:
+    """A Litestar guard enforcing limit ``name`` per client IP.
+
+    ``rate_limited(TRANSCRIPTS)`` is the guard for the transcript relay
+    endpoint: attach it with ``guards=[...]`` there.
+    """
+    if name not in RATE_NAMES:
+        raise ValueError(f"unknown rate limit {name!r}")
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        await enforce(connection, name)
+
+    guard.__name__ = f"rate_limited_{name}"
+    return guard
