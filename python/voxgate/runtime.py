@@ -6,11 +6,9 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -45,33 +43,6 @@ log = logging.getLogger("voxgate")
 
 # Set by ``voxgate serve`` for its worker processes.
 WORKERS_ENV = "VOXGATE_SERVE_WORKERS"
-
-# The shutdown trigger Granian made for this worker's event loop (see install_shutdown_hook).
-_GRANIAN_SHUTDOWN: list[Any] = []
-
-
-def install_shutdown_hook() -> None:
-    """Let each Granian worker's runtime find the trigger Granian's signal handler sets.
-
-    Called by ``voxgate serve`` before Granian starts its workers, which then
-    inherit it. Granian registers its SIGTERM/SIGINT handler on the worker's
-    loop; with uvloop there is no way to read it back, so the trigger it sets
-    is remembered when Granian makes it.
-    """
-    import granian._signals as granian_signals
-
-    original: Callable[[Any], Any] = granian_signals.set_loop_signals
-    if getattr(original, "voxgate_hook", False):
-        return
-
-    def set_loop_signals(loop: Any) -> Any:
-        trigger = original(loop)
-        _GRANIAN_SHUTDOWN.append(trigger)
-        return trigger
-
-    set_loop_signals.voxgate_hook = True  # type: ignore[attr-defined]
-    granian_signals.set_loop_signals = set_loop_signals
-
 
 _SINGLE_INSTANCE = (
     "VOXGATE_REDIS_URL is not set: stream tokens live in %s, so this is single-instance "
@@ -185,22 +156,12 @@ class Runtime:
     def _take_over_signals(self) -> None:
         # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
         # the lifespan shutdown runs. Drain first (close streams with 1001 after
-        # their acks), then do what Granian's own handler does. Its shutdown trigger
-        # comes from the hook ``voxgate serve`` installs (any event loop, uvloop
-        # included); failing that, asyncio keeps the handler in a private table.
+        # their acks), then do what Granian's own handler does; how to find that is
+        # Granian's private API, fenced in voxgate.serve.granian_internals.
+        from voxgate.serve.granian_internals import worker_stop_callbacks
+
         loop = asyncio.get_running_loop()
-        stops: dict[signal.Signals, Callable[[], object]] = {}
-        if _GRANIAN_SHUTDOWN:
-            trigger = _GRANIAN_SHUTDOWN[-1]
-            stops = {sig: trigger.set for sig in (signal.SIGTERM, signal.SIGINT)}
-        else:
-            handlers = getattr(loop, "_signal_handlers", None)
-            if isinstance(handlers, dict):
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    previous = handlers.get(sig)
-                    if isinstance(previous, asyncio.Handle):
-                        stops[sig] = previous._run
-        for sig, stop in stops.items():
+        for sig, stop in worker_stop_callbacks(loop).items():
             loop.add_signal_handler(sig, self._on_signal, stop)
 
     def _on_signal(self, stop: Callable[[], object]) -> None:
