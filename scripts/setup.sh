@@ -19,7 +19,8 @@ die() { printf '\nsetup FAILED: %s\n' "$*" >&2; exit 1; }
 # --- 1. System packages -------------------------------------------------------
 # Debian packages the project needs (services such as redis-server or postgresql
 # go here). Only the missing ones are installed, after one `apt-get update`.
-APT_PACKAGES=(redis-server postgresql)
+# openssl: the TLS tests make a self-signed certificate with it.
+APT_PACKAGES=(redis-server postgresql openssl)
 
 apt_updated=0
 apt_install() {

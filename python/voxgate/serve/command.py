@@ -104,6 +104,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ServeError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return exc.status
+    finally:
+        # Stopped: a stop signal arriving while the interpreter exits would find the
+        # default handler (Python restores it while finalizing) and turn exit 0 into
+        # death by that signal.
+        latch.ignore_from_now_on()
 
 
 def _serve(args: argparse.Namespace, latch: SignalLatch) -> int:

@@ -94,6 +94,11 @@ class SignalLatch:
             signal.signal(sig, self.on_stop)
         signal.signal(RELOAD_SIGNAL, self.on_reload)
 
+    def ignore_from_now_on(self) -> None:
+        """Ignore the stop and reload signals (the server has stopped; main thread only)."""
+        for sig in (*STOP_SIGNALS, RELOAD_SIGNAL):
+            signal.signal(sig, signal.SIG_IGN)
+
     def on_stop(self, signum: int, frame: object) -> None:
         if os.getpid() != self.pid:
             self._default(signum)
