@@ -109,8 +109,7 @@ class SignalLatch:
 
     def on_reload(self, signum: int, frame: object) -> None:
         if os.getpid() != self.pid:
-            self._default(signum)
-            return
+            return  # a worker forked before Granian set its handlers: as Granian, ignore it
         self.reload_requested = True
         self._wake()
 
