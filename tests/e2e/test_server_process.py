@@ -62,31 +62,46 @@ def wait_for_workers(server: Server, count: int, without: set[int] | None = None
         time.sleep(0.05)
 
 
-def established_inodes(port: int) -> set[int]:
-    """Socket inodes of established TCP connections whose local port is ``port``."""
-    inodes = set()
+def tcp_connections() -> list[tuple[int, int, int]]:
+    """``(local port, remote port, socket inode)`` of every established TCP connection here."""
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
-                    inodes.add(int(fields[9]))
+                if fields[3] == "01":  # ESTABLISHED
+                    local = int(fields[1].rsplit(":", 1)[1], 16)
+                    remote = int(fields[2].rsplit(":", 1)[1], 16)
+                    out.append((local, remote, int(fields[9])))
+    return out
+
+
+def socket_inodes(pid: int | str) -> set[int]:
+    """Inodes of the sockets process ``pid`` has open."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
     return inodes
 
 
-def connections_by_worker(workers: set[int], port: int) -> dict[int, int]:
-    """How many established connections on ``port`` each worker process holds."""
-    inodes = established_inodes(port)
-    counts = dict.fromkeys(workers, 0)
-    for pid in workers:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:[") and int(target[8:-1]) in inodes:
-                        counts[pid] += 1
-    return counts
+def streams_by_worker(workers: set[int], port: int) -> dict[int, int]:
+    """How many of this test process's open connections to ``port`` each worker serves.
+
+    The test's HTTP client keeps no idle connections, so its open ones are streams.
+    """
+    connections = tcp_connections()
+    mine = socket_inodes("self")
+    client_ports = {
+        local for local, remote, inode in connections if remote == port and inode in mine
+    }
+    served = {
+        inode for local, remote, inode in connections if local == port and remote in client_ports
+    }
+    return {pid: len(socket_inodes(pid) & served) for pid in workers}
 
 
 # --- a dead worker ------------------------------------------------------------------------
@@ -137,7 +152,8 @@ async def test_a_killed_worker_is_replaced_and_its_streams_resume_with_nothing_l
             tasks = [asyncio.create_task(stream(sid)) for sid in sids]
             await asyncio.wait_for(halfway.wait(), PROCESS_WAIT_S)
             # Every stream is open with half its frames acked; kill the busiest worker.
-            held = await asyncio.to_thread(connections_by_worker, workers, server.port)
+            held = await asyncio.to_thread(streams_by_worker, workers, server.port)
+            assert sum(held.values()) == STREAMS, f"streams by worker: {held}"
             victim = max(held, key=lambda pid: held[pid])
             assert held[victim] >= 1, f"no stream connection found on any worker: {held}"
             os.kill(victim, signal.SIGKILL)
