@@ -158,11 +158,9 @@ class Runtime:
         # the lifespan shutdown runs. Drain first (close streams with 1001 after
         # their acks), then do what Granian's own handler does; how to find that is
         # Granian's private API, fenced in voxgate.serve.granian_internals.
-        from voxgate.serve.granian_internals import worker_stop_callbacks
+        from voxgate.serve.granian_internals import take_over_worker_signals
 
-        loop = asyncio.get_running_loop()
-        for sig, stop in worker_stop_callbacks(loop).items():
-            loop.add_signal_handler(sig, self._on_signal, stop)
+        take_over_worker_signals(asyncio.get_running_loop(), self._on_signal)
 
     def _on_signal(self, stop: Callable[[], object]) -> None:
         if self._drain is not None:

@@ -259,6 +259,35 @@ async def test_any_number_of_sigterms_at_any_moment_drain_once_and_exit_0(
             assert not lost, f"acked frames lost: {sorted(lost)[:10]}"
 
 
+@pytest.mark.parametrize("after", ["Starting granian", "Spawning worker-2", "Started worker-1"])
+def test_sigterms_while_the_server_starts_stop_it_with_exit_0(tmp_path: Path, after: str) -> None:
+    server = Server(tmp_path, workers=2)
+    server.data_dir.mkdir(parents=True)
+    with server.log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            server.command(),
+            env=server.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + PROCESS_WAIT_S
+        while after not in server.log_text():
+            assert proc.poll() is None, f"exited with {proc.returncode}\n{server.log_tail()}"
+            assert time.monotonic() < deadline, f"no {after!r} in the log\n{server.log_tail()}"
+            time.sleep(0.005)
+        for _ in range(3):
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(GRACE_S + KILL_AFTER_GRACE_S + MARGIN_S)
+        assert code == 0, f"exit {code}\n{server.log_tail()}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 # --- a taken port -------------------------------------------------------------------------
 
 

@@ -238,3 +238,26 @@ def worker_stop_callbacks(
             if isinstance(previous, asyncio.Handle):
                 stops[sig] = previous._run
     return stops
+
+
+def take_over_worker_signals(
+    loop: asyncio.AbstractEventLoop,
+    on_signal: Callable[[Callable[[], object]], None],
+) -> None:
+    """Run ``on_signal(granian_stop)`` on SIGTERM/SIGINT in this worker instead of Granian's stop.
+
+    Registered on the loop (which wakes it while it runs), and also as the
+    Python-level handler: uvloop drops a signal that lands while its loop is
+    not running (a Granian worker's loop pauses between the lifespan startup
+    and serving), so the handler queues ``on_signal`` for when the loop runs
+    again. ``on_signal`` may thus run twice for one signal and must be
+    idempotent.
+    """
+    for sig, stop in worker_stop_callbacks(loop).items():
+        loop.add_signal_handler(sig, on_signal, stop)
+
+        def handler(signum: int, frame: object, stop: Callable[[], object] = stop) -> None:
+            # The loop's own wake-up (its wakeup fd) still works: only Python's handler changes.
+            loop.call_soon_threadsafe(on_signal, stop)
+
+        signal.signal(sig, handler)
