@@ -16,8 +16,11 @@ signal handling, so this module reaches into it, and only this module:
   worker sees SIGTERM, before the ASGI lifespan shutdown runs. voxgate drains
   first (streams closed with 1001 after their acks), then does what Granian's
   handler does. :func:`install_worker_shutdown_hook` remembers the trigger
-  Granian's ``set_loop_signals`` makes, and :func:`worker_shutdown_trigger`
-  hands it to the runtime.
+  Granian's ``set_loop_signals`` makes, and :func:`take_over_worker_signals`
+  hands the runtime the signals, including one that lands while the worker's
+  loop is paused between the lifespan startup and serving (uvloop drops
+  those: the worker ignored that SIGTERM and was killed after the kill
+  timeout).
 
 These were read and checked against the Granian versions in
 :data:`SUPPORTED_GRANIAN`; ``tests/test_granian_internals.py`` fails when the
