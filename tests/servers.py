@@ -211,6 +211,15 @@ class Server:
         self._forget()
         return code
 
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the server to exit by itself; its exit code, or None if still running."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def kill(self) -> None:
         """SIGKILL the server and all its workers at once, as a crash would."""
         if self._proc is None:

@@ -288,6 +288,20 @@ def test_sigterms_while_the_server_starts_stop_it_with_exit_0(tmp_path: Path, af
         proc.wait()
 
 
+@pytest.mark.parametrize("gap_s", [0.0, 0.02, 0.2])
+def test_a_sigterm_while_a_dead_worker_is_replaced_still_stops_the_server(
+    tmp_path: Path, gap_s: float
+) -> None:
+    with start_server(tmp_path, workers=2) as server:
+        victim = min(wait_for_workers(server, 2))
+        os.kill(victim, signal.SIGKILL)
+        if gap_s:
+            time.sleep(gap_s)
+        os.kill(server.pid, signal.SIGTERM)  # once: it must not be lost in the respawn
+        code = server.wait(GRACE_S + KILL_AFTER_GRACE_S + MARGIN_S)
+        assert code == 0, f"exit {code}\n{server.log_tail()}"
+
+
 # --- a taken port -------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -50,6 +51,8 @@ SUPPORTED_GRANIAN = ((2, 8, 9), (2, 9, 0))
 # Signals that stop the server, and the one that makes Granian respawn its workers.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL = signal.SIGHUP
+# Seconds between the master's repeated wake-ups once it is stopping.
+RESTOP_S = 0.5
 
 
 def granian_version() -> tuple[int, ...]:
@@ -129,14 +132,15 @@ class SignalLatch:
         with contextlib.suppress(BlockingIOError):
             os.write(self._write_fd, b"\0")
 
-    def wait(self) -> None:
-        """Block until a signal arrived since the last call (for the waker thread)."""
-        while True:
-            try:
-                if os.read(self._read_fd, 512):
-                    return
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until a signal arrived since the last call; False after ``timeout_s`` without.
+
+        For the waker thread only.
+        """
+        ready, _, _ = select.select([self._read_fd], [], [], timeout_s)
+        if ready:
+            os.read(self._read_fd, 512)
+        return bool(ready)
 
 
 class MasterServer(Server):  # type: ignore[misc, valid-type]
@@ -165,7 +169,10 @@ class MasterServer(Server):  # type: ignore[misc, valid-type]
         """Turn the latch's wake-ups into what Granian's main loop waits for."""
         announced = 0
         while True:
-            self.latch.wait()
+            # Once stopping, wake the main loop again every so often: Granian clears
+            # the event after respawning a worker, which can swallow a wake-up that
+            # came in between (then the master would wait for another signal).
+            self.latch.wait(RESTOP_S if self.latch.stop_requested else None)
             if self.latch.stop_requested:
                 self.stop_requested()
                 if self.latch.stop_signals > announced:
