@@ -99,3 +99,18 @@ def test_serve_help_describes_every_option() -> None:
     text = serve.format_help()
     for variable in ("VOXGATE_SSL_CERTFILE", "VOXGATE_SHUTDOWN_GRACE_S"):
         assert variable in text, text
+
+
+def _without_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _without_help(sub, f"{path} {name}")
+        elif not action.help or action.help == argparse.SUPPRESS:
+            out.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return out
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    assert _without_help(build_parser(), "voxgate") == []

@@ -41,7 +41,7 @@ def add_retention_command(subparsers: argparse._SubParsersAction[argparse.Argume
             "payload and stream CRCs. Prints the manifest's summary; exit 1 if unsound."
         ),
     )
-    verify.add_argument("file", metavar="FILE")
+    verify.add_argument("file", metavar="FILE", help="the archive file to check")
     verify.set_defaults(handler=_verify)
 
 
