@@ -104,6 +104,15 @@ def streams_by_worker(workers: set[int], port: int) -> dict[int, int]:
     return {pid: len(socket_inodes(pid) & served) for pid in workers}
 
 
+def active_streams(response: httpx.Response) -> float:
+    """``voxgate_active_streams`` in a ``/metrics`` answer."""
+    assert response.status_code == 200, response.text
+    for line in response.text.splitlines():
+        if line.startswith("voxgate_active_streams "):
+            return float(line.split()[1])
+    raise AssertionError("no voxgate_active_streams in /metrics")
+
+
 # --- a dead worker ------------------------------------------------------------------------
 
 STREAMS = 6
@@ -176,6 +185,11 @@ async def test_a_killed_worker_is_replaced_and_its_streams_resume_with_nothing_l
                 assert audio == b"".join(payload_for(sid, seq, SIZE) for seq in range(FRAMES))
             created = await api.create_session()
             assert created["id"]
+            # The killed worker's open streams no longer count (it could not say so itself).
+            deadline = time.monotonic() + PROCESS_WAIT_S
+            while (open_now := active_streams(await http.get("/metrics"))) != 0:
+                assert time.monotonic() < deadline, f"voxgate_active_streams {open_now}, want 0"
+                await asyncio.sleep(0.05)
         assert server.stop() == 0, server.log_tail()
     assert "Respawning worker" in server.log_text(), server.log_tail()
 

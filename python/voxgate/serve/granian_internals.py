@@ -192,6 +192,24 @@ class MasterServer(Server):  # type: ignore[misc, valid-type]
             # A worker signalled together with the master may finish first.
             worker.interrupt_by_parent = True
 
+    def _respawn_workers(self, workers: Any, *args: Any, **kwargs: Any) -> Any:
+        """Granian's respawn, then forget the live gauges of workers that died unannounced.
+
+        A worker that exits normally removes its own live metric files; one
+        killed (SIGKILL, the OOM killer) cannot, and its last values (open
+        streams, memory) would stay in every later sum.
+        """
+        old = [self.wrks[idx] for idx in workers if idx < len(self.wrks)]
+        pids = [worker.inner.pid for worker in old]
+        result = super()._respawn_workers(workers, *args, **kwargs)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # voxgate.metrics.MULTIPROC_ENV
+            from prometheus_client import multiprocess
+
+            for pid in pids:
+                if pid is not None:
+                    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        return result
+
     def shutdown(self, exit_code: int = 0) -> None:
         if self.interrupt_signal:
             # Exits of workers signalled with the master are part of the stop, not failures.
