@@ -76,3 +76,37 @@ def test_stop_signals_while_the_main_loop_event_is_locked_do_not_hang_the_master
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopping: True 10", done.stdout
+
+
+def test_the_internals_the_fence_relies_on_are_where_it_expects_them() -> None:
+    import inspect
+
+    import granian._signals as granian_signals
+    from granian.server import Server
+    from granian.server import mp as granian_mp
+
+    from voxgate.serve.granian_internals import MasterServer
+
+    # The master registers these two bound methods as its signal handlers ...
+    startup = inspect.getsource(Server.startup)
+    assert "set_main_signals(self.signal_handler_interrupt, self.signal_handler_reload)" in startup
+    # ... waits on this event and reads these flags in its main loop ...
+    loop = inspect.getsource(Server._serve_loop)
+    for name in ("main_loop_interrupt.wait()", "self.interrupt_signal", "self.interrupt_children"):
+        assert name in loop, name
+    # ... and respawns a failed worker with this method.
+    assert "self._respawn_workers(workers, spawn_target, target_loader)" in loop
+    # (Read from the source: building a server here would reconfigure this process's logging.)
+    init = inspect.getsource(Server.__init__)
+    for attribute in ("wrks", "interrupt_children", "reload_signal", "main_loop_interrupt"):
+        assert f"self.{attribute}" in init, attribute
+    respawn = inspect.getsource(Server._respawn_workers)
+    assert "old_wrk = self.wrks.pop(idx)" in respawn
+    assert "self.inner.pid" in inspect.getsource(granian_mp.WorkerProcess._id)
+    assert issubclass(MasterServer, Server)
+    # Each worker looks set_loop_signals up in granian._signals when it starts, so
+    # replacing it there (before the workers fork) reaches them.
+    assert list(inspect.signature(granian_signals.set_loop_signals).parameters) == ["loop"]
+    worker = inspect.getsource(granian_mp.MPServer._spawn_asgi_lifespan_worker)
+    assert "from granian._signals import set_loop_signals" in worker
+    assert "shutdown_event = set_loop_signals(loop)" in worker
