@@ -19,9 +19,9 @@ die() { printf '\nsetup FAILED: %s\n' "$*" >&2; exit 1; }
 # --- 1. System packages -------------------------------------------------------
 # Debian packages the project needs (services such as redis-server or postgresql
 # go here; chromium runs the browser SDK tests, driven by Playwright, which never
-# downloads a browser of its own). Only the missing ones are installed, after one
-# `apt-get update`.
-APT_PACKAGES=(redis-server postgresql chromium)
+# downloads a browser of its own; openssl makes the TLS tests' self-signed
+# certificate). Only the missing ones are installed, after one `apt-get update`.
+APT_PACKAGES=(redis-server postgresql chromium openssl)
 
 apt_updated=0
 apt_install() {

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ class Server:
         env: dict[str, str] | None = None,
         workers: int = 1,
         port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -63,16 +65,24 @@ class Server:
         self.port = port if port is not None else free_port()
         self.api_key = API_KEY
         self.extra_env = dict(env or {})
+        # (certificate, key): serve https/wss with ``--ssl-certfile/--ssl-keyfile``.
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting this server's (self-signed) certificate; None without TLS."""
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls[0]))
 
     @property
     def pid(self) -> int:
@@ -115,6 +125,11 @@ class Server:
             str(self.port),
             "--workers",
             str(self.workers),
+            *(
+                ["--ssl-certfile", str(self.tls[0]), "--ssl-keyfile", str(self.tls[1])]
+                if self.tls
+                else []
+            ),
         ]
 
     def start(self) -> None:
@@ -153,7 +168,9 @@ class Server:
                 self._forget()
                 raise ServerError(f"server exited with {code} while starting\n{self.log_tail()}")
             try:
-                response = httpx.get(f"{self.base_url}/health", timeout=1.0)
+                response = httpx.get(
+                    f"{self.base_url}/health", timeout=1.0, verify=self.ssl_context() or True
+                )
                 if response.status_code == 200:
                     return
                 last_error = f"GET /health answered {response.status_code}"
@@ -193,6 +210,15 @@ class Server:
             proc.wait(timeout=5)
         self._forget()
         return code
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait for the server to exit by itself; its exit code, or None if still running."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
         """SIGKILL the server and all its workers at once, as a crash would."""

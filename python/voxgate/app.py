@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.openapi import OpenAPIConfig
 
 from voxgate import logs, metrics
 from voxgate.api.archive_download import download_archive
@@ -17,7 +16,7 @@ from voxgate.api.audio import audio, missing
 from voxgate.api.client import client_router
 from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
-from voxgate.api.openapi import complete_schema
+from voxgate.api.openapi import openapi_config
 from voxgate.api.problems import EXCEPTION_HANDLERS
 from voxgate.api.prometheus import prometheus_metrics
 from voxgate.api.sessions import SessionController
@@ -86,11 +85,10 @@ def create_app(settings: Settings) -> Litestar:
                 "RateLimit-Policy",
             ],
         ),
-        openapi_config=OpenAPIConfig(title="voxgate", version="1"),
+        openapi_config=openapi_config(settings),
         request_max_body_size=1024 * 1024,
         logging_config=None,  # voxgate.logs configures logging: JSON lines
     )
-    complete_schema(app, settings)
     return app
 
 

@@ -24,6 +24,7 @@ from voxgate.clientip import parse_networks
 from voxgate.core import native as _native
 from voxgate.fanout.bus import LocalBus, RedisBus
 from voxgate.fanout.hub import Hub
+from voxgate.granian_internals import take_over_worker_signals
 from voxgate.heap import HeapTrimmer
 from voxgate.ingest.claims import ClaimChannel
 from voxgate.ingest.stream import StreamRegistry
@@ -32,7 +33,6 @@ from voxgate.limits import Limits, RedisRateLimiter
 from voxgate.redis_client import REDIS_ERRORS, hiredis_in_use, redacted_url, redis_client
 from voxgate.retention.runner import Retention, RetentionSchedule
 from voxgate.settings import WORKERS_ENV, Settings
-from voxgate.shutdown import install_shutdown_hook, take_over_signals
 from voxgate.store.base import Store
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
@@ -44,8 +44,8 @@ from voxgate.tokens.sqlite import SqliteTokenStore
 
 log = logging.getLogger("voxgate")
 
-# ``voxgate serve`` imports WORKERS_ENV and install_shutdown_hook from here.
-__all__ = ["WORKERS_ENV", "Runtime", "install_shutdown_hook", "store_for"]
+# ``voxgate serve`` imports WORKERS_ENV from here.
+__all__ = ["WORKERS_ENV", "Runtime", "store_for"]
 
 
 _SINGLE_INSTANCE = (
@@ -148,7 +148,10 @@ class Runtime:
             except REDIS_ERRORS as exc:
                 # Not fatal: minting answers 503 until Redis is back, then all recovers.
                 log.error("Redis unreachable at start, tokens unavailable until it is: %s", exc)
-        take_over_signals(self._on_signal)
+        # Granian tears WebSockets down abruptly once its worker sees SIGTERM, before
+        # the lifespan shutdown runs: drain first (streams close with 1001 after their
+        # acks), then do what Granian's own handler does (its private API, fenced).
+        take_over_worker_signals(asyncio.get_running_loop(), self._on_signal)
         # What exists after start-up lives as long as the process: keep it out of
         # every later collection (the ingest path allocates fast; full collections
         # that rescan the whole heap showed up as a fifth of the server's CPU).

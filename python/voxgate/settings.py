@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
+import typing
 from collections.abc import Mapping
 from datetime import UTC, time
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -25,6 +28,10 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Fields ``voxgate serve`` sets for its workers, not operators (not in .env.example),
 # and the variable each is read from.
 PROCESS_FIELDS = {"serve_workers": WORKERS_ENV, "metrics_dir": METRICS_DIR_ENV}
+PREFIX = "VOXGATE_"
+# VOXGATE_* variables voxgate reads that are not settings: the client's API key
+# (voxgate stream) and what ``voxgate serve`` tells its workers.
+OTHER_VARIABLES = frozenset({"VOXGATE_API_KEY", WORKERS_ENV})
 
 
 class SettingsError(VoxgateError, ValueError):
@@ -112,6 +119,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     listen_stall_timeout_s: float = 30.0
     # How often feeds re-read the store; 0: only with several workers and no Redis (0.25 s).
     listen_poll_s: float = 0.0
+
+    # TLS: with both set, ``voxgate serve`` answers https:// and wss:// only (PEM files;
+    # the certificate file may hold the chain). ``--ssl-certfile/--ssl-keyfile`` override.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
     log_level: str = "INFO"
 
@@ -220,6 +232,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_RETENTION_IDLE_HOURS must not be negative")
         if self.retention_at != "off" and parse_time_of_day(self.retention_at) is None:
             raise SettingsError('VOXGATE_RETENTION_AT must be "HH:MM", "HH:MM:SS" (UTC) or "off"')
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise SettingsError("VOXGATE_SSL_CERTFILE and VOXGATE_SSL_KEYFILE go together")
         if min(self.backup_keep_daily, self.backup_keep_weekly, self.backup_keep_monthly) < 0:
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must not be negative")
         if self.backup_keep_daily + self.backup_keep_weekly + self.backup_keep_monthly < 1:
@@ -236,19 +250,90 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.backup_dir or os.path.join(self.data_dir, "backups")
 
     @classmethod
+    def variable_names(cls) -> frozenset[str]:
+        """Every ``VOXGATE_*`` variable voxgate reads."""
+        return frozenset(
+            PROCESS_FIELDS.get(name) or f"{PREFIX}{name.upper()}" for name in cls.__struct_fields__
+        ) | (OTHER_VARIABLES)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``VOXGATE_*`` variables; raises :class:`SettingsError`."""
+        """Build settings from ``VOXGATE_*`` variables.
+
+        Raises :class:`SettingsError` naming the variable and what it expects
+        (``VOXGATE_WINDOW_BYTES: expected an integer, got 'abc'``).
+        """
         env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
         raw: dict[str, object] = {}
         for name in cls.__struct_fields__:
-            value = env.get(PROCESS_FIELDS.get(name) or f"VOXGATE_{name.upper()}")
+            variable = PROCESS_FIELDS.get(name) or f"{PREFIX}{name.upper()}"
+            value = env.get(variable)
             if value is None:
                 continue
-            if name in _LIST_FIELDS:
-                raw[name] = tuple(part.strip() for part in value.split(",") if part.strip())
-            else:
-                raw[name] = value
+            kind = hints[name]
+            try:
+                if name in _LIST_FIELDS:
+                    parts = tuple(part.strip() for part in value.split(",") if part.strip())
+                    raw[name] = msgspec.convert(parts, type=kind, strict=False)
+                else:
+                    raw[name] = msgspec.convert(value, type=kind, strict=False)
+            except msgspec.ValidationError:
+                raise SettingsError(
+                    f"{variable}: expected {_expected(kind)}, got {value!r}"
+                ) from None
         try:
-            return msgspec.convert(raw, type=cls, strict=False)
-        except msgspec.ValidationError as exc:
-            raise SettingsError(f"bad VOXGATE_* setting: {exc}") from exc
+            return cls(**raw)  # type: ignore[arg-type]
+        except msgspec.ValidationError as exc:  # pragma: no cover - the checks raise SettingsError
+            raise SettingsError(str(exc)) from None
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``VOXGATE_*`` variables voxgate does not read, each with the closest known name or None.
+
+    A misspelt variable is otherwise silently ignored (``VOXGATE_DURABILTY``
+    leaves fsync on); ``voxgate serve`` and the other commands warn about each.
+    """
+    env = os.environ if environ is None else environ
+    known = Settings.variable_names()
+    # Compared without the prefix every name shares, which would make any two look alike.
+    suffixes = sorted(name.removeprefix(PREFIX) for name in known)
+    out: list[tuple[str, str | None]] = []
+    for variable in sorted(env):
+        if not variable.startswith(PREFIX) or variable in known:
+            continue
+        close = difflib.get_close_matches(variable.removeprefix(PREFIX), suffixes, n=1, cutoff=0.6)
+        out.append((variable, PREFIX + close[0] if close else None))
+    return out
+
+
+def unknown_variable_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per unknown ``VOXGATE_*`` variable, naming the closest known one."""
+    lines = []
+    for variable, close in unknown_variables(environ):
+        hint = f"; did you mean {close}?" if close else ""
+        lines.append(f"unknown variable {variable} is ignored{hint}")
+    return lines
+
+
+def _expected(kind: Any) -> str:
+    """What a value of type ``kind`` looks like, for an error message."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    if kind is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin in (typing.Union, types.UnionType):
+        options = [_expected(arg) for arg in args if arg is not type(None)]
+        return " or ".join(options) + " (or unset)"
+    if origin is tuple:
+        item = _expected(args[0]).removeprefix("a ").removeprefix("an ")
+        return f"a comma-separated list of {item}s"
+    return str(kind)

@@ -1,18 +1,27 @@
-"""What the generated OpenAPI schema cannot learn from type hints, added once at startup.
+"""What the generated OpenAPI schema cannot learn from type hints, added where it is served.
 
 Litestar derives the schema from the handlers; this fills in the rest: the
 configured token lifetime maximum, closed request objects, the raw frame body
-of the HTTP upload and its answer, and who authenticates how.
+of the HTTP upload and its answer, and who authenticates how. It does so
+through Litestar's public render plugins (:func:`openapi_config`): each
+finishes the schema dict before rendering it, at the first request.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar
-
-# The plugin caches the schema dict it serves; finishing that dict finishes what is served.
-from litestar._openapi.plugin import OpenAPIPlugin
+from litestar import Request, Router
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import (
+    JsonRenderPlugin,
+    OpenAPIRenderPlugin,
+    RapidocRenderPlugin,
+    RedocRenderPlugin,
+    StoplightRenderPlugin,
+    SwaggerRenderPlugin,
+    YamlRenderPlugin,
+)
 
 from voxgate.ingest.upload import MEDIA_TYPE
 from voxgate.retention.archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
@@ -50,9 +59,52 @@ _UPLOAD_ANSWER = {
 _OPEN = frozenset({"/health", "/ready"})
 
 
-def complete_schema(app: Litestar, settings: Settings) -> dict[str, Any]:
-    """Finish ``app``'s OpenAPI schema (served at ``/schema/openapi.json``) and return it."""
-    schema: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+class _Finished(OpenAPIRenderPlugin):
+    """Serves what ``inner`` renders, from the schema dict finished first (in place, once)."""
+
+    def __init__(self, inner: OpenAPIRenderPlugin, settings: Settings) -> None:
+        super().__init__(
+            path=inner.paths, media_type=inner.media_type, favicon=inner.favicon, style=inner.style
+        )
+        self.inner = inner
+        self.settings = settings
+        self._finished: int | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        # Litestar hands every plugin the one dict it caches; finishing is idempotent.
+        if self._finished != id(openapi_schema):
+            complete_schema(openapi_schema, self.settings)
+            self._finished = id(openapi_schema)
+        return self.inner.render(request, openapi_schema)
+
+    def receive_router(self, router: Router) -> None:
+        self.inner.receive_router(router)
+
+
+def openapi_config(settings: Settings) -> OpenAPIConfig:
+    """The app's OpenAPI configuration: Litestar's usual pages under ``/schema``, finished.
+
+    ``/schema/openapi.json`` (and ``.yaml``/``.yml``) plus ReDoc (also at
+    ``/schema``), Swagger UI, Stoplight Elements and RapiDoc, as Litestar
+    serves them by default.
+    """
+    plugins: list[OpenAPIRenderPlugin] = [
+        RedocRenderPlugin(path=["/", "/redoc"]),
+        JsonRenderPlugin(),
+        YamlRenderPlugin(),
+        SwaggerRenderPlugin(),
+        StoplightRenderPlugin(),
+        RapidocRenderPlugin(),
+    ]
+    return OpenAPIConfig(
+        title="voxgate",
+        version="1",
+        render_plugins=[_Finished(plugin, settings) for plugin in plugins],
+    )
+
+
+def complete_schema(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Finish an OpenAPI schema dict Litestar generated (in place) and return it."""
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for name in ("SessionCreate", "TokenRequest", "TranscriptPost"):

@@ -4,93 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
+import importlib.metadata
 import os
 import platform
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from voxgate.auth import ensure_api_keys
-from voxgate.cli.db import add_db_command, check_database
+from voxgate.cli.db import add_db_command
 from voxgate.cli.retention import add_retention_command
+from voxgate.cli.serve import KILL_AFTER_GRACE_S as KILL_AFTER_GRACE_S
+from voxgate.cli.serve import add_serve_command
 from voxgate.cli.stream import add_stream_command
-from voxgate.settings import Settings, SettingsError
-from voxgate.store.base import StoreError
-
-# Seconds after VOXGATE_SHUTDOWN_GRACE_S for commits already submitted to finish.
-KILL_AFTER_GRACE_S = 10
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from granian.constants import Interfaces
-    from granian.server import Server
-
-    from voxgate.logs import dict_config
-
+def _version() -> str:
+    """The installed voxgate's version."""
     try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"voxgate: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(check_database(settings))
-    except StoreError as exc:
-        print(f"voxgate: {exc}", file=sys.stderr)
-        return 1
-    # Made here, before workers start, so every worker finds the same key.
-    os.makedirs(settings.data_dir, exist_ok=True)
-    _, generated = ensure_api_keys(settings)
-    if generated is not None:
-        print(
-            f"voxgate: generated API key (stored in {settings.data_dir}/api_key): {generated}",
-            flush=True,
-        )
-    if args.workers > 1:
-        _share_metrics(Path(settings.data_dir) / "metrics")
-    # Imported only now: it loads prometheus_client, which must see the directory above.
-    from voxgate.runtime import WORKERS_ENV, install_shutdown_hook
-
-    os.environ[WORKERS_ENV] = str(args.workers)
-    install_shutdown_hook()
-    server = Server(
-        "voxgate.app:app_from_env",
-        address=args.host,
-        port=args.port,
-        interface=Interfaces.ASGI,
-        workers=args.workers,
-        factory=True,
-        websockets=True,
-        log_access=False,  # it would log query strings, and ?token= is one
-        log_dictconfig=dict_config(settings.log_level),
-        # A worker still alive this long after SIGTERM is killed: exit is bounded even
-        # if a commit hangs (acks follow durability, so nothing acked is lost).
-        workers_kill_timeout=math.ceil(settings.shutdown_grace_s) + KILL_AFTER_GRACE_S,
-    )
-    server.serve()
-    return 0
-
-
-def _share_metrics(directory: Path) -> None:
-    """Multiprocess metrics: every worker writes its values under ``directory``.
-
-    Set before any worker imports prometheus_client; emptied first so values of
-    a previous run do not count.
-    """
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # voxgate.metrics.MULTIPROC_ENV
+        return importlib.metadata.version("voxgate")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxgate", description="Durable voice-streaming ingest")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server (settings from VOXGATE_* variables)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.set_defaults(handler=_serve)
+    add_serve_command(commands)
     add_stream_command(commands)
     add_retention_command(commands)
     add_db_command(commands)

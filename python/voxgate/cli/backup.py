@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from voxgate.progress import progress
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.backup import (
     BackupError,
@@ -38,6 +39,12 @@ def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     for parser in (backup, listing, verify, restore):
         parser.add_argument(
             "--dir", default=None, help="backup directory (default VOXGATE_BACKUP_DIR)"
+        )
+    for parser in (backup, verify, restore):
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="the JSON result only, no progress display (as when stdout is not a terminal)",
         )
 
 
@@ -70,13 +77,16 @@ def _backup(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     try:
-        path, info, pruned = create_backup(
-            Path(settings.data_dir),
-            _backup_dir(args, settings),
-            keep_daily=settings.backup_keep_daily,
-            keep_weekly=settings.backup_keep_weekly,
-            keep_monthly=settings.backup_keep_monthly,
-        )
+        with progress(not args.json) as bar:
+            # The copy reports no steps: a spinner with the elapsed time.
+            bar.start(f"backing up {settings.data_dir}", unit="items")
+            path, info, pruned = create_backup(
+                Path(settings.data_dir),
+                _backup_dir(args, settings),
+                keep_daily=settings.backup_keep_daily,
+                keep_weekly=settings.backup_keep_weekly,
+                keep_monthly=settings.backup_keep_monthly,
+            )
     except (BackupError, OSError) as exc:
         print(f"voxgate db backup: failed: {exc}", file=sys.stderr)
         return 1
@@ -108,7 +118,9 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     try:
         path = resolve_backup(_backup_dir(args, settings), args.backup)
-        info = verify_backup(path)
+        with progress(not args.json) as bar:
+            bar.start(f"verifying {path.name}", unit="items")
+            info = verify_backup(path)
     except (BackupError, OSError) as exc:
         print(f"voxgate db verify: {exc}", file=sys.stderr)
         return 1
@@ -122,7 +134,9 @@ def _restore(args: argparse.Namespace) -> int:
         return 2
     try:
         path = resolve_backup(_backup_dir(args, settings), args.backup)
-        report = restore_backup(path, Path(settings.data_dir), Path(settings.archive_path))
+        with progress(not args.json) as bar:
+            bar.start(f"restoring {path.name}", unit="items")
+            report = restore_backup(path, Path(settings.data_dir), Path(settings.archive_path))
     except (BackupError, OSError) as exc:
         print(f"voxgate db restore: failed: {exc}", file=sys.stderr)
         return 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import asyncpg
 
 from voxgate.cli.backup import add_backup_commands
+from voxgate.progress import progress
 from voxgate.settings import Settings, SettingsError
 from voxgate.store import migrations
 from voxgate.store.base import StoreError
@@ -49,6 +51,11 @@ def add_db_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "--batch-frames", type=int, default=1000, help="frames per transaction (default 1000)"
     )
     copy.add_argument("--quiet", action="store_true", help="print the summary only")
+    copy.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object only, no progress bar",
+    )
     copy.set_defaults(handler=run_migrate_from_sqlite)
 
 
@@ -116,17 +123,39 @@ async def run_migrate_from_sqlite(args: argparse.Namespace) -> int:
         print("voxgate: --batch-frames must be at least 1", file=sys.stderr)
         return 2
 
-    def say(line: str) -> None:
-        if not args.quiet:
-            print(line, flush=True)
+    with progress(not args.json) as bar:
+        bar.start("copying sessions", unit="items")
 
-    try:
-        report = await copy_sqlite_to_postgres(
-            Path(args.data_dir), url, batch_frames=args.batch_frames, say=say
+        def say(line: str) -> None:
+            # One line per session copied or checked: the count is the progress.
+            bar.advance()
+            if not args.quiet and not args.json:
+                print(line, flush=True)
+
+        try:
+            report = await copy_sqlite_to_postgres(
+                Path(args.data_dir), url, batch_frames=args.batch_frames, say=say
+            )
+        except StoreError as exc:
+            print(f"voxgate: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "sessions": report.sessions,
+                    "copied": report.copied,
+                    "tombstones": report.tombstones,
+                    "already": report.already,
+                    "failed": report.failed,
+                    "frames": report.frames,
+                    "bytes": report.bytes,
+                    "verified_frames": report.verified_frames,
+                }
+            ),
+            flush=True,
         )
-    except StoreError as exc:
-        print(f"voxgate: {exc}", file=sys.stderr)
-        return 1
+        return 1 if report.failed else 0
     print(
         f"sessions {report.sessions}: {report.copied} copied, {report.tombstones} tombstones,"
         f" {report.already} already copied, {len(report.failed)} failed;"

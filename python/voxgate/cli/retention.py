@@ -8,6 +8,7 @@ import sys
 
 import msgspec
 
+from voxgate.progress import progress
 from voxgate.settings import Settings, SettingsError
 from voxgate.store.base import StoreError
 
@@ -25,6 +26,11 @@ def add_retention_command(subparsers: argparse._SubParsersAction[argparse.Argume
     commands = retention.add_subparsers(dest="retention_command", required=True)
     run = commands.add_parser("run", help="run retention once now")
     run.add_argument("--dry-run", action="store_true", help="list what would move, change nothing")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines only, no progress bar (as when stdout is not a terminal)",
+    )
     run.set_defaults(handler=_run)
     verify = commands.add_parser(
         "verify",
@@ -35,11 +41,12 @@ def add_retention_command(subparsers: argparse._SubParsersAction[argparse.Argume
             "payload and stream CRCs. Prints the manifest's summary; exit 1 if unsound."
         ),
     )
-    verify.add_argument("file", metavar="FILE")
+    verify.add_argument("file", metavar="FILE", help="the archive file to check")
     verify.set_defaults(handler=_verify)
 
 
 def _print(value: object) -> None:
+    # Every output of these commands is one JSON document per line, --json or not.
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
 
@@ -72,7 +79,12 @@ async def _run(args: argparse.Namespace) -> int:
                         "resumed": move.resumed,
                     }
                 )
-        run = await retention.run(dry_run=args.dry_run)
+        with progress(not args.json and not args.dry_run) as bar:
+            bar.start("retention: moving sessions", unit="items")
+            run = await retention.run(
+                dry_run=args.dry_run,
+                on_progress=lambda done, total: bar.update(completed=done, total=total),
+            )
     except StoreError as exc:
         print(f"voxgate retention: store unavailable: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ own rate with ``--realtime``, and only into a session of their codec.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 
@@ -17,6 +18,7 @@ from voxgate.client.api import Api
 from voxgate.client.audiofile import AudioFileError, probe
 from voxgate.client.errors import ApiError, StreamError
 from voxgate.client.file import stream_file
+from voxgate.progress import progress
 
 
 def add_stream_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,7 +70,11 @@ def add_stream_command(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         default="header",
         help="how the stream token is sent (default header)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON (and no progress bar, as when stdout is not a terminal)",
+    )
     parser.set_defaults(handler=run_stream_command)
 
 
@@ -104,18 +110,26 @@ async def run_stream_command(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                     return 2
-            report = await stream_file(
-                args.file,
-                base_url=args.url,
-                session_id=args.session,
-                token_factory=api.token_factory(args.session),
-                frame_bytes=frame_bytes,
-                frames_per_message=args.frames_per_message,
-                bytes_per_second=bytes_per_second if args.realtime else None,
-                offset=audio.offset,
-                length=audio.length,
-                token_mode=args.token_mode,
+            size = (
+                audio.length
+                if audio.length is not None
+                else (await asyncio.to_thread(os.path.getsize, args.file)) - audio.offset
             )
+            with progress(not args.json) as bar:
+                bar.start(f"streaming {os.path.basename(args.file)}", total=size, unit="bytes")
+                report = await stream_file(
+                    args.file,
+                    base_url=args.url,
+                    session_id=args.session,
+                    token_factory=api.token_factory(args.session),
+                    frame_bytes=frame_bytes,
+                    frames_per_message=args.frames_per_message,
+                    bytes_per_second=bytes_per_second if args.realtime else None,
+                    offset=audio.offset,
+                    length=audio.length,
+                    token_mode=args.token_mode,
+                    on_progress=lambda sent: bar.update(completed=sent),
+                )
         except (StreamError, ApiError, OSError, ValueError) as exc:
             print(f"voxgate stream: {exc}", file=sys.stderr)
             return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ async def stream_file(
     complete_timeout_s: float | None = 60.0,
     offset: int = 0,
     length: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
     **client_options: Any,
 ) -> StreamReport:
     """Send ``path`` as ``frame_bytes``-sized frames, end the stream and verify ``complete``.
@@ -48,7 +50,9 @@ async def stream_file(
     (``pts_us`` follows the pacing); without it they go as fast as the window
     allows. ``offset`` and ``length`` pick the audio out of a container (a WAV
     file's data chunk, see :mod:`voxgate.client.audiofile`); by default the whole
-    file is sent. ``client_options`` go to :class:`StreamClient`. Raises ``OSError``
+    file is sent. ``on_progress`` is called with the payload bytes handed to the
+    client so far after each chunk read from the file. ``client_options`` go to
+    :class:`StreamClient`. Raises ``OSError``
     when the file cannot be read, ``ValueError`` for a bad ``frame_bytes`` and
     every :class:`~voxgate.client.StreamError` of the stream (``IntegrityError``
     when the server's CRC disagrees).
@@ -92,6 +96,8 @@ async def stream_file(
                     await client.send(payload, pts_us)
                     sent += len(payload)
                 pending = data[cut:]
+                if on_progress is not None:
+                    on_progress(sent)
                 if last_chunk:
                     break
             await client.end()

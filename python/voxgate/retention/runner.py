@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
@@ -93,8 +93,16 @@ class Retention:
             idle_before=now - self.idle_age,
         )
 
-    async def run(self, *, dry_run: bool = False) -> RetentionRun | None:
+    async def run(
+        self,
+        *,
+        dry_run: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> RetentionRun | None:
         """One run; None when another runner holds the lock. Real runs are recorded.
+
+        ``on_progress(done, total)`` is called as each session move or archive
+        discard is finished (moved or failed).
 
         Raises :class:`~voxgate.store.base.StoreError` only when the store
         cannot even list the work (then nothing was moved).
@@ -103,9 +111,11 @@ class Retention:
             if not held:
                 log.info("retention: another runner holds the lock, not running")
                 return None
-            return await self._run_locked(dry_run)
+            return await self._run_locked(dry_run, on_progress or _no_progress)
 
-    async def _run_locked(self, dry_run: bool) -> RetentionRun:
+    async def _run_locked(
+        self, dry_run: bool, on_progress: Callable[[int, int], None]
+    ) -> RetentionRun:
         started = datetime.now(UTC)
         run = RetentionRun(started_at=started, finished_at=started, outcome="ok", dry_run=dry_run)
         moves = await self.plan(started)
@@ -117,6 +127,8 @@ class Retention:
             run.finished_at = datetime.now(UTC)
             return run
         await asyncio.to_thread(self._sweep_tmp)
+        total, done = len(moves) + len(discards), 0
+        on_progress(done, total)
         for move in moves:
             try:
                 if move.target is Tier.WARM:
@@ -125,12 +137,16 @@ class Retention:
                     await self._expire(move, run)
             except Exception as exc:
                 self._failed(run, move.session_id, exc)
+            done += 1
+            on_progress(done, total)
         for session_id, record in await self.store.archives_to_discard():
             try:
                 await self.discard_archive(session_id, record)
                 run.discarded += 1
             except Exception as exc:
                 self._failed(run, session_id, exc)
+            done += 1
+            on_progress(done, max(total, done))
         run.finished_at = datetime.now(UTC)
         done = run.archived + run.reused + run.expired + run.discarded
         if run.failed:
@@ -332,3 +348,7 @@ class RetentionSchedule:
             except Exception:
                 log.exception("retention run failed")
             due = next_run_after(max(due, datetime.now(UTC)), at)
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The default progress callback of :meth:`Retention.run`: nothing."""
