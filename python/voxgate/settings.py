@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, time
 from typing import Literal
@@ -138,6 +139,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
     trusted_proxies: tuple[str, ...] = ()
 
+    # -- webhooks (docs/clients.md "Webhooks") --
+    # Where session events (ended, completed, archived, expired, deleted) are POSTed,
+    # http:// or https://; empty: no webhooks (and no events are queued).
+    webhook_url: str = ""
+    # The key every event is signed with (HMAC-SHA256): required with webhook_url, at
+    # least 16 characters. Receivers verify the Voxgate-Signature header with it.
+    webhook_secret: str = ""
+    # One delivery attempt (connect to response headers) takes at most this long.
+    webhook_timeout_s: float = 10.0
+
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
             raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
@@ -199,6 +210,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must not be negative")
         if self.backup_keep_daily + self.backup_keep_weekly + self.backup_keep_monthly < 1:
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must keep at least one backup")
+        if self.webhook_url:
+            try:
+                parts = urllib.parse.urlsplit(self.webhook_url)
+                host = parts.hostname
+            except ValueError:
+                host = None
+            if parts.scheme not in ("http", "https") or not host:
+                raise SettingsError(
+                    "VOXGATE_WEBHOOK_URL must be an http:// or https:// URL with a host"
+                )
+            if len(self.webhook_secret) < 16:
+                raise SettingsError(
+                    "VOXGATE_WEBHOOK_SECRET must be set (at least 16 characters) with"
+                    " VOXGATE_WEBHOOK_URL: events are always signed"
+                )
+        if not 0 < self.webhook_timeout_s <= 300:
+            raise SettingsError("VOXGATE_WEBHOOK_TIMEOUT_S must be above 0 and at most 300")
 
     @property
     def archive_path(self) -> str:
