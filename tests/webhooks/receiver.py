@@ -116,7 +116,7 @@ class Receiver:
 def docs_block(language: str, marker: str) -> str:
     """The one code block of docs/clients.md in ``language`` that contains ``marker``."""
     text = DOCS.read_text()
-    found = [
+    found: list[str] = [
         block
         for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
         if marker in block
