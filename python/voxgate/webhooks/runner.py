@@ -115,6 +115,10 @@ class WebhookRunner:
         )
 
     def start(self) -> None:
+        httpx_log = logging.getLogger("httpx")
+        if httpx_log.level == logging.NOTSET:
+            # httpx logs every request with its URL at INFO; the URL may hold a credential.
+            httpx_log.setLevel(logging.WARNING)
         if self._task is None:
             self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self._run_loop())
