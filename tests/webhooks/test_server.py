@@ -206,3 +206,25 @@ async def test_events_pending_at_a_sigkill_are_sent_after_the_restart(
     assert sorted(d.event_id for d in got) == sorted(want)
     # Attempts made before the kill were recorded: the count goes on from there.
     assert all(int(d.headers["voxgate-delivery-attempt"]) >= 2 for d in got)
+
+
+async def test_workers_of_one_server_send_each_event_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.start()
+    env = {"VOXGATE_WEBHOOK_URL": receiver.url, "VOXGATE_WEBHOOK_SECRET": SECRET}
+    with Server(tmp_path / "workers", env=env, workers=2) as server:
+        async with httpx.AsyncClient(
+            base_url=server.base_url,
+            headers={"Authorization": f"Bearer {server.api_key}"},
+            timeout=30.0,
+        ) as http:
+            api = Api(server, http)
+            sessions = [await api.new_session() for _ in range(8)]
+            for sid in sessions:
+                await upload(api, sid, [0, 1], end=1)
+            want = expected(
+                [(sid, kind) for sid in sessions for kind in (EventType.ENDED, EventType.COMPLETED)]
+            )
+            got = await asyncio.to_thread(arrived, receiver, want)
+    assert sorted(d.event_id for d in got) == sorted(want)
