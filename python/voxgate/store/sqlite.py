@@ -883,6 +883,7 @@ class SqliteStore:
         conn = self._conn
         start = segment.offset
         wrote = False
+        counters: list[_Counters] | None = None
         session_ids = list(dict.fromkeys(frame.session_id for frame in frames))
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -934,9 +935,10 @@ class SqliteStore:
                     finally:
                         cursor.close()
                 conn.execute(_UPDATE_SESSIONS, (plan.finish(_now_us()),))
-            counters = plan.progress()
-            if nrows and self.events:
-                self._enqueue_transitions(before, counters)
+                if self.events:
+                    # Webhooks: read the counters inside the transaction, to enqueue with it.
+                    counters = plan.progress()
+                    self._enqueue_transitions(before, counters)
             conn.execute("COMMIT")
             segment.offset = offset
         except BaseException:
@@ -946,6 +948,8 @@ class SqliteStore:
             if wrote:
                 self._retire(segment)
             raise
+        if counters is None:
+            counters = plan.progress()
         progress = {
             sid: Progress(
                 next_seq=next_seq,
