@@ -213,10 +213,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.webhook_url:
             try:
                 parts = urllib.parse.urlsplit(self.webhook_url)
-                host = parts.hostname
-            except ValueError:
-                host = None
-            if parts.scheme not in ("http", "https") or not host:
+                scheme, host = parts.scheme, parts.hostname
+            except ValueError:  # e.g. an unbalanced "[" in the host
+                scheme, host = "", None
+            if scheme not in ("http", "https") or not host:
                 raise SettingsError(
                     "VOXGATE_WEBHOOK_URL must be an http:// or https:// URL with a host"
                 )

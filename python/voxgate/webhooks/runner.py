@@ -217,7 +217,7 @@ class WebhookRunner:
 
     async def _failed(self, event: OutboxEvent, attempt: int, reason: str, error: str) -> bool:
         WEBHOOK_ATTEMPTS_FAILED.labels(reason).inc()
-        error = error[:_ERROR_CHARS]
+        error = error.replace("\x00", "")[:_ERROR_CHARS]  # PostgreSQL text holds no NUL
         delay = backoff_s(attempt, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
         age = (datetime.now(UTC) - event.created_at).total_seconds()
         if age + delay > self.give_up_after_s:
