@@ -128,6 +128,9 @@ WEBHOOK_ATTEMPTS_FAILED = Counter(
     " 3xx, 4xx, 5xx (the answer's status class), timeout, network",
     ["reason"],
 )
+WEBHOOK_FAILURE_REASONS = ("3xx", "4xx", "5xx", "timeout", "network")
+for _reason in WEBHOOK_FAILURE_REASONS:  # exposed at 0 from the start, like every reason
+    WEBHOOK_ATTEMPTS_FAILED.labels(_reason)
 WEBHOOKS_GIVEN_UP = Counter(
     "voxgate_webhooks_given_up", "Webhook events given up 24 hours after they were enqueued"
 )
