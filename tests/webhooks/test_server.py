@@ -30,6 +30,8 @@ from voxgate.webhooks.events import event_id
 
 from .receiver import SECRET, Delivery, Receiver, docs_python_verifier
 
+pytestmark = pytest.mark.e2e  # starts real server processes
+
 verify = docs_python_verifier()
 
 
