@@ -2,7 +2,7 @@
 # Prepare this checkout for running and testing voxgate, on a fresh Debian
 # machine as root or on one already set up (every step is skipped when done).
 #
-#   1. system packages from Debian: Redis, PostgreSQL and Chromium for the tests
+#   1. system packages from Debian: Redis, PostgreSQL, Chromium and Node.js for the tests
 #   2. rustfmt and clippy for the Rust toolchain that rustup manages
 #   3. the virtualenv .venv: every Python package at the exact version and hash
 #      pinned in requirements/dev.lock, then voxgate itself, editable, Rust extension built
@@ -20,8 +20,9 @@ die() { printf '\nsetup FAILED: %s\n' "$*" >&2; exit 1; }
 # Debian packages the project needs (services such as redis-server or postgresql
 # go here; chromium runs the browser SDK tests, driven by Playwright, which never
 # downloads a browser of its own; openssl makes the TLS tests' self-signed
-# certificate). Only the missing ones are installed, after one `apt-get update`.
-APT_PACKAGES=(redis-server postgresql chromium openssl)
+# certificate; nodejs runs the webhook verification snippet of docs/clients.md).
+# Only the missing ones are installed, after one `apt-get update`.
+APT_PACKAGES=(redis-server postgresql chromium openssl nodejs)
 
 apt_updated=0
 apt_install() {

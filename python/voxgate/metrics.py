@@ -118,6 +118,27 @@ EVENTS_DROPPED = Counter(
     "voxgate_events_dropped", "Session events the Redis bus could not publish (listeners re-read)"
 )
 
+# -- webhooks (voxgate.webhooks) --------------------------------------------------------
+
+WEBHOOKS_DELIVERED = Counter("voxgate_webhooks_delivered", "Webhook events answered with a 2xx")
+WEBHOOK_ATTEMPTS_FAILED = Counter(
+    "voxgate_webhook_attempts_failed",
+    "Webhook delivery attempts that failed (retried or given up), by reason:"
+    " 3xx, 4xx, 5xx (the answer's status class), timeout, network",
+    ["reason"],
+)
+WEBHOOK_FAILURE_REASONS = ("3xx", "4xx", "5xx", "timeout", "network")
+for _reason in WEBHOOK_FAILURE_REASONS:  # exposed at 0 from the start, like every reason
+    WEBHOOK_ATTEMPTS_FAILED.labels(_reason)
+WEBHOOKS_GIVEN_UP = Counter(
+    "voxgate_webhooks_given_up", "Webhook events given up 24 hours after they were enqueued"
+)
+WEBHOOKS_PENDING = Gauge(
+    "voxgate_webhooks_pending",
+    "Webhook events waiting in the outbox (due, leased or backing off), all processes",
+    multiprocess_mode="livemax",
+)
+
 # -- tokens, limits, HTTP ------------------------------------------------------------
 
 TOKENS_MINTED = Counter("voxgate_tokens_minted", "Stream tokens minted")

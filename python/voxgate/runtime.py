@@ -41,6 +41,7 @@ from voxgate.tokens.memory import MemoryTokenStore
 from voxgate.tokens.metered import MeteredTokenStore
 from voxgate.tokens.redis import RedisTokenStore
 from voxgate.tokens.sqlite import SqliteTokenStore
+from voxgate.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("voxgate")
 
@@ -64,11 +65,13 @@ def store_for(settings: Settings) -> Store:
             pool_max=settings.database_pool_max,
             migrate=settings.database_migrate,
             timeout_s=settings.database_timeout_s,
+            events=bool(settings.webhook_url),
         )
     return SqliteStore(
         Path(settings.data_dir),
         durability=settings.durability,
         segment_max_bytes=settings.segment_max_bytes,
+        events=bool(settings.webhook_url),  # with webhooks, transitions enqueue events
     )
 
 
@@ -130,6 +133,7 @@ class Runtime:
         self.retention = Retention(self.store, settings)
         self.retention_schedule = RetentionSchedule(self.retention, settings.retention_at)
         self.heap = HeapTrimmer(settings.heap_trim_s)
+        self.webhooks = WebhookRunner.from_settings(self.store, settings)
         self.draining = False
         self._drain: asyncio.Task[None] | None = None
 
@@ -141,6 +145,8 @@ class Runtime:
         self.streams.start(self.store, self.settings.supersede_poll_s)
         self.retention_schedule.start()
         self.heap.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self.redis is not None and self.claims is not None:
             self.claims.start()
             try:
@@ -197,6 +203,8 @@ class Runtime:
         await self.streams.close_all(self.settings.shutdown_grace_s)
         await self.writer.stop()
         await self.hub.stop(self.settings.shutdown_grace_s)
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.tokens.close()
         await self.limits.close()
         if self.claims is not None:

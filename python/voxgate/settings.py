@@ -6,6 +6,7 @@ import difflib
 import os
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, time
 from typing import Any, Literal
@@ -168,6 +169,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     serve_workers: int = 1
     # Where the workers' metrics meet (prometheus_client multiprocess mode); None: one process.
     metrics_dir: str | None = None
+    # -- webhooks (docs/clients.md "Webhooks") --
+    # Where session events (ended, completed, archived, expired, deleted) are POSTed,
+    # http:// or https://; empty: no webhooks (and no events are queued).
+    webhook_url: str = ""
+    # The key every event is signed with (HMAC-SHA256): required with webhook_url, at
+    # least 16 characters. Receivers verify the Voxgate-Signature header with it.
+    webhook_secret: str = ""
+    # One delivery attempt (connect to response headers) takes at most this long.
+    webhook_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1:
@@ -238,6 +248,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must not be negative")
         if self.backup_keep_daily + self.backup_keep_weekly + self.backup_keep_monthly < 1:
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must keep at least one backup")
+        if self.webhook_url:
+            try:
+                parts = urllib.parse.urlsplit(self.webhook_url)
+                scheme, host = parts.scheme, parts.hostname
+            except ValueError:  # e.g. an unbalanced "[" in the host
+                scheme, host = "", None
+            if scheme not in ("http", "https") or not host:
+                raise SettingsError(
+                    "VOXGATE_WEBHOOK_URL must be an http:// or https:// URL with a host"
+                )
+            if len(self.webhook_secret) < 16:
+                raise SettingsError(
+                    "VOXGATE_WEBHOOK_SECRET must be set (at least 16 characters) with"
+                    " VOXGATE_WEBHOOK_URL: events are always signed"
+                )
+        if not 0 < self.webhook_timeout_s <= 300:
+            raise SettingsError("VOXGATE_WEBHOOK_TIMEOUT_S must be above 0 and at most 300")
 
     @property
     def archive_path(self) -> str:

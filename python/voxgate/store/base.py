@@ -305,6 +305,47 @@ class Store(Protocol):
         A frame deleted while it is read ends the list early.
         """
 
+    # -- webhook outbox --------------------------------------------------------------
+    # Events for voxgate.webhooks (docs/clients.md "Webhooks"). A store opened with
+    # ``events=True`` enqueues one event per session transition in the transaction
+    # that makes the transition: END stored (``session.ended``), last gap closed
+    # (``session.completed``), moved to warm (``session.archived``) or cold
+    # (``session.expired``), deleted (``session.deleted``). Senders claim due events
+    # with a lease, so several processes and instances never send one claim at once.
+
+    async def enqueue_event(self, session_id: str, kind: EventType) -> bool:
+        """Enqueue ``kind`` for the session as it is now, in a transaction of its own.
+
+        For transitions made outside the store; the store's own transitions
+        enqueue themselves. False when the session does not exist or the event
+        (its id is fixed by session and kind) was enqueued before.
+        """
+
+    async def claim_events(self, *, limit: int, lease_s: float) -> list[OutboxEvent]:
+        """Up to ``limit`` due pending events, oldest first, leased for ``lease_s`` seconds.
+
+        Until the lease ends no other claim returns them; an event whose claimer
+        died becomes due again when its lease ends.
+        """
+
+    async def event_delivered(self, event_id: str, claim: str) -> bool:
+        """Remove a delivered event; False (changing nothing) when ``claim`` no longer holds it."""
+
+    async def retry_event(self, event_id: str, claim: str, *, delay_s: float, error: str) -> bool:
+        """Count a failed attempt and make the event due again in ``delay_s`` seconds.
+
+        False (changing nothing) when ``claim`` no longer holds it.
+        """
+
+    async def fail_event(self, event_id: str, claim: str, *, error: str) -> bool:
+        """Count a failed attempt and give the event up: it stays, ``failed``, never sent again.
+
+        False (changing nothing) when ``claim`` no longer holds it.
+        """
+
+    async def event_counts(self) -> dict[str, int]:
+        """Events per status: ``pending`` (to send, leased or not) and ``failed``."""
+
 
 # -- retention ------------------------------------------------------------------
 
@@ -411,6 +452,28 @@ class ListenSnapshot(msgspec.Struct):
     session: Session | None  # None: never created
     missing: list[list[int]]  # as ``Store.missing``
     last_transcript_id: int  # as ``Store.last_transcript_id``
+
+
+class EventType(enum.StrEnum):
+    """What a webhook event reports (``type`` in its body)."""
+
+    ENDED = "session.ended"  # the END frame is stored (gaps may remain below it)
+    COMPLETED = "session.completed"  # every seq up to END is stored
+    ARCHIVED = "session.archived"  # moved to warm: audio in a verified archive
+    EXPIRED = "session.expired"  # moved to cold: audio gone, metadata kept
+    DELETED = "session.deleted"  # deleted through the API: only a tombstone remains
+
+
+class OutboxEvent(msgspec.Struct, kw_only=True):
+    """One claimed webhook event, as a sender delivers it."""
+
+    id: str  # the event id: the same on every attempt, receivers dedupe on it
+    type: EventType
+    session_id: str
+    body: bytes  # the JSON body, fixed when the event was enqueued
+    created_at: datetime
+    attempts: int  # failed attempts so far
+    claim: str  # this claim's token: pass it back to mark the outcome
 
 
 class StoredFrame(msgspec.Struct, array_like=True):

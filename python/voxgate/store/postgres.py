@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -41,10 +42,12 @@ from voxgate.store import migrations
 from voxgate.store.base import (
     ArchiveRecord,
     CommitResult,
+    EventType,
     FrameEntry,
     FrameIn,
     ListenSnapshot,
     OldestSession,
+    OutboxEvent,
     Outcome,
     Part,
     RetentionRun,
@@ -64,6 +67,7 @@ from voxgate.store.base import (
 )
 from voxgate.store.commit_rules import SessionTally
 from voxgate.store.migrations import Connection
+from voxgate.store.outbox import commit_events, event_body
 
 crc32c = native.crc32c
 
@@ -217,6 +221,7 @@ class PostgresStore:
     ``migrate=True`` applies pending migrations when the store opens;
     otherwise opening fails unless the schema is current. ``timeout_s`` bounds
     connecting, waiting for a pooled connection and every statement.
+    ``events=True`` enqueues webhook events with the transitions that cause them.
     """
 
     def __init__(
@@ -227,6 +232,7 @@ class PostgresStore:
         pool_max: int = 10,
         migrate: bool = True,
         timeout_s: float = 30.0,
+        events: bool = False,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError("pool sizes need 0 <= pool_min <= pool_max and pool_max >= 1")
@@ -237,6 +243,7 @@ class PostgresStore:
         self.pool_max = pool_max
         self.migrate = migrate
         self.timeout_s = timeout_s
+        self.events = events
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
 
     def __repr__(self) -> str:
@@ -424,6 +431,8 @@ class PostgresStore:
                     session_id,
                     datetime.now(UTC),
                 )
+                if self.events:
+                    await _enqueue(conn, [(session_id, EventType.DELETED)])
                 return True
 
         return await self._run(op)
@@ -453,10 +462,8 @@ class PostgresStore:
     async def _commit(self, conn: Connection, frames: Sequence[FrameIn]) -> CommitResult:
         outcomes = [Outcome.GONE] * len(frames)
         session_ids = sorted({f.session_id for f in frames if _storable(f.session_id)})
-        tallies = {
-            row[0]: SessionTally(tuple(row)[1:])
-            for row in await conn.fetch(_LOCK_SESSIONS, session_ids)
-        }
+        rows = await conn.fetch(_LOCK_SESSIONS, session_ids)
+        tallies = {row[0]: SessionTally(tuple(row)[1:]) for row in rows}
         if not tallies:
             return CommitResult(outcomes, {})
         # Only seqs below next_seq can be stored already.
@@ -510,6 +517,16 @@ class PostgresStore:
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
             await conn.execute(_UPDATE_SESSIONS, *columns, datetime.now(UTC))
+            if self.events:
+                # Rows: id, next_seq, frames, bytes, end_seq (4), stream_crc32c (5, once complete).
+                due: list[tuple[str, EventType]] = []
+                for locked in rows:
+                    tally = tallies[locked[0]]
+                    if locked[5] is None and tally.end_seq is not None:
+                        kinds = commit_events(locked[4] is not None, tally.complete)
+                        due.extend((locked[0], kind) for kind in kinds)
+                if due:
+                    await _enqueue(conn, due)
         return CommitResult(outcomes, {sid: tally.progress() for sid, tally in tallies.items()})
 
     async def _walk_prefix(self, conn: Connection, session_id: str, tally: SessionTally) -> None:
@@ -716,6 +733,9 @@ class PostgresStore:
                         archive.payload_crc32c,
                         archive.created_at,
                     )
+                if self.events:
+                    kind = EventType.ARCHIVED if target is Tier.WARM else EventType.EXPIRED
+                    await _enqueue(conn, [(session_id, kind)])
                 return True
 
         return await self._run(op)
@@ -826,6 +846,81 @@ class PostgresStore:
         finally:
             # Closing the connection releases the lock; a killed process's closes by itself.
             await conn.close()
+
+    # -- webhook outbox --------------------------------------------------------------
+
+    async def enqueue_event(self, session_id: str, kind: EventType) -> bool:
+        if not _storable(session_id):
+            return False
+
+        async def op(conn: Connection) -> bool:
+            async with conn.transaction():
+                return await _enqueue(conn, [(session_id, kind)]) == 1
+
+        return await self._run(op)
+
+    async def claim_events(self, *, limit: int, lease_s: float) -> list[OutboxEvent]:
+        if limit <= 0:
+            return []
+        claim = secrets.token_hex(8)
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(_CLAIM_EVENTS, limit, lease_s, claim)
+
+        return [
+            OutboxEvent(
+                id=row["id"],
+                type=EventType(row["type"]),
+                session_id=row["session_id"],
+                body=row["body"],
+                created_at=row["created_at"],
+                attempts=row["attempts"],
+                claim=claim,
+            )
+            for row in sorted(await self._run(op), key=lambda row: int(row["seq"]))
+        ]
+
+    async def event_delivered(self, event_id: str, claim: str) -> bool:
+        async def op(conn: Connection) -> str:
+            return await conn.execute(
+                "DELETE FROM webhook_outbox WHERE id = $1 AND claim = $2 AND status = 'pending'",
+                event_id,
+                claim,
+            )
+
+        return await self._run(op) == "DELETE 1"
+
+    async def retry_event(self, event_id: str, claim: str, *, delay_s: float, error: str) -> bool:
+        return await self._event_attempted(event_id, claim, "pending", delay_s, error)
+
+    async def fail_event(self, event_id: str, claim: str, *, error: str) -> bool:
+        return await self._event_attempted(event_id, claim, "failed", 0.0, error)
+
+    async def _event_attempted(
+        self, event_id: str, claim: str, status: str, delay_s: float, error: str
+    ) -> bool:
+        async def op(conn: Connection) -> str:
+            return await conn.execute(
+                "UPDATE webhook_outbox SET status = $3, attempts = attempts + 1, last_error = $5,"
+                " due_at = clock_timestamp() + $4 * interval '1 second'"
+                " WHERE id = $1 AND claim = $2 AND status = 'pending'",
+                event_id,
+                claim,
+                status,
+                delay_s,
+                error,
+            )
+
+        return await self._run(op) == "UPDATE 1"
+
+    async def event_counts(self) -> dict[str, int]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch("SELECT status, count(*) FROM webhook_outbox GROUP BY status")
+
+        counts = {"pending": 0, "failed": 0}
+        for status, count in await self._run(op):
+            counts[status] = count
+        return counts
 
     # -- transcripts and listeners -------------------------------------------------
 
@@ -980,6 +1075,42 @@ class PostgresStore:
                 )
             frames.append(StoredFrame(seq, flags, pts + _U64 if pts < 0 else pts, crc, payload))
         return frames
+
+
+# Lease up to $1 due pending events for $2 seconds under claim $3. SKIP LOCKED: claimers
+# running at once take disjoint rows instead of waiting for each other.
+_CLAIM_EVENTS = (
+    "UPDATE webhook_outbox o SET due_at = clock_timestamp() + $2 * interval '1 second',"
+    " claim = $3 FROM (SELECT seq FROM webhook_outbox"
+    "  WHERE status = 'pending' AND due_at <= clock_timestamp()"
+    "  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) AS due"
+    " WHERE o.seq = due.seq"
+    " RETURNING o.seq, o.id, o.type, o.session_id, o.body, o.created_at, o.attempts"
+)
+
+
+async def _enqueue(conn: Connection, events: list[tuple[str, EventType]]) -> int:
+    """Inside a transaction: enqueue each event with the session as it is now."""
+    now = datetime.now(UTC)
+    added = 0
+    for session_id, kind in events:
+        row = await conn.fetchrow(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = $1", session_id
+        )
+        if row is None:
+            continue
+        eid, body = event_body(kind, now, _session_from_row(row))
+        status = await conn.execute(
+            "INSERT INTO webhook_outbox (id, type, session_id, body, created_at, due_at)"
+            " VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO NOTHING",
+            eid,
+            kind.value,
+            session_id,
+            body,
+            now,
+        )
+        added += status == "INSERT 0 1"
+    return added
 
 
 class _Gone(Exception):

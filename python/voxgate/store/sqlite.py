@@ -56,9 +56,11 @@ from voxgate.ids import new_session_id
 from voxgate.store.base import (
     ArchiveRecord,
     CommitResult,
+    EventType,
     FrameEntry,
     ListenSnapshot,
     OldestSession,
+    OutboxEvent,
     Outcome,
     Part,
     Progress,
@@ -76,6 +78,7 @@ from voxgate.store.base import (
     TranscriptOutcome,
     TranscriptResult,
 )
+from voxgate.store.outbox import commit_events, event_body
 
 log = logging.getLogger("voxgate.store")
 
@@ -110,6 +113,8 @@ def _iov_max() -> int:
 
 
 _IOV_MAX = _iov_max()
+# CommitPlan.progress(): session_id, next_seq, frames, bytes, end_seq, complete, stream CRC.
+_Counters = tuple[str, int, int, int, int | None, bool, int | None]
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 # MIGRATIONS[i] brings the schema from ``user_version`` i to i + 1.
@@ -196,6 +201,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             outcome TEXT NOT NULL,
             report TEXT NOT NULL                   -- the RetentionRun as JSON
         )""",
+    ),
+    # 4: webhook outbox (Store block "webhook outbox"; voxgate.webhooks sends it).
+    (
+        """CREATE TABLE webhook_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, -- enqueue order: events are claimed by it
+            id TEXT NOT NULL UNIQUE,               -- the event id receivers dedupe on
+            type TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            body BLOB NOT NULL,                    -- the JSON body, fixed when enqueued
+            created_at INTEGER NOT NULL,           -- microseconds since the epoch, UTC
+            status TEXT NOT NULL DEFAULT 'pending', -- 'pending' or 'failed' (given up)
+            attempts INTEGER NOT NULL DEFAULT 0,   -- failed attempts
+            -- Pending: when the next attempt is due. A claim moves it to the end of its
+            -- lease, so a claimed event is due again only if its claimer never answers.
+            due_at INTEGER NOT NULL,
+            claim TEXT,                            -- token of the latest claim
+            last_error TEXT
+        )""",
+        "CREATE INDEX webhook_outbox_due ON webhook_outbox (status, due_at)",
     ),
 )
 
@@ -313,6 +337,7 @@ class SqliteStore:
     ``fdatasync`` then an SQLite commit with ``synchronous=FULL``);
     ``"process"`` survives a killed process only (no segment sync,
     ``synchronous=NORMAL``). Open it in the process that uses it (after any fork).
+    ``events=True`` enqueues webhook events with the transitions that cause them.
     """
 
     def __init__(
@@ -322,6 +347,7 @@ class SqliteStore:
         durability: Literal["fsync", "process"] = "fsync",
         segment_max_bytes: int = 64 * 1024 * 1024,
         busy_timeout_s: float = 30.0,
+        events: bool = False,
     ) -> None:
         if durability not in ("fsync", "process"):
             raise ValueError(f"unknown durability {durability!r}: expected 'fsync' or 'process'")
@@ -333,6 +359,7 @@ class SqliteStore:
         self.segment_max_bytes = segment_max_bytes
         self._busy_timeout_s = busy_timeout_s
         self._fsync = durability == "fsync"
+        self.events = events
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         # Everything below is touched only on the store thread.
         self._db: sqlite3.Connection | None = None
@@ -791,6 +818,8 @@ class SqliteStore:
                 " prefix_crc32c = 0, updated_at = ? WHERE id = ?",
                 (SessionState.DELETED.value, _now_us(), session_id),
             )
+            if self.events:
+                self._enqueue_sync([(session_id, EventType.DELETED)])
         self._erase_dropped(session_id, checkpoint=bool(said))
         return True
 
@@ -854,6 +883,7 @@ class SqliteStore:
         conn = self._conn
         start = segment.offset
         wrote = False
+        counters: list[_Counters] | None = None
         session_ids = list(dict.fromkeys(frame.session_id for frame in frames))
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -867,7 +897,8 @@ class SqliteStore:
             ).fetchone()
             # The per-frame work (judging, index rows, prefix CRCs) runs in the core, in
             # one call per step: the store thread holds the GIL only briefly.
-            plan = CommitPlan(frames, orjson.loads(found))
+            before = orjson.loads(found)
+            plan = CommitPlan(frames, before)
             # What is stored already at the seqs asked for. Seqs at or past a session's
             # next_seq cannot be stored yet (we hold the write lock): only resent frames
             # need a look-up, not the ones streamed in order.
@@ -904,6 +935,10 @@ class SqliteStore:
                     finally:
                         cursor.close()
                 conn.execute(_UPDATE_SESSIONS, (plan.finish(_now_us()),))
+                if self.events:
+                    # Webhooks: read the counters inside the transaction, to enqueue with it.
+                    counters = plan.progress()
+                    self._enqueue_transitions(before, counters)
             conn.execute("COMMIT")
             segment.offset = offset
         except BaseException:
@@ -1146,6 +1181,9 @@ class SqliteStore:
                         session_id,
                     ),
                 )
+            if self.events:
+                kind = EventType.ARCHIVED if target is Tier.WARM else EventType.EXPIRED
+                self._enqueue_sync([(session_id, kind)])
             dropped = tier == Tier.HOT.value
         if dropped:
             self._erase_dropped(session_id)
@@ -1258,6 +1296,122 @@ class SqliteStore:
                 yield True
         finally:
             os.close(fd)
+
+    # -- webhook outbox --------------------------------------------------------------
+
+    def _enqueue_transitions(self, before: list[list[Any]], counters: list[_Counters]) -> None:
+        """Inside a commit: enqueue what the commit made of its sessions (usually nothing).
+
+        ``before`` holds the commit's session rows as read (end_seq at 4; the stream
+        CRC, set once complete, at 5); ``counters`` the plan's progress, in the same
+        order. Costs a comparison per session: transitions are rare.
+        """
+        due: list[tuple[str, EventType]] = []
+        for row, (sid, _, _, _, end_seq, complete, _) in zip(before, counters, strict=True):
+            if end_seq is None or row[5] is not None or (row[4] is not None and not complete):
+                continue  # not ended yet, complete before, or ended before and still gaps
+            assert row[0] == sid, "CommitPlan.progress() lost the order of its sessions"
+            due.extend((sid, kind) for kind in commit_events(row[4] is not None, complete))
+        if due:
+            self._enqueue_sync(due)
+
+    def _enqueue_sync(self, events: list[tuple[str, EventType]]) -> int:
+        """Inside a write transaction: enqueue each event with the session as it is now."""
+        conn = self._conn
+        now = _now_us()
+        added = 0
+        for session_id, kind in events:
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                continue
+            eid, body = event_body(kind, _to_datetime(now), _session_from_row(row))
+            added += conn.execute(
+                "INSERT INTO webhook_outbox (id, type, session_id, body, created_at, due_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (eid, kind.value, session_id, body, now, now),
+            ).rowcount
+        return added
+
+    async def enqueue_event(self, session_id: str, kind: EventType) -> bool:
+        return await self._call(self._enqueue_event_sync, session_id, kind)
+
+    def _enqueue_event_sync(self, session_id: str, kind: EventType) -> bool:
+        with self._write():
+            return self._enqueue_sync([(session_id, kind)]) == 1
+
+    async def claim_events(self, *, limit: int, lease_s: float) -> list[OutboxEvent]:
+        if limit <= 0:
+            return []
+        # Asked first on the reader thread: an idle poll neither queues behind commits
+        # nor takes the write lock.
+        if not await self._reads().call(_events_due_sync, _now_us()):
+            return []
+        return await self._call(self._claim_events_sync, limit, lease_s)
+
+    def _claim_events_sync(self, limit: int, lease_s: float) -> list[OutboxEvent]:
+        now = _now_us()
+        claim = secrets.token_hex(8)
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE webhook_outbox SET due_at = ?, claim = ? WHERE seq IN ("
+                " SELECT seq FROM webhook_outbox WHERE status = 'pending' AND due_at <= ?"
+                " ORDER BY seq LIMIT ?)"
+                " RETURNING seq, id, type, session_id, body, created_at, attempts",
+                (now + int(lease_s * 1_000_000), claim, now, limit),
+            ).fetchall()
+        rows.sort()
+        return [
+            OutboxEvent(
+                id=eid,
+                type=EventType(kind),
+                session_id=session_id,
+                body=bytes(body),
+                created_at=_to_datetime(created_at),
+                attempts=attempts,
+                claim=claim,
+            )
+            for _, eid, kind, session_id, body, created_at, attempts in rows
+        ]
+
+    async def event_delivered(self, event_id: str, claim: str) -> bool:
+        return await self._call(self._event_delivered_sync, event_id, claim)
+
+    def _event_delivered_sync(self, event_id: str, claim: str) -> bool:
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    "DELETE FROM webhook_outbox WHERE id = ? AND claim = ? AND status = 'pending'",
+                    (event_id, claim),
+                ).rowcount
+                == 1
+            )
+
+    async def retry_event(self, event_id: str, claim: str, *, delay_s: float, error: str) -> bool:
+        due = _now_us() + int(delay_s * 1_000_000)
+        return await self._call(self._event_attempted_sync, event_id, claim, "pending", due, error)
+
+    async def fail_event(self, event_id: str, claim: str, *, error: str) -> bool:
+        return await self._call(
+            self._event_attempted_sync, event_id, claim, "failed", _now_us(), error
+        )
+
+    def _event_attempted_sync(
+        self, event_id: str, claim: str, status: str, due: int, error: str
+    ) -> bool:
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    "UPDATE webhook_outbox SET status = ?, due_at = ?, attempts = attempts + 1,"
+                    " last_error = ? WHERE id = ? AND claim = ? AND status = 'pending'",
+                    (status, due, error, event_id, claim),
+                ).rowcount
+                == 1
+            )
+
+    async def event_counts(self) -> dict[str, int]:
+        return await self._reads().call(_event_counts_sync)
 
     # -- transcripts and listeners -------------------------------------------------
 
@@ -1429,6 +1583,22 @@ class _Reader:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _events_due_sync(conn: sqlite3.Connection, now: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM webhook_outbox WHERE status = 'pending' AND due_at <= ? LIMIT 1", (now,)
+    ).fetchone()
+    return row is not None
+
+
+def _event_counts_sync(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = {"pending": 0, "failed": 0}
+    for status, count in conn.execute(
+        "SELECT status, COUNT(*) FROM webhook_outbox GROUP BY status"
+    ):
+        counts[status] = count
+    return counts
 
 
 def _list_transcripts_sync(

@@ -17,9 +17,11 @@ from voxgate.ingest.writer import Writer, WriterFull
 from voxgate.store.base import (
     ArchiveRecord,
     CommitResult,
+    EventType,
     FrameEntry,
     FrameIn,
     ListenSnapshot,
+    OutboxEvent,
     Outcome,
     Part,
     Progress,
@@ -189,6 +191,24 @@ class CountingStore:
         return await self.inner.read_frames(
             session_id, first_seq, last_seq, max_frames=max_frames, max_bytes=max_bytes
         )
+
+    async def enqueue_event(self, session_id: str, kind: EventType) -> bool:
+        return await self.inner.enqueue_event(session_id, kind)
+
+    async def claim_events(self, *, limit: int, lease_s: float) -> list[OutboxEvent]:
+        return await self.inner.claim_events(limit=limit, lease_s=lease_s)
+
+    async def event_delivered(self, event_id: str, claim: str) -> bool:
+        return await self.inner.event_delivered(event_id, claim)
+
+    async def retry_event(self, event_id: str, claim: str, *, delay_s: float, error: str) -> bool:
+        return await self.inner.retry_event(event_id, claim, delay_s=delay_s, error=error)
+
+    async def fail_event(self, event_id: str, claim: str, *, error: str) -> bool:
+        return await self.inner.fail_event(event_id, claim, error=error)
+
+    async def event_counts(self) -> dict[str, int]:
+        return await self.inner.event_counts()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -36,6 +36,7 @@ class Backend:
     """Opens stores of one kind over the same persistent state, and looks at their raw bytes."""
 
     kind: str
+    events = False  # stores enqueue webhook events (Store block "webhook outbox")
 
     def new_store(self) -> Store:
         """A new, unopened store instance over this backend's state (like another process)."""
@@ -60,7 +61,10 @@ class SqliteBackend(Backend):
 
     def new_store(self) -> SqliteStore:
         return SqliteStore(
-            self.data_dir, durability="fsync", segment_max_bytes=self.segment_max_bytes
+            self.data_dir,
+            durability="fsync",
+            segment_max_bytes=self.segment_max_bytes,
+            events=self.events,
         )
 
     async def holds_bytes(self, needle: bytes) -> bool:
@@ -80,14 +84,15 @@ class PostgresBackend(Backend):
         self.dsn = dsn
 
     def new_store(self) -> PostgresStore:
-        return PostgresStore(self.dsn, pool_min=1, pool_max=4)
+        return PostgresStore(self.dsn, pool_min=1, pool_max=4, events=self.events)
 
     async def reset(self) -> None:
         conn = await asyncpg.connect(self.dsn)
         try:
             await migrations.apply(conn)
             await conn.execute(
-                "TRUNCATE sessions, frames, transcripts, transcript_heads, retention_runs"
+                "TRUNCATE sessions, frames, transcripts, transcript_heads, retention_runs,"
+                " webhook_outbox"
             )
         finally:
             await conn.close()
