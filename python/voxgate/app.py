@@ -23,6 +23,7 @@ from voxgate.api.stats import stats
 from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
+from voxgate.auth import check_origin
 from voxgate.errors import EXCEPTION_HANDLERS
 from voxgate.ingest.stream import stream
 from voxgate.ingest.upload import upload
@@ -33,13 +34,13 @@ from voxgate.settings import Settings
 
 def create_app(settings: Settings) -> Litestar:
     """The voxgate ASGI application for ``settings``."""
-    logs.configure(settings.log_level, secrets=settings.api_keys)
+    logs.configure(settings.log_level, secrets=[k.secret for k in settings.configured_keys()])
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        logs.register_secrets(runtime.api_keys)
+        logs.register_secrets([key.secret for key in runtime.api_keys])
         await runtime.start()
         sampler = asyncio.create_task(metrics.sample(runtime))
         try:
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> Litestar:
             storage,
         ],
         lifespan=[lifespan],
+        guards=[check_origin],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),

@@ -1,42 +1,71 @@
-"""API keys for management calls, and where stream tokens may come from."""
+"""API keys for management calls: who is calling, and what they may see.
+
+Each configured key has a name and a scope (voxgate.apikeys). A request's key
+is found once, by :func:`require_api_key`, and left in the ASGI scope for the
+handlers (:func:`caller`) and the per-key rate limits. Failed authentications
+count against the client IP (``VOXGATE_RATE_LIMIT_AUTH_FAILURES``): past the
+limit every API-key or token attempt from that IP is answered 429 before its
+credential is even looked at.
+"""
 
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 
+from voxgate.apikeys import CALLER_SCOPE_KEY, ApiKey, parse_api_keys
+from voxgate.clientip import client_ip
 from voxgate.errors import ApiError
-from voxgate.settings import Settings
+from voxgate.rates import AUTH_FAILURES
+from voxgate.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from voxgate.runtime import Runtime
 
 API_KEY_FILE = "api_key"
 
+_CHALLENGE = 'Bearer realm="voxgate"'
 
-def ensure_api_keys(settings: Settings) -> tuple[tuple[str, ...], str | None]:
-    """The API keys in force, and the key generated now if there was none.
 
-    With ``VOXGATE_API_KEYS`` unset, the key lives in ``<data dir>/api_key``
-    (created with mode 0600 on first start), so management never runs open.
+def ensure_api_keys(settings: Settings) -> tuple[tuple[ApiKey, ...], str | None]:
+    """The API keys in force, and the secret generated now if there was none.
+
+    With neither ``VOXGATE_API_KEYS`` nor ``VOXGATE_API_KEYS_FILE`` set, the
+    key lives in ``<data dir>/api_key`` (created with mode 0600 on first
+    start), so management never runs open; it is an admin key named
+    ``default``. Raises :class:`SettingsError` for unusable keys.
     """
-    if settings.api_keys:
-        return settings.api_keys, None
+    configured = settings.configured_keys()
+    if configured:
+        return configured, None
     path = Path(settings.data_dir) / API_KEY_FILE
     if path.exists():
-        return (path.read_text().strip(),), None
+        return _from_key_file(path), None
     path.parent.mkdir(parents=True, exist_ok=True)
     key = "vgk_" + secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process won the race: use its key
-        return (path.read_text().strip(),), None
+        return _from_key_file(path), None
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    return (key,), key
+    return parse_api_keys([key]), key
+
+
+def _from_key_file(path: Path) -> tuple[ApiKey, ...]:
+    try:
+        return parse_api_keys([path.read_text().strip()])
+    except ValueError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
 
 
 def bearer(value: str | None) -> str | None:
@@ -49,29 +78,121 @@ def bearer(value: str | None) -> str | None:
     return credential.strip()
 
 
-def key_matches(candidate: str, keys: tuple[str, ...]) -> bool:
-    """Constant-time comparison against every configured key."""
-    found = False
+def find_key(candidate: str, keys: tuple[ApiKey, ...]) -> ApiKey | None:
+    """The key whose secret is ``candidate``; compares against every key in constant time."""
+    found: ApiKey | None = None
+    raw = candidate.encode(errors="surrogateescape")
     for key in keys:
-        found |= hmac.compare_digest(candidate.encode(), key.encode())
+        if hmac.compare_digest(raw, key.secret.encode()):
+            found = key
     return found
 
 
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Litestar guard: the request must carry a configured API key."""
-    keys: tuple[str, ...] = connection.app.state.runtime.api_keys
+def caller(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey | None:
+    """The API key this request was authenticated with, if any."""
+    key = connection.scope.get(CALLER_SCOPE_KEY)
+    return key if isinstance(key, ApiKey) else None
+
+
+def authenticated(connection: ASGIConnection[Any, Any, Any, Any], key: ApiKey) -> None:
+    """Record ``key`` as this request's caller: for handlers, limits, logs and metrics."""
+    from voxgate import metrics  # not at import: `voxgate serve` imports this module first
+
+    connection.scope[CALLER_SCOPE_KEY] = key  # type: ignore[literal-required]
+    structlog.contextvars.bind_contextvars(key_name=key.name)  # the name, never the secret
+    metrics.API_KEY_REQUESTS.labels(key.name).inc()
+
+
+async def refuse_if_blocked(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """429 when this client IP is over its failed-authentication limit (nothing counted)."""
+    runtime: Runtime = connection.app.state.runtime
+    ip = client_ip(connection.scope, runtime.trusted_proxies)
+    decision = await runtime.limits.check(AUTH_FAILURES, f"ip:{ip}", count=False)
+    if decision is not None and not decision.allowed:
+        _too_many(decision.rate.requests, decision.rate.period_s, decision.retry_after_s)
+
+
+async def auth_failed(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Count a refused credential against the client IP; raises 429 once over the limit."""
+    from voxgate import metrics
+
+    runtime: Runtime = connection.app.state.runtime
+    metrics.AUTH_FAILURES.inc()
+    ip = client_ip(connection.scope, runtime.trusted_proxies)
+    decision = await runtime.limits.check(AUTH_FAILURES, f"ip:{ip}")
+    if decision is not None and not decision.allowed:
+        _too_many(decision.rate.requests, decision.rate.period_s, decision.retry_after_s)
+
+
+def _too_many(requests: int, period_s: float, retry_after_s: float) -> None:
+    retry = max(1, math.ceil(retry_after_s))
+    raise ApiError(
+        429,
+        "too_many_auth_failures",
+        f"too many failed authentications from this address (at most {requests} per"
+        f" {period_s:g} s); retry in {retry} s",
+        headers={"Retry-After": str(retry)},
+    )
+
+
+async def require_api_key(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Litestar guard: the request must carry a configured API key (401, or 429 when blocked)."""
+    keys: tuple[ApiKey, ...] = connection.app.state.runtime.api_keys
     candidate = bearer(connection.headers.get("authorization"))
     if candidate is None:
         raise ApiError(
             401,
             "unauthorized",
             "missing API key: send Authorization: Bearer <key>",
-            headers={"WWW-Authenticate": 'Bearer realm="voxgate"'},
+            headers={"WWW-Authenticate": _CHALLENGE},
         )
-    if not key_matches(candidate, keys):
+    await refuse_if_blocked(connection)
+    key = find_key(candidate, keys)
+    if key is None:
+        await auth_failed(connection)
         raise ApiError(
             401,
             "unauthorized",
             "invalid API key",
-            headers={"WWW-Authenticate": 'Bearer realm="voxgate", error="invalid_token"'},
+            headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
         )
+    authenticated(connection, key)
+
+
+async def require_admin(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Litestar guard: an API key of the ``admin`` scope (403 for a tenant key)."""
+    await require_api_key(connection, handler)
+    key = caller(connection)
+    if key is None or not key.admin:
+        raise ApiError(403, "forbidden", "this needs an API key of the admin scope")
+
+
+# Polled by machines, never by a page: answered whatever Origin says.
+_ANY_ORIGIN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a request with this ``Origin`` header (None: not a browser) may be served."""
+    return origin is None or "*" in allowed or origin in allowed
+
+
+async def check_origin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Litestar guard for every HTTP route: a browser's ``Origin`` must be in
+    ``VOXGATE_CORS_ORIGINS`` (403 otherwise), so a page elsewhere cannot make a
+    visitor's browser call voxgate, Server-Sent Events and uploads included.
+    WebSocket routes check it themselves (close 4403 after accepting).
+    """
+    if connection.scope["type"] != ScopeType.HTTP or connection.scope["path"] in _ANY_ORIGIN_PATHS:
+        return
+    allowed: tuple[str, ...] = connection.app.state.runtime.settings.cors_origins
+    if not origin_allowed(connection.headers.get("origin"), allowed):
+        raise ApiError(403, "origin", "Origin not allowed (VOXGATE_CORS_ORIGINS)")
+
+
+def sees(key: ApiKey | None, tenant: str | None) -> bool:
+    """Whether ``key`` may see a session of ``tenant``: its own, or any for admin."""
+    return key is not None and (key.admin or key.name == tenant)

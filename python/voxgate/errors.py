@@ -49,8 +49,8 @@ class Problem(msgspec.Struct):
 _MEANING = {
     400: "Malformed request: bad JSON, wrong types, missing or unknown fields, broken framing",
     401: "Missing or invalid credential (API key, or stream token where one is named)",
-    403: "The stream token is for another session",
-    404: "Unknown session",
+    403: "Origin not allowed, a token for another session, or an admin-only route",
+    404: "Unknown session, or another tenant's",
     409: "The session has gaps (pass allow_gaps=true)",
     410: "The session was deleted (audio and archive: its audio expired, tier cold)",
     413: "Request body above the configured limit",
@@ -118,8 +118,16 @@ def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, A
     return problem(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
 
 
+# What Litestar raises (as a 500) when the client disconnects while its body is read.
+_CLIENT_GONE = "client disconnected prematurely"
+
+
 def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
+    if status == 500 and exc.detail == _CLIENT_GONE:
+        # The client's doing, not the server's: nobody reads this answer, but the
+        # access log and metrics count it as the client error it is.
+        return problem(400, "incomplete_body", "the client went away before its body ended")
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra

@@ -1,4 +1,4 @@
-"""Abuse limits: request rates per client IP, and caps on concurrent connections.
+"""Abuse limits: request rates per API key or client IP, and caps on concurrent connections.
 
 Rates use GCRA (the generic cell rate algorithm): a limit of ``COUNT/PERIOD``
 lets a client make ``COUNT`` requests at once, then one more every
@@ -29,9 +29,11 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from voxgate import metrics
+from voxgate.apikeys import CALLER_SCOPE_KEY, ApiKey
 from voxgate.clientip import client_ip
 from voxgate.errors import ApiError
 from voxgate.rates import (
+    PER_KEY,
     RATE_NAMES,
     Rate,
     parse_rate,
@@ -92,8 +94,11 @@ def gcra(tat: float, now: float, rate: Rate) -> tuple[Decision, float]:
 class RateLimiter(Protocol):
     """Counts hits per key against a rate; implementations must be atomic per key."""
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
-        """Count one request for ``key`` under limit ``name`` and decide."""
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
+        """Count one request for ``key`` under limit ``name`` and decide.
+
+        With ``count`` false, only decide: would one more request be allowed now.
+        """
 
     async def close(self) -> None:
         """Release connections."""
@@ -107,21 +112,23 @@ class MemoryRateLimiter:
         self._tat: dict[tuple[str, str], float] = {}
         self._next_purge = 0.0
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
         now = self._clock()
         if now >= self._next_purge:  # forget keys whose allowance is whole again
             self._tat = {k: tat for k, tat in self._tat.items() if tat > now}
             self._next_purge = now + 60.0
         decision, tat = gcra(self._tat.get((name, key), now), now, rate)
-        self._tat[(name, key)] = tat
+        if count:
+            self._tat[(name, key)] = tat
         return decision
 
     async def close(self) -> None:
         self._tat.clear()
 
 
-# KEYS[1]: the key; ARGV: period in microseconds, count. Redis's own clock, so
-# every instance agrees on "now". Returns allowed, remaining, reset, retry (us).
+# KEYS[1]: the key; ARGV: period in microseconds, count, and 1 to count the hit (0:
+# only decide). Redis's own clock, so every instance agrees on "now". Returns
+# allowed, remaining, reset, retry (us).
 _GCRA_LUA = """
 local period = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
@@ -135,7 +142,10 @@ local allow_at = new_tat - period
 if now < allow_at then
   return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+if ARGV[3] ~= '0' then
+  local ttl = math.ceil((new_tat - now) / 1000)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
+end
 return {1, math.floor((now - allow_at) / interval + 1e-9), math.ceil(new_tat - now), 0}
 """
 
@@ -161,11 +171,11 @@ class RedisRateLimiter:
         """A limiter with a client of its own, built as every voxgate Redis client is."""
         return cls(redis_client(url), owns_client=True)
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
         try:
             reply = await self._script(
                 keys=[f"{self._prefix}{name}:{key}"],
-                args=[int(rate.period_s * 1_000_000), rate.requests],
+                args=[int(rate.period_s * 1_000_000), rate.requests, int(count)],
             )
             allowed, remaining, reset_us, retry_us = (int(v) for v in reply)
         except _CHECK_ERRORS as exc:
@@ -200,14 +210,14 @@ class SqliteRateLimiter:
         )
         self._next_purge = 0.0
 
-    def _hit(self, key: str, rate: Rate) -> Decision:
+    def _hit(self, key: str, rate: Rate, count: bool) -> Decision:
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # one writer at a time: the check and update are atomic
         try:
             now = self._clock()
             row = db.execute("SELECT tat FROM rate_limits WHERE key = ?", (key,)).fetchone()
             decision, tat = gcra(float(row[0]) if row else now, now, rate)
-            if decision.allowed:
+            if decision.allowed and count:
                 db.execute(
                     "INSERT OR REPLACE INTO rate_limits (key, tat) VALUES (?, ?)", (key, tat)
                 )
@@ -220,10 +230,10 @@ class SqliteRateLimiter:
             raise
         return decision
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
         async with self._lock:
             try:
-                return await asyncio.to_thread(self._hit, f"{name}:{key}", rate)
+                return await asyncio.to_thread(self._hit, f"{name}:{key}", rate, count)
             except sqlite3.Error as exc:
                 metrics.RATE_LIMIT_ERRORS.inc()
                 log.warning("rate limit check failed, allowing: %s", exc)
@@ -260,13 +270,16 @@ class Limits:
                 limiter = MemoryRateLimiter()
         self.limiter = limiter
 
-    async def check(self, name: str, key: str) -> Decision | None:
-        """Count a hit of ``key`` under ``name``; None when that limit is off."""
+    async def check(self, name: str, key: str, *, count: bool = True) -> Decision | None:
+        """Count a hit of ``key`` under ``name``; None when that limit is off.
+
+        With ``count`` false the hit is not counted: only whether one would be allowed.
+        """
         rate = self.rates[name]
         if rate is None:
             return None
-        decision = await self.limiter.hit(name, key, rate)
-        if not decision.allowed:
+        decision = await self.limiter.hit(name, key, rate, count=count)
+        if not decision.allowed and count:
             metrics.RATE_LIMITED.labels(name).inc()
         return decision
 
@@ -277,15 +290,29 @@ class Limits:
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
+def limit_key(connection: ASGIConnection[Any, Any, Any, Any], name: str) -> str:
+    """Whom limit ``name`` counts for this request: its API key's name, else its client IP.
+
+    The limits of :data:`voxgate.rates.PER_KEY` count per API key when the
+    request was authenticated with one (a backend acting for many users
+    shares one address); every other limit counts per client IP.
+    """
+    if name in PER_KEY:
+        key = connection.scope.get(CALLER_SCOPE_KEY)
+        if isinstance(key, ApiKey):
+            return f"key:{key.name}"
+    runtime: Runtime = connection.app.state.runtime
+    return f"ip:{client_ip(connection.scope, runtime.trusted_proxies)}"
+
+
 async def enforce(connection: ASGIConnection[Any, Any, Any, Any], name: str) -> Decision | None:
-    """Check limit ``name`` for the connection's client IP; raises ApiError 429 when over.
+    """Check limit ``name`` for the caller (:func:`limit_key`); raises ApiError 429 when over.
 
     The decision is also left in the scope so the response carries the
     ``RateLimit-*`` headers. Usable from any handler, HTTP or WebSocket.
     """
     runtime: Runtime = connection.app.state.runtime
-    ip = client_ip(connection.scope, runtime.trusted_proxies)
-    decision = await runtime.limits.check(name, ip)
+    decision = await runtime.limits.check(name, limit_key(connection, name))
     if decision is None:
         return None
     connection.scope[SCOPE_KEY] = decision  # type: ignore[literal-required]
@@ -301,7 +328,7 @@ async def enforce(connection: ASGIConnection[Any, Any, Any, Any], name: str) -> 
 
 
 def rate_limited(name: str) -> Guard:
-    """A Litestar guard enforcing limit ``name`` per client IP.
+    """A Litestar guard enforcing limit ``name`` per API key or client IP (:func:`limit_key`).
 
     ``rate_limited(TRANSCRIPTS)`` is the guard for the transcript relay
     endpoint: attach it with ``guards=[...]`` there.

@@ -129,6 +129,13 @@ TOKENS_REJECTED = Counter(
 RATE_LIMITED = Counter(
     "voxgate_rate_limited", "Requests or connections refused by an abuse limit", ["limit"]
 )
+AUTH_FAILURES = Counter(
+    "voxgate_auth_failures", "API keys and tokens refused (counted per client IP for limits)"
+)
+# Labelled by the configured key names only (a bounded set), never by a secret.
+API_KEY_REQUESTS = Counter(
+    "voxgate_api_key_requests", "Requests authenticated with an API key, by key name", ["key"]
+)
 RATE_LIMIT_ERRORS = Counter(
     "voxgate_rate_limit_errors", "Rate-limit checks that failed (Redis unreachable: allowed)"
 )

@@ -105,6 +105,10 @@ class Runtime:
         self.api_keys, generated = ensure_api_keys(settings)
         if generated is not None:
             log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
+        log.info(
+            "API keys: %s",
+            ", ".join(f"{k.name} ({'admin' if k.admin else 'tenant'})" for k in self.api_keys),
+        )
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store_for(settings)

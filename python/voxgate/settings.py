@@ -9,6 +9,7 @@ from typing import Literal
 
 import msgspec
 
+from voxgate.apikeys import ApiKey, ApiKeyError, parse_api_keys, read_keys_file
 from voxgate.clientip import parse_networks
 from voxgate.rates import RATE_NAMES, parse_rate
 
@@ -38,7 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything an operator can configure; ``VOXGATE_<FIELD>`` sets ``<field>``."""
 
     data_dir: str = "./data"
+    # "name:secret", "name:admin:secret" or a bare secret (voxgate.apikeys); secrets
+    # of at least 32 characters. A keys file holds one entry per line.
     api_keys: tuple[str, ...] = ()
+    api_keys_file: str = ""
     durability: Durability = "fsync"
     # Browser Origin allow-list for the WebSocket stream (and CORS); "*" allows any.
     cors_origins: tuple[str, ...] = ("*",)
@@ -125,20 +129,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backup_keep_weekly: int = 4
     backup_keep_monthly: int = 12
 
-    # Abuse limits (docs/operations.md): per client IP, "COUNT/PERIOD" with PERIOD
-    # in s, m or h (for example "10/5m"), or "off". Shared across instances
-    # through redis_url when it is set.
-    rate_limit_sessions: str = "10/5m"
-    rate_limit_tokens: str = "20/15m"
-    rate_limit_transcripts: str = "120/1m"
+    # Abuse limits (docs/operations.md "Limits"): "COUNT/PERIOD" with PERIOD in s, m
+    # or h (for example "10/5m"), or "off". Shared across instances through
+    # redis_url when it is set.
+    # Per API key, sized for one backend serving about 10,000 concurrent calls
+    # of a few minutes each (docs/operations.md gives the arithmetic).
+    rate_limit_sessions: str = "5000/1m"
+    rate_limit_tokens: str = "20000/1m"
+    rate_limit_transcripts: str = "300000/1m"
     # Stream connections accepted per session (not per IP) in a window.
     rate_limit_session_connects: str = "30/1m"
+    # Per client IP: refused API keys and tokens, HTTP uploads, listener connects.
+    rate_limit_auth_failures: str = "20/1m"
+    rate_limit_uploads: str = "600/1m"
+    rate_limit_listen_connects: str = "600/1m"
     # Open streams one worker process serves for one client IP; 0 for no cap.
     max_streams_per_ip: int = 64
     # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
     trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.configured_keys()  # refuses bad entries and short secrets at start
         if self.max_frame_bytes < 1:
             raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
         if self.max_message_bytes < 24 + self.max_frame_bytes:
@@ -199,6 +210,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must not be negative")
         if self.backup_keep_daily + self.backup_keep_weekly + self.backup_keep_monthly < 1:
             raise SettingsError("VOXGATE_BACKUP_KEEP_* must keep at least one backup")
+
+    def configured_keys(self) -> tuple[ApiKey, ...]:
+        """The keys of ``VOXGATE_API_KEYS`` and ``VOXGATE_API_KEYS_FILE``; raises SettingsError.
+
+        Empty when neither is set (then the server generates one, voxgate.auth).
+        """
+        try:
+            entries = list(self.api_keys)
+            if self.api_keys_file:
+                entries += read_keys_file(self.api_keys_file)
+            return parse_api_keys(entries)
+        except ApiKeyError as exc:
+            variable = "VOXGATE_API_KEYS_FILE" if self.api_keys_file else "VOXGATE_API_KEYS"
+            raise SettingsError(f"{variable}: {exc}") from None
 
     @property
     def archive_path(self) -> str:

@@ -48,9 +48,14 @@ def test_bad_rates_are_refused_by_the_settings(text: str) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     settings = Settings()
-    assert parse_rate(settings.rate_limit_sessions) == Rate(10, 300.0)
-    assert parse_rate(settings.rate_limit_tokens) == Rate(20, 900.0)
-    assert parse_rate(settings.rate_limit_transcripts) == Rate(120, 60.0)
+    # Per API key (docs/operations.md "Limits" gives the arithmetic).
+    assert parse_rate(settings.rate_limit_sessions) == Rate(5000, 60.0)
+    assert parse_rate(settings.rate_limit_tokens) == Rate(20000, 60.0)
+    assert parse_rate(settings.rate_limit_transcripts) == Rate(300000, 60.0)
+    # Per client IP.
+    assert parse_rate(settings.rate_limit_auth_failures) == Rate(20, 60.0)
+    assert parse_rate(settings.rate_limit_uploads) == Rate(600, 60.0)
+    assert parse_rate(settings.rate_limit_listen_connects) == Rate(600, 60.0)
 
 
 class FakeClock:

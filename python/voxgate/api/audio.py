@@ -13,7 +13,7 @@ from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
-from voxgate.api.sessions import live_session, runtime_of
+from voxgate.api.sessions import owned_session, runtime_of
 from voxgate.auth import require_api_key
 from voxgate.errors import ApiError, problem_responses
 from voxgate.retention.archive import ArchiveError, ArchiveReader
@@ -44,7 +44,7 @@ class MissingReport(msgspec.Struct):
 async def missing(request: Request[Any, Any, Any], session_id: FromPath[str]) -> MissingReport:
     """The same truth as the stream's hello: what a resuming client must resend."""
     runtime = runtime_of(request)
-    session = await live_session(runtime, session_id)
+    session = await owned_session(request, session_id)
     gaps = await runtime.store.missing(session_id)
     return MissingReport(
         next_seq=session.next_seq,
@@ -200,7 +200,7 @@ async def audio(
     """Stored payloads in seq order, as raw bytes or WAV; honours a single ``Range``."""
     runtime = runtime_of(request)
     store = runtime.store
-    session = await live_session(runtime, session_id)
+    session = await owned_session(request, session_id)
     if format not in (None, "raw", "wav"):
         raise ApiError(422, "bad_format", "format must be raw or wav")
     refuse_cold(session)

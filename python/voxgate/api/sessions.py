@@ -8,7 +8,7 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from voxgate.auth import require_api_key
+from voxgate.auth import caller, require_api_key, sees
 from voxgate.errors import ApiError, problem_responses
 from voxgate.limits import rate_limited
 from voxgate.rates import SESSIONS
@@ -73,6 +73,28 @@ async def live_session(runtime: Runtime, session_id: str) -> Session:
     return session
 
 
+async def owned_session(request: Request[Any, Any, Any], session_id: str) -> Session:
+    """The session if the request's API key may see it (its own, or any for admin).
+
+    404 when unknown or another tenant's (the same answer: a tenant cannot
+    learn which ids exist), 410 when deleted.
+    """
+    session = await runtime_of(request).store.get_session(session_id)
+    if session is None or not sees(caller(request), session.tenant):
+        raise ApiError(404, "not_found", f"unknown session {session_id}")
+    if session.state is SessionState.DELETED:
+        raise ApiError(410, "gone", f"session {session_id} was deleted")
+    return session
+
+
+def tenant_filter(request: Request[Any, Any, Any]) -> str | None:
+    """The tenant whose sessions a listing shows: the caller's, or None (all) for admin."""
+    key = caller(request)
+    if key is None:  # the guard ran: cannot happen, but never list all by accident
+        raise ApiError(401, "unauthorized", "missing API key")
+    return None if key.admin else key.name
+
+
 class SessionController(Controller):
     path = "/v1/sessions"
     guards = [require_api_key]
@@ -89,11 +111,13 @@ class SessionController(Controller):
     ) -> Session:
         """Create an open session."""
         body = await strict_body(request, SessionCreate) or SessionCreate()
+        key = caller(request)
         return await runtime_of(request).store.create_session(
             codec=body.codec,
             sample_rate=body.sample_rate,
             channels=body.channels,
             metadata=body.metadata,
+            tenant=None if key is None else key.name,
         )
 
     @get("/", responses=problem_responses(400, 401, 503))
@@ -103,21 +127,26 @@ class SessionController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         after: FromQuery[str | None] = None,
     ) -> SessionPage:
-        """Sessions by id (creation order); pass ``next`` back as ``after`` for the next page."""
-        sessions = await runtime_of(request).store.list_sessions(limit=limit + 1, after=after)
+        """Sessions by id (creation order); pass ``next`` back as ``after`` for the next page.
+
+        A tenant key lists its own sessions; an admin key lists all.
+        """
+        sessions = await runtime_of(request).store.list_sessions(
+            limit=limit + 1, after=after, tenant=tenant_filter(request)
+        )
         more = len(sessions) > limit
         sessions = sessions[:limit]
         return SessionPage(sessions, sessions[-1].id if more and sessions else None)
 
     @get("/{session_id:str}", responses=problem_responses(401, 404, 410, 503))
     async def read(self, request: Request[Any, Any, Any], session_id: FromPath[str]) -> Session:
-        return await live_session(runtime_of(request), session_id)
+        return await owned_session(request, session_id)
 
     @delete("/{session_id:str}", status_code=204, responses=problem_responses(401, 404, 410, 503))
     async def remove(self, request: Request[Any, Any, Any], session_id: FromPath[str]) -> None:
         """Delete a session: its frames and payload bytes are removed for good."""
         runtime = runtime_of(request)
-        await live_session(runtime, session_id)
+        await owned_session(request, session_id)
         if not await runtime.store.delete_session(session_id):
             raise ApiError(410, "gone", f"session {session_id} was deleted")
         runtime.hub.session_deleted(session_id)

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, post
 from litestar.params import FromPath, JSONBody
 
-from voxgate.api.sessions import live_session, runtime_of, strict_body
+from voxgate.api.sessions import owned_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
 from voxgate.errors import ApiError, problem_responses
 from voxgate.limits import rate_limited
@@ -56,6 +56,6 @@ async def issue_token(
             "ttl_out_of_range",
             f"ttl_s must be between 1 and {settings.token_max_ttl_s}",
         )
-    await live_session(runtime, session_id)
+    await owned_session(request, session_id)
     minted = await runtime.tokens.mint(subject, ttl_s)
     return TokenResponse(minted.token, minted.expires_at, minted.ttl_s)

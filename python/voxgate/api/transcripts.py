@@ -9,7 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from voxgate.api.sessions import live_session, runtime_of, strict_body
+from voxgate.api.sessions import live_session, owned_session, runtime_of, strict_body
 from voxgate.auth import require_api_key
 from voxgate.errors import PROBLEM_JSON, ApiError, Problem, problem_responses
 from voxgate.limits import rate_limited
@@ -111,6 +111,7 @@ async def post_transcript(
 ) -> Response[Transcript]:
     """Append a transcript; an interim is superseded by the next entry of its key."""
     body = await required_body(request, TranscriptPost)
+    await owned_session(request, session_id)
     entry = TranscriptIn(
         role=body.role,
         text=body.text,
@@ -135,7 +136,7 @@ async def list_transcripts(
 ) -> TranscriptPage:
     """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""
     runtime = runtime_of(request)
-    await live_session(runtime, session_id)
+    await owned_session(request, session_id)
     items = await runtime.store.list_transcripts(session_id, after=after, limit=limit + 1)
     more = len(items) > limit
     items = items[:limit]
@@ -168,6 +169,7 @@ async def relay_transcript(
             "session_mismatch",
             f"body session_id {body.session_id!r} does not match the path's {session_id!r}",
         )
+    await owned_session(request, session_id)
     entry = TranscriptIn(
         role=body.role, text=body.text, is_final=body.is_final, timestamp=body.timestamp
     )
