@@ -98,7 +98,10 @@ class Observed:
             nonlocal elapsed
             if elapsed is None:
                 elapsed = time.perf_counter() - started
-                method, route = scope["method"], str(scope.get("path_template") or "unmatched")
+                # Never the client's own words as label values: unknown methods are one
+                # value, unrouted paths another.
+                method = metrics.method_label(scope["method"])
+                route = str(scope.get("path_template") or "unmatched")
                 metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
                 metrics.HTTP_DURATION.labels(method, route).observe(elapsed)
             return elapsed

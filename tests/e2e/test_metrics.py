@@ -229,3 +229,34 @@ async def test_two_workers_report_one_sum(tmp_path: Path) -> None:
                 text = (await client.get("/metrics")).text
                 health = {"method": "GET", "route": "/health", "status": "200"}
                 assert value(samples(text), "voxgate_http_requests_total", **health) >= 40
+
+
+async def test_values_a_client_chooses_never_become_label_values(api: Api, server: Server) -> None:
+    """Invented methods and close codes are counted under ``other``: what a client
+    sends cannot add series (each would stay in every scrape for good)."""
+    invented = [f"BREW{n}X" for n in range(5)]
+    for method in invented:
+        answer = await api.http.request(method, "/v1/sessions")
+        assert 400 <= answer.status_code < 500, answer.status_code
+    closes = [4321, 3999, 4999]
+    sid = await api.new_session()
+    for code in closes:
+        stream = await api.stream(sid)
+        await stream.ws.close(code)
+    text = ""
+    for _ in range(100):  # the server counts a close once its side of it is done
+        text = scrape_text(server.base_url)
+        other = value(samples(text), "voxgate_stream_closes_total", code="other", by="client")
+        if other >= len(closes):
+            break
+        await asyncio.sleep(0.05)
+    for word in invented:
+        assert word not in text, word
+    for code in closes:
+        assert f'code="{code}"' not in text, code
+    now = samples(text)
+    assert value(now, "voxgate_stream_closes_total", code="other", by="client") >= len(closes)
+    requests = value(
+        now, "voxgate_http_requests_total", method="other", route="unmatched", status="405"
+    )
+    assert requests >= len(invented)
