@@ -18,7 +18,7 @@ from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
 from voxgate.api.metrics import prometheus_metrics
 from voxgate.api.openapi import complete_schema
-from voxgate.api.sessions import SessionController
+from voxgate.api.sessions import SessionController, refuse_deep_json
 from voxgate.api.stats import stats
 from voxgate.api.storage import storage
 from voxgate.api.tokens import mint_token
@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[lifespan],
         guards=[check_origin],
+        before_request=refuse_deep_json,
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),

@@ -22,7 +22,17 @@ from voxgate.store.base import FrameEntry, Session, Store, Tier
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+# Past any byte offset a response can have: longer numbers in a Range are read as this
+# (Python refuses to convert numbers of more than 4300 digits at all).
+_HUGE = 1 << 63
+
+
+def _offset(digits: str) -> int:
+    """A Range number as an int, every number of more than 18 digits as :data:`_HUGE`."""
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
 WAV_HEADER_BYTES = 44
 
 
@@ -92,10 +102,10 @@ def parse_range(value: str | None, total: int) -> tuple[int, int] | None:
     if not first_s and not last_s:
         return None
     if not first_s:
-        first, last = max(total - int(last_s), 0), total - 1
+        first, last = max(total - _offset(last_s), 0), total - 1
     else:
-        first = int(first_s)
-        last = min(int(last_s), total - 1) if last_s else total - 1
+        first = _offset(first_s)
+        last = min(_offset(last_s), total - 1) if last_s else total - 1
     if first >= total or last < first:
         raise ApiError(
             416,

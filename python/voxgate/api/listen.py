@@ -70,7 +70,8 @@ def _integer(query: Mapping[str, list[str]], name: str, header: str | None = Non
     raw = values[-1] if values else header
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(400, "bad_parameter", f"{name} must be a non-negative integer")
     return int(raw)
 

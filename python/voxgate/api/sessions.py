@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
+import orjson
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -34,6 +36,53 @@ class SessionPage(msgspec.Struct):
     next: str | None
 
 
+# JSON bodies nest at most this deep: metadata needs a few levels, and the decoders
+# (msgspec's in particular) recurse per level, so a body of thousands of brackets
+# would otherwise end in RecursionError, a 500.
+MAX_JSON_DEPTH = 64
+_TOO_DEEP = f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+
+
+def json_depth_over(value: object, limit: int) -> bool:
+    """Whether decoded JSON ``value`` nests deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+async def refuse_deep_json(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` hook of the app: 400 for a JSON body nested too deeply.
+
+    Runs before Litestar decodes the body for a handler. Bodies that are not
+    JSON are left to the handler (which answers them 400); the frames upload
+    streams its body and is skipped.
+    """
+    if request.method not in ("POST", "PUT", "PATCH") or request.route_handler.name == "upload":
+        return
+    body = await request.body()
+    # Cheap first: a body without many brackets cannot nest deeply.
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):  # orjson's own bound (1024 levels)
+            raise ApiError(400, "too_deep", _TOO_DEEP) from None
+        return
+    if json_depth_over(value, MAX_JSON_DEPTH):
+        raise ApiError(400, "too_deep", _TOO_DEEP)
+
+
 async def strict_body(request: Request[Any, Any, Any], kind: type[T]) -> T | None:
     """The JSON body decoded with JSON's own types: ``"2"`` is not a number here.
 
@@ -47,6 +96,8 @@ async def strict_body(request: Request[Any, Any, Any], kind: type[T]) -> T | Non
         value = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    except RecursionError:  # refuse_deep_json comes first; this is the backstop
+        raise ApiError(400, "too_deep", _TOO_DEEP) from None
     if isinstance(value, dict):
         # JSON Schema counts 16000.0 as an integer; so do we, for the top-level fields.
         value = {

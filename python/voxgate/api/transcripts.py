@@ -131,7 +131,7 @@ async def post_transcript(
 async def list_transcripts(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
-    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    after: Annotated[int, QueryParameter(ge=0, le=(1 << 63) - 1)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> TranscriptPage:
     """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""
