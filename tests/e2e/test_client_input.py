@@ -52,7 +52,7 @@ async def test_numbers_of_any_length_in_headers_and_queries(api: Api, number: st
     total = len(await api.audio_bytes(sid))
     for path in (f"/v1/sessions/{sid}/audio", f"/v1/sessions/{sid}/archive"):
         for value in (f"bytes={number}-", f"bytes=0-{number}", f"bytes=-{number}"):
-            answer = await api.http.get(path, headers={"Range": value.encode()})
+            answer = await api.http.get(path, headers={b"Range": value.encode()})
             assert answer.status_code in (200, 206, 416), (path, value[:40], answer.text)
             if answer.status_code == 206:  # a range past the end is the whole rest
                 assert answer.headers["Content-Range"].endswith(f"/{total}")
@@ -71,7 +71,7 @@ async def test_numbers_of_any_length_in_headers_and_queries(api: Api, number: st
         if answer.status_code == 200 and path.endswith("/events"):
             pytest.fail("a number out of range resumed a listener")
     events = await api.http.get(
-        f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": number.encode()}
+        f"/v1/sessions/{sid}/events", headers={b"Last-Event-ID": number.encode()}
     )
     assert_problem(events, 400)
     ttl = await api.http.post(
