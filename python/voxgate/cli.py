@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     from granian.server import Server
 
     from voxgate.logs import dict_config
+    from voxgate.serving import granian_options
 
     try:
         settings = Settings.from_env()
@@ -67,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         # A worker still alive this long after SIGTERM is killed: exit is bounded even
         # if a commit hangs (acks follow durability, so nothing acked is lost).
         workers_kill_timeout=math.ceil(settings.shutdown_grace_s) + KILL_AFTER_GRACE_S,
+        **granian_options(settings),  # connection timeouts and slots (voxgate.serving)
     )
     server.serve()
     return 0

@@ -24,7 +24,7 @@ import orjson
 import structlog
 from litestar.routes import HTTPRoute
 
-from voxgate import limits, logs, metrics
+from voxgate import errors, limits, logs, metrics
 from voxgate.clientip import client_ip, parse_networks
 from voxgate.limits import ConnectionCounter
 
@@ -67,6 +67,7 @@ class Observed:
         self._app: Callable[[Scope, Receive, Send], Awaitable[None]] = app  # type: ignore[assignment]
         self.trusted = parse_networks(settings.trusted_proxies)
         self.ip_streams = ConnectionCounter(settings.max_streams_per_ip)
+        self.body_timeout_s = settings.http_body_timeout_s
         # Litestar's automatic OPTIONS answer lists only the methods of the first
         # handler registered for a path; the right list, by route template:
         self._allow = {
@@ -108,7 +109,17 @@ class Observed:
 
         async def receive_body() -> Message:
             nonlocal body_done
-            message = await receive()
+            if body_done:  # later receives only wait for the disconnect (streamed answers)
+                return await receive()
+            try:
+                # A body that stalls holds its connection: bounded (VOXGATE_HTTP_BODY_TIMEOUT_S).
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                # Litestar reads this as the client leaving; errors.py answers 408.
+                scope[errors.BODY_TIMEOUT_SCOPE_KEY] = True
+                log.info("http.body_timeout", path=scope["path"], after_s=self.body_timeout_s)
+                message = {"type": "http.disconnect"}
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -138,7 +149,11 @@ class Observed:
         with structlog.contextvars.bound_contextvars(request_id=rid, client_ip=ip):
             try:
                 await self._app(scope, receive_body, send_with_headers)
-                if not body_done and _has_body(scope):
+                if (
+                    not body_done
+                    and _has_body(scope)
+                    and not scope.get(errors.BODY_TIMEOUT_SCOPE_KEY)
+                ):
                     await _drain(receive)
             finally:
                 duration = record()

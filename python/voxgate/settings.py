@@ -70,6 +70,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = ""
 
     idle_timeout_s: float = 60.0
+    # HTTP connections (docs/operations.md "Connections"): a request line and headers
+    # must arrive within this, and a kept-alive connection with no new request is
+    # closed after it (Granian's HTTP/1 header read timeout).
+    http_header_timeout_s: float = 30.0
+    # A request body that sends nothing for this long is answered 408 and closed.
+    http_body_timeout_s: float = 30.0
+    # Open connections one worker process holds (idle ones included); past it new
+    # connections wait in the kernel's listen backlog. Needs as many file descriptors.
+    max_connections: int = 20_000
     # Open streams one worker process serves at once; more are refused with 4429.
     max_streams: int = 10_000
     # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
@@ -165,6 +174,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        if not 0 < self.http_header_timeout_s <= 3600 or not 0 < self.http_body_timeout_s <= 3600:
+            raise SettingsError(
+                "VOXGATE_HTTP_HEADER_TIMEOUT_S and VOXGATE_HTTP_BODY_TIMEOUT_S must be"
+                " above 0 and at most 3600"
+            )
+        if self.max_connections < 1:
+            raise SettingsError("VOXGATE_MAX_CONNECTIONS must be at least 1")
         if self.shutdown_grace_s < 0:
             raise SettingsError("VOXGATE_SHUTDOWN_GRACE_S must not be negative")
         if self.heap_trim_s < 0:

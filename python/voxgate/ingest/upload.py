@@ -13,7 +13,7 @@ from litestar.params import FromPath
 from voxgate import metrics
 from voxgate.auth import auth_failed, bearer, refuse_if_blocked
 from voxgate.core import native as _native
-from voxgate.errors import ApiError, problem, problem_responses
+from voxgate.errors import ApiError, body_cut_short, problem, problem_responses
 from voxgate.ingest.tally import Tally, precheck
 from voxgate.limits import enforce
 from voxgate.rates import UPLOADS
@@ -64,7 +64,7 @@ async def upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -> 
     try:
         first = await anext(body)
     except InternalServerException:  # Litestar's word for the client's disconnect
-        raise ApiError(400, "incomplete_body", "the client went away before the body") from None
+        raise body_cut_short(request.scope) from None
     token_session = await runtime.tokens.consume(token)
     if token_session is None:
         await auth_failed(request)
