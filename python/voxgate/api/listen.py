@@ -65,14 +65,22 @@ class ListenParams:
         self.last_event_id = last_event_id
 
 
+# The largest resume point (seq or event id) accepted: 2**53 - 1, so that the bound
+# the OpenAPI schema states is exact as a JSON number (above it, doubles round).
+MAX_RESUME = (1 << 53) - 1
+
+
 def _integer(query: Mapping[str, list[str]], name: str, header: str | None = None) -> int:
     values = query.get(name)
     raw = values[-1] if values else header
     if raw is None or raw == "":
         return 0
-    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(400, "bad_parameter", f"{name} must be a non-negative integer")
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and
+    # the length checked before converting: Python refuses over 4300 digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or int(raw) > MAX_RESUME:
+        raise ApiError(
+            400, "bad_parameter", f"{name} must be an integer between 0 and {MAX_RESUME}"
+        )
     return int(raw)
 
 
@@ -207,13 +215,20 @@ def _sse(kind: str, data: bytes, event_id: int | None = None) -> bytes:
 async def events(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
+    # Plain ints with a default (not "int | None"): Litestar then states the bounds in
+    # the integer schema itself, where clients and schemathesis read them.
     last_event_id: Annotated[
-        int | None, QueryParameter(ge=0, description="resume after this transcript id")
-    ] = None,
+        int, QueryParameter(ge=0, le=MAX_RESUME, description="resume after this transcript id")
+    ] = 0,
     last_event_id_header: Annotated[
-        int | None,
-        HeaderParameter(name="last-event-id", ge=0, description="what browsers send on reconnect"),
-    ] = None,
+        int,
+        HeaderParameter(
+            name="last-event-id",
+            ge=0,
+            le=MAX_RESUME,
+            description="what browsers send on reconnect",
+        ),
+    ] = 0,
     token: Annotated[str | None, QueryParameter(description="a listen token")] = None,
 ) -> Stream:
     """The session's events as Server-Sent Events (no audio)."""

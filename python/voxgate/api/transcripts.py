@@ -131,7 +131,8 @@ async def post_transcript(
 async def list_transcripts(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
-    after: Annotated[int, QueryParameter(ge=0, le=(1 << 63) - 1)] = 0,
+    # 2**53 - 1: exact as a JSON number, so the schema's bound is the one enforced.
+    after: Annotated[int, QueryParameter(ge=0, le=(1 << 53) - 1)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> TranscriptPage:
     """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""
