@@ -169,3 +169,28 @@ def test_limits_pick_redis_then_the_shared_file_then_memory(tmp_path: Path) -> N
     assert isinstance(Limits(Settings(), shared_file=shared).limiter, SqliteRateLimiter)
     with_redis = Settings(redis_url="redis://127.0.0.1:1/0")
     assert isinstance(Limits(with_redis, shared_file=shared).limiter, RedisRateLimiter)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_a_check_that_does_not_count_only_tells(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``count=False`` (the failed-authentication block check) decides without using
+    the allowance, on every limiter."""
+    limiter: RateLimiter
+    if kind == "memory":
+        limiter = MemoryRateLimiter()
+    elif kind == "sqlite":
+        limiter = SqliteRateLimiter(tmp_path / "limits.db")
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        limiter = RedisRateLimiter.from_url(redis_server.url)
+    key, rate = uuid.uuid4().hex, Rate(2, 60.0)
+    try:
+        peeks = [await limiter.hit("test", key, rate, count=False) for _ in range(5)]
+        assert all(d.allowed for d in peeks)
+        assert [d.allowed for d in await burst(limiter, key, rate, 2)] == [True, True]
+        assert not (await limiter.hit("test", key, rate, count=False)).allowed
+        assert not (await limiter.hit("test", key, rate)).allowed
+    finally:
+        await limiter.close()
