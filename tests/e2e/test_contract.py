@@ -107,6 +107,9 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+        # The hooks' auth providers: the API key, and stream tokens minted with it.
+        "VOXGATE_CONTRACT_URL": server.base_url,
+        "VOXGATE_CONTRACT_API_KEY": server.api_key,
         "PYTHONPATH": str(HERE),
         "NO_COLOR": "1",
     }
@@ -116,8 +119,6 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
         str(HERE / "schemathesis.toml"),
         "run",
         server.base_url + SCHEMA_PATH,
-        "--header",
-        f"Authorization: Bearer {server.api_key}",
         "--max-examples",
         "15",
         "--seed",
@@ -135,6 +136,8 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
+    # Every operation was reached with its credential (uploads with stream tokens).
+    assert "Authentication failed" not in output, output[-3000:]
     operations = sum(len(item) for item in schema(server)["paths"].values())
     # Server-Sent Events never end by themselves: schemathesis.toml leaves that one out.
     selected = operations - 1
