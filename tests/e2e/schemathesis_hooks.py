@@ -74,7 +74,7 @@ class StreamToken:
             case.path_parameters["session_id"] = sid
 
 
-@schemathesis.hook("map_body").apply_to(path=FRAMES)
+@schemathesis.hook("map_body").apply_to(path=FRAMES)  # type: ignore[attr-defined,untyped-decorator]
 def frames_of(context: Any, body: Any) -> Any:
     """Generated upload bytes become the payloads of frames, so most uploads store
     something; broken framing is the fuzz tests' subject (tests/e2e/test_fuzz_*.py)."""
