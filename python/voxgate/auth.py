@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 API_KEY_FILE = "api_key"
 
 _CHALLENGE = 'Bearer realm="voxgate"'
+# The log field that names the request's API key (never its secret).
+KEY_NAME_LOG_FIELD = "key_name"
 
 
 def ensure_api_keys(settings: Settings) -> tuple[tuple[ApiKey, ...], str | None]:
@@ -99,7 +101,7 @@ def authenticated(connection: ASGIConnection[Any, Any, Any, Any], key: ApiKey) -
     from voxgate import metrics  # not at import: `voxgate serve` imports this module first
 
     connection.scope[CALLER_SCOPE_KEY] = key  # type: ignore[literal-required]
-    structlog.contextvars.bind_contextvars(key_name=key.name)  # the name, never the secret
+    structlog.contextvars.bind_contextvars(**{KEY_NAME_LOG_FIELD: key.name})
     metrics.API_KEY_REQUESTS.labels(key.name).inc()
 
 

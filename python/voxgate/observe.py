@@ -24,7 +24,7 @@ import orjson
 import structlog
 from litestar.routes import HTTPRoute
 
-from voxgate import errors, limits, logs, metrics
+from voxgate import auth, errors, limits, logs, metrics
 from voxgate.clientip import client_ip, parse_networks
 from voxgate.limits import ConnectionCounter
 
@@ -166,6 +166,8 @@ class Observed:
                     status=status,
                     duration_ms=round(duration * 1000, 3),
                 )
+                # Bound by voxgate.auth for this request only.
+                structlog.contextvars.unbind_contextvars(auth.KEY_NAME_LOG_FIELD)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = request_id(scope)
