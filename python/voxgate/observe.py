@@ -46,6 +46,9 @@ REQUEST_ID_HEADER = b"x-request-id"
 _GOOD_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # Routes polled by machines: their access lines are debug, not info.
 _QUIET = frozenset({"/health", "/metrics", "/ready"})
+# Where a handler that streams its answer leaves the coroutine function that closes
+# the producer (``async_generator.aclose``), called once the answer has ended.
+STREAM_CLOSE_SCOPE_KEY = "voxgate.stream_close"
 # After an answer given before the body was read, at most this much of it is dropped.
 _DRAIN_BYTES = 8 * 1024 * 1024
 _DRAIN_S = 5.0
@@ -68,6 +71,7 @@ class Observed:
         self.trusted = parse_networks(settings.trusted_proxies)
         self.ip_streams = ConnectionCounter(settings.max_streams_per_ip)
         self.body_timeout_s = settings.http_body_timeout_s
+        self.send_timeout_s = settings.http_send_timeout_s
         # Litestar's automatic OPTIONS answer lists only the methods of the first
         # handler registered for a path; the right list, by route template:
         self._allow = {
@@ -144,11 +148,31 @@ class Observed:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()
-            await send(message)
+            try:
+                # Granian's send waits once a few MB are queued for the client: one that
+                # reads nothing holds it here (VOXGATE_HTTP_SEND_TIMEOUT_S).
+                async with asyncio.timeout(self.send_timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise _SendStalled from None
 
         with structlog.contextvars.bound_contextvars(request_id=rid, client_ip=ip):
             try:
-                await self._app(scope, receive_body, send_with_headers)
+                try:
+                    await self._app(scope, receive_body, send_with_headers)
+                except Exception as exc:
+                    if not _stalled(exc):
+                        raise
+                    # Returning with the answer unfinished makes Granian drop the connection.
+                    log.info("http.send_stalled", path=scope["path"], after_s=self.send_timeout_s)
+                    return
+                finally:
+                    # A streamed answer's producer (an events listener) is closed here
+                    # whatever ended the answer: Litestar leaves an interrupted one open.
+                    close = scope.get(STREAM_CLOSE_SCOPE_KEY)
+                    if close is not None:
+                        with contextlib.suppress(RuntimeError):
+                            await close()
                 if (
                     not body_done
                     and _has_body(scope)
@@ -188,6 +212,25 @@ class Observed:
                 await self._app(scope, receive, send_with_id)
             finally:
                 self.ip_streams.release(ip)
+
+
+class _SendStalled(Exception):
+    """The client read nothing of its answer for VOXGATE_HTTP_SEND_TIMEOUT_S."""
+
+
+def _stalled(exc: BaseException, depth: int = 0) -> bool:
+    """Whether ``exc`` is, or was raised from, :class:`_SendStalled`: Litestar wraps it,
+    in an exception group (its streaming task group) inside its own exception."""
+    if depth > 8:
+        return False
+    if isinstance(exc, _SendStalled):
+        return True
+    if isinstance(exc, BaseExceptionGroup) and any(
+        _stalled(inner, depth + 1) for inner in exc.exceptions
+    ):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and _stalled(cause, depth + 1)
 
 
 def _has_body(scope: Scope) -> bool:

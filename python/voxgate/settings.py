@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http_header_timeout_s: float = 30.0
     # A request body that sends nothing for this long is answered 408 and closed.
     http_body_timeout_s: float = 30.0
+    # An answer (Server-Sent Events, a download) the client reads nothing of for this
+    # long is dropped with its connection.
+    http_send_timeout_s: float = 30.0
     # Open connections one worker process holds (idle ones included); past it new
     # connections wait in the kernel's listen backlog. Needs as many file descriptors.
     max_connections: int = 20_000
@@ -174,10 +177,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
-        if not 0 < self.http_header_timeout_s <= 3600 or not 0 < self.http_body_timeout_s <= 3600:
+        timeouts = (self.http_header_timeout_s, self.http_body_timeout_s, self.http_send_timeout_s)
+        if not all(0 < t <= 3600 for t in timeouts):
             raise SettingsError(
-                "VOXGATE_HTTP_HEADER_TIMEOUT_S and VOXGATE_HTTP_BODY_TIMEOUT_S must be"
-                " above 0 and at most 3600"
+                "VOXGATE_HTTP_HEADER_TIMEOUT_S, VOXGATE_HTTP_BODY_TIMEOUT_S and"
+                " VOXGATE_HTTP_SEND_TIMEOUT_S must be above 0 and at most 3600"
             )
         if self.max_connections < 1:
             raise SettingsError("VOXGATE_MAX_CONNECTIONS must be at least 1")

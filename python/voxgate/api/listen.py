@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import parse_qs
 
@@ -39,6 +39,7 @@ from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, Close, _reject, _stop
 from voxgate.limits import enforce, rate_limited
+from voxgate.observe import STREAM_CLOSE_SCOPE_KEY
 from voxgate.rates import LISTEN_CONNECTS, TOKENS
 from voxgate.store.base import SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError
@@ -240,8 +241,12 @@ async def events(
     token = query["token"][-1] if query.get("token") else None
     key = await authorize(request, runtime, session_id, token)
     await admit(runtime, session_id, key)
+    body = _sse_body(runtime, session_id, params)
+    # Closed by voxgate.observe once the answer ends, however it ends (a client that
+    # reads nothing is dropped mid-answer), so the listener always leaves the hub.
+    request.scope[STREAM_CLOSE_SCOPE_KEY] = body.aclose  # type: ignore[literal-required]
     return Stream(
-        _sse_body(runtime, session_id, params),
+        body,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -249,7 +254,7 @@ async def events(
 
 async def _sse_body(
     runtime: Runtime, session_id: str, params: ListenParams
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     hub = runtime.hub
     listener = _new_listener(runtime, session_id, params)
     try:
