@@ -23,8 +23,14 @@ OPS = "ops-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"VOXGATE_API_KEYS": f"acme:{ACME}, globex:{GLOBEX}, ops:admin:{OPS}"}
+def server(
+    tmp_path_factory: pytest.TempPathFactory, shared_store_env: dict[str, str]
+) -> Iterator[Server]:
+    """One server per store kind: the embedded store, and PostgreSQL."""
+    env = {
+        **shared_store_env,
+        "VOXGATE_API_KEYS": f"acme:{ACME}, globex:{GLOBEX}, ops:admin:{OPS}",
+    }
     with start_server(tmp_path_factory.mktemp("tenants"), env=env) as running:
         yield running
 
