@@ -23,10 +23,26 @@ Request bodies that stall are handled in :mod:`voxgate.observe`
 
 from __future__ import annotations
 
+import logging
 import math
+import resource
 from typing import Any
 
 from voxgate.settings import Settings
+
+log = logging.getLogger("voxgate")
+
+# File descriptors a worker keeps for itself (store, segments, Redis, logs) besides
+# its connections.
+RESERVED_FDS = 256
+
+
+def connection_slots(max_connections: int, fd_limit: int) -> int:
+    """Connection slots per worker: ``max_connections``, or fewer when the process may
+    not open that many files (accepting past the limit fails over and over instead)."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, fd_limit - RESERVED_FDS))
 
 
 def granian_options(settings: Settings) -> dict[str, Any]:
@@ -34,10 +50,20 @@ def granian_options(settings: Settings) -> dict[str, Any]:
     from granian.constants import HTTPModes
     from granian.http import HTTP1Settings
 
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    slots = connection_slots(settings.max_connections, fd_limit)
+    if slots < settings.max_connections:
+        log.warning(
+            "VOXGATE_MAX_CONNECTIONS is %d but this process may open %d files: %d connections"
+            " per worker; raise the limit (ulimit -n, LimitNOFILE) to use the setting",
+            settings.max_connections,
+            fd_limit,
+            slots,
+        )
     return {
         "http": HTTPModes.http1,
         "http1_settings": HTTP1Settings(
             header_read_timeout=math.ceil(settings.http_header_timeout_s * 1000)
         ),
-        "backpressure": settings.max_connections,
+        "backpressure": slots,
     }
