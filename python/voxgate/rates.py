@@ -20,7 +20,8 @@ SESSION_CONNECTS = "session_connects"  # stream connections accepted
 # Counted per client IP (what anonymous or token-holding clients reach):
 AUTH_FAILURES = "auth_failures"  # refused API keys and tokens: brute-force protection
 UPLOADS = "uploads"  # HTTP uploads of frames
-LISTEN_CONNECTS = "listen_connects"  # Server-Sent Events and WebSocket listeners
+# Server-Sent Events and WebSocket listeners: per API key when one is used, else per IP.
+LISTEN_CONNECTS = "listen_connects"
 RATE_NAMES = (
     SESSIONS,
     TOKENS,
@@ -31,7 +32,7 @@ RATE_NAMES = (
     LISTEN_CONNECTS,
 )
 # The limits counted per API key when the request carries one (else per client IP).
-PER_KEY = frozenset({SESSIONS, TOKENS, TRANSCRIPTS})
+PER_KEY = frozenset({SESSIONS, TOKENS, TRANSCRIPTS, LISTEN_CONNECTS})
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([smh]?)\s*$")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -14,6 +14,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ SESSIONS_PER_MIN = 3
 TOKENS_PER_MIN = 6
 CONNECTS_PER_MIN = 3
 AUTH_FAILURES_PER_MIN = 3
+LISTENS_PER_MIN = 3
 STREAMS_PER_IP = 2
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
 # The module server's API keys beside the default one: a fresh one per use.
@@ -47,6 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "VOXGATE_RATE_LIMIT_TOKENS": f"{TOKENS_PER_MIN}/1m",
         "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": f"{CONNECTS_PER_MIN}/1m",
         "VOXGATE_RATE_LIMIT_AUTH_FAILURES": f"{AUTH_FAILURES_PER_MIN}/1m",
+        "VOXGATE_RATE_LIMIT_LISTEN_CONNECTS": f"{LISTENS_PER_MIN}/1m",
         "VOXGATE_MAX_STREAMS_PER_IP": str(STREAMS_PER_IP),
         "VOXGATE_TRUSTED_PROXIES": "127.0.0.1/32",
     }
@@ -287,3 +290,37 @@ async def test_the_long_session_shape_passes_on_default_settings(tmp_path: Path)
             assert [r.status_code for r in answers] == [201] * 200
             remaining = int(answers[-1].headers["RateLimit-Remaining"])
             assert remaining > 1000  # far from the limit
+
+
+async def listen_status(http: httpx.AsyncClient, sid: str, **options: Any) -> int:
+    """Open the session's events and leave at once: the status of the connect."""
+    async with http.stream("GET", f"/v1/sessions/{sid}/events", **options) as answer:
+        return answer.status_code
+
+
+async def test_listener_connects_count_per_key_and_per_address_for_tokens(
+    api: Api, http: httpx.AsyncClient
+) -> None:
+    sid = await api.new_session()
+    with_key = [await listen_status(http, sid) for _ in range(LISTENS_PER_MIN + 1)]
+    assert with_key == [200] * LISTENS_PER_MIN + [429]
+    # The same key from another address: still this key's allowance.
+    moved = {"X-Forwarded-For": next(_addresses)}
+    assert await listen_status(http, sid, headers=moved) == 429
+    # Another key is not affected.
+    other = {"Authorization": f"Bearer {secret_of(next(_keys))}"}
+    assert await listen_status(http, sid, headers=other) == 200
+    # Listen tokens count per client address.
+    tokens = [
+        (await http.post(f"/v1/sessions/{sid}/listen-tokens", json={})).json()["token"]
+        for _ in range(LISTENS_PER_MIN + 2)
+    ]
+    device = {"X-Forwarded-For": next(_addresses), "Authorization": ""}
+    statuses = [
+        await listen_status(http, sid, params={"token": token}, headers=device)
+        for token in tokens[: LISTENS_PER_MIN + 1]
+    ]
+    assert statuses == [200] * LISTENS_PER_MIN + [429]
+    elsewhere = {"X-Forwarded-For": next(_addresses), "Authorization": ""}
+    last = tokens[-1]
+    assert await listen_status(http, sid, params={"token": last}, headers=elsewhere) == 200
