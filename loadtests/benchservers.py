@@ -28,7 +28,7 @@ import httpx
 from voxgate.settings import Settings
 
 HERE = Path(__file__).resolve().parent
-API_KEY = "bench-key"
+API_KEY = "bench-key-0123456789abcdefghijklmnopqrstuv"  # at least 32 characters
 STARTUP_TIMEOUT_S = 30.0
 KINDS = ("voxgate", "voxgate-ref", "litestar", "fastapi", "picows")
 # voxgate-ref: another build of voxgate (its ``voxgate`` executable, e.g. the previous
@@ -227,6 +227,9 @@ def start_server(
             "VOXGATE_RATE_LIMIT_TOKENS": "off",
             "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": "off",
             "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
+            "VOXGATE_RATE_LIMIT_AUTH_FAILURES": "off",
+            "VOXGATE_RATE_LIMIT_UPLOADS": "off",
+            "VOXGATE_RATE_LIMIT_LISTEN_CONNECTS": "off",
             "VOXGATE_MAX_STREAMS_PER_IP": "0",
         }
         if kind == "voxgate-ref":

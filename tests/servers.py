@@ -24,7 +24,7 @@ from types import TracebackType
 
 import httpx
 
-API_KEY = "test-key"
+API_KEY = "test-key-0123456789abcdefghijklmnopqrstuv"  # at least 32 characters
 STARTUP_TIMEOUT_S = 20.0
 STOP_GRACE_S = 10.0
 
@@ -108,6 +108,9 @@ class Server:
                 "VOXGATE_RATE_LIMIT_TOKENS": "off",
                 "VOXGATE_RATE_LIMIT_TRANSCRIPTS": "off",
                 "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": "off",
+                "VOXGATE_RATE_LIMIT_AUTH_FAILURES": "off",
+                "VOXGATE_RATE_LIMIT_UPLOADS": "off",
+                "VOXGATE_RATE_LIMIT_LISTEN_CONNECTS": "off",
             }
         )
         env.update(self.extra_env)

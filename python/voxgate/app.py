@@ -13,20 +13,21 @@ from litestar.config.cors import CORSConfig
 from voxgate import logs, metrics
 from voxgate.api.archive_download import download_archive
 from voxgate.api.audio import audio, missing
+from voxgate.api.auth import check_origin
 from voxgate.api.client import client_router
 from voxgate.api.health import health, ready
 from voxgate.api.listen import events, listen, mint_listen_token
 from voxgate.api.openapi import openapi_config
 from voxgate.api.problems import EXCEPTION_HANDLERS
 from voxgate.api.prometheus import prometheus_metrics
-from voxgate.api.sessions import SessionController
+from voxgate.api.sessions import SessionController, refuse_deep_json
 from voxgate.api.stats import stats
 from voxgate.api.storage import storage
 from voxgate.api.stream import stream
 from voxgate.api.tokens import mint_token
 from voxgate.api.transcripts import list_transcripts, post_transcript, relay_transcript
 from voxgate.api.twilio import twilio_stream
-from voxgate.ingest.upload import upload
+from voxgate.api.upload import upload
 from voxgate.observe import Observed
 from voxgate.runtime import Runtime
 from voxgate.settings import Settings
@@ -34,13 +35,13 @@ from voxgate.settings import Settings
 
 def create_app(settings: Settings) -> Litestar:
     """The voxgate ASGI application for ``settings``."""
-    logs.configure(settings.log_level, secrets=settings.api_keys)
+    logs.configure(settings.log_level, secrets=[k.secret for k in settings.configured_keys()])
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        logs.register_secrets(runtime.api_keys)
+        logs.register_secrets([key.secret for key in runtime.api_keys])
         await runtime.start()
         sampler = asyncio.create_task(runtime.sample_metrics())
         try:
@@ -72,6 +73,8 @@ def create_app(settings: Settings) -> Litestar:
             client_router,
         ],
         lifespan=[lifespan],
+        guards=[check_origin],
+        before_request=refuse_deep_json,
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),

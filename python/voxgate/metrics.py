@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -76,7 +76,41 @@ COMMIT_FRAMES = Histogram(
 COMMIT_LATENCY = Histogram(
     "voxgate_commit_latency_seconds", "Duration of one group commit", buckets=_LATENCY_BUCKETS
 )
-STREAM_CLOSES = Counter(
+# Label values a client could choose are mapped onto a fixed set: every value
+# someone sends would otherwise add series for good (a client picks its close
+# code and, in a raw request line, its HTTP method).
+OTHER = "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The codes of RFC 6455 and the ones voxgate sends (docs/api.md); any other is "other".
+CLOSE_CODES = frozenset(
+    {str(c) for c in range(1000, 1016)}
+    | {str(c) for c in (4000, 4400, 4401, 4403, 4404, 4408, 4409, 4410, 4429)}
+)
+
+
+def method_label(method: str) -> str:
+    """``method`` as a label value: the standard methods as they are, anything else ``other``."""
+    return method if method in HTTP_METHODS else OTHER
+
+
+def close_code_label(code: object) -> str:
+    """A close code as a label value: known codes as they are, anything else ``other``."""
+    text = str(code)
+    return text if text in CLOSE_CODES else OTHER
+
+
+class _CloseCounter(Counter):
+    """A counter whose ``code`` label takes only :data:`CLOSE_CODES` (else ``other``)."""
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        if labelvalues:
+            labelvalues = (close_code_label(labelvalues[0]), *labelvalues[1:])
+        if "code" in labelkwargs:
+            labelkwargs["code"] = close_code_label(labelkwargs["code"])
+        return super().labels(*labelvalues, **labelkwargs)
+
+
+STREAM_CLOSES = _CloseCounter(
     "voxgate_stream_closes",
     "WebSocket streams ended, by close code and by who closed (server or client)",
     ["code", "by"],
@@ -148,6 +182,13 @@ TOKENS_REJECTED = Counter(
 )
 RATE_LIMITED = Counter(
     "voxgate_rate_limited", "Requests or connections refused by an abuse limit", ["limit"]
+)
+AUTH_FAILURES = Counter(
+    "voxgate_auth_failures", "API keys and tokens refused (counted per client IP for limits)"
+)
+# Labelled by the configured key names only (a bounded set), never by a secret.
+API_KEY_REQUESTS = Counter(
+    "voxgate_api_key_requests", "Requests authenticated with an API key, by key name", ["key"]
 )
 RATE_LIMIT_ERRORS = Counter(
     "voxgate_rate_limit_errors", "Rate-limit checks that failed (Redis unreachable: allowed)"

@@ -25,10 +25,12 @@ import structlog
 from litestar.routes import HTTPRoute
 
 from voxgate import logs, metrics
+from voxgate.api import auth, problems
 from voxgate.api.ratelimit import SCOPE_KEY
 from voxgate.clientip import client_ip, parse_networks
-from voxgate.ingest.stream import RAW_CHANNEL
-from voxgate.limits import ConnectionCounter, Decision
+from voxgate.limits.base import Decision
+from voxgate.limits.connections import ConnectionCounter
+from voxgate.scope import RAW_CHANNEL, STREAM_CLOSE_SCOPE_KEY
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -70,6 +72,8 @@ class Observed:
         self._app: Callable[[Scope, Receive, Send], Awaitable[None]] = app  # type: ignore[assignment]
         self.trusted = parse_networks(settings.trusted_proxies)
         self.ip_streams = ConnectionCounter(settings.max_streams_per_ip)
+        self.body_timeout_s = settings.http_body_timeout_s
+        self.send_timeout_s = settings.http_send_timeout_s
         # Litestar's automatic OPTIONS answer lists only the methods of the first
         # handler registered for a path; the right list, by route template:
         self._allow = {
@@ -101,14 +105,27 @@ class Observed:
             nonlocal elapsed
             if elapsed is None:
                 elapsed = time.perf_counter() - started
-                method, route = scope["method"], str(scope.get("path_template") or "unmatched")
+                # Never the client's own words as label values: unknown methods are one
+                # value, unrouted paths another.
+                method = metrics.method_label(scope["method"])
+                route = str(scope.get("path_template") or "unmatched")
                 metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
                 metrics.HTTP_DURATION.labels(method, route).observe(elapsed)
             return elapsed
 
         async def receive_body() -> Message:
             nonlocal body_done
-            message = await receive()
+            if body_done:  # later receives only wait for the disconnect (streamed answers)
+                return await receive()
+            try:
+                # A body that stalls holds its connection: bounded (VOXGATE_HTTP_BODY_TIMEOUT_S).
+                async with asyncio.timeout(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                # Litestar reads this as the client leaving; api/problems.py answers 408.
+                scope[problems.BODY_TIMEOUT_SCOPE_KEY] = True
+                log.info("http.body_timeout", path=scope["path"], after_s=self.body_timeout_s)
+                message = {"type": "http.disconnect"}
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -133,12 +150,36 @@ class Observed:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()
-            await send(message)
+            try:
+                # Granian's send waits once a few MB are queued for the client: one that
+                # reads nothing holds it here (VOXGATE_HTTP_SEND_TIMEOUT_S).
+                async with asyncio.timeout(self.send_timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise _SendStalled from None
 
         with structlog.contextvars.bound_contextvars(request_id=rid, client_ip=ip):
             try:
-                await self._app(scope, receive_body, send_with_headers)
-                if not body_done and _has_body(scope):
+                try:
+                    await self._app(scope, receive_body, send_with_headers)
+                except Exception as exc:
+                    if not _stalled(exc):
+                        raise
+                    # Returning with the answer unfinished makes Granian drop the connection.
+                    log.info("http.send_stalled", path=scope["path"], after_s=self.send_timeout_s)
+                    return
+                finally:
+                    # A streamed answer's producer (an events listener) is closed here
+                    # whatever ended the answer: Litestar leaves an interrupted one open.
+                    close = scope.get(STREAM_CLOSE_SCOPE_KEY)
+                    if close is not None:
+                        with contextlib.suppress(RuntimeError):
+                            await close()
+                if (
+                    not body_done
+                    and _has_body(scope)
+                    and not scope.get(problems.BODY_TIMEOUT_SCOPE_KEY)
+                ):
                     await _drain(receive)
             finally:
                 duration = record()
@@ -151,6 +192,8 @@ class Observed:
                     status=status,
                     duration_ms=round(duration * 1000, 3),
                 )
+                # Bound by voxgate.auth for this request only.
+                structlog.contextvars.unbind_contextvars(auth.KEY_NAME_LOG_FIELD)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = request_id(scope)
@@ -172,6 +215,25 @@ class Observed:
                 await self._app(scope, receive, send_with_id)
             finally:
                 self.ip_streams.release(ip)
+
+
+class _SendStalled(Exception):
+    """The client read nothing of its answer for VOXGATE_HTTP_SEND_TIMEOUT_S."""
+
+
+def _stalled(exc: BaseException, depth: int = 0) -> bool:
+    """Whether ``exc`` is, or was raised from, :class:`_SendStalled`: Litestar wraps it,
+    in an exception group (its streaming task group) inside its own exception."""
+    if depth > 8:
+        return False
+    if isinstance(exc, _SendStalled):
+        return True
+    if isinstance(exc, BaseExceptionGroup) and any(
+        _stalled(inner, depth + 1) for inner in exc.exceptions
+    ):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and _stalled(cause, depth + 1)
 
 
 def _has_body(scope: Scope) -> bool:

@@ -11,11 +11,28 @@ import re
 from typing import NamedTuple
 
 # The named rates, each set by VOXGATE_RATE_LIMIT_<NAME>.
-SESSIONS = "sessions"  # POST /v1/sessions, per client IP
-TOKENS = "tokens"  # POST /v1/sessions/{id}/tokens, per client IP
-TRANSCRIPTS = "transcripts"  # transcript relay, per client IP
-SESSION_CONNECTS = "session_connects"  # stream connections accepted, per session
-RATE_NAMES = (SESSIONS, TOKENS, TRANSCRIPTS, SESSION_CONNECTS)
+# Counted per API key (the caller is a backend acting for many users):
+SESSIONS = "sessions"  # POST /v1/sessions
+TOKENS = "tokens"  # stream and listen tokens minted
+TRANSCRIPTS = "transcripts"  # transcripts posted (either route)
+# Counted per session:
+SESSION_CONNECTS = "session_connects"  # stream connections accepted
+# Counted per client IP (what anonymous or token-holding clients reach):
+AUTH_FAILURES = "auth_failures"  # refused API keys and tokens: brute-force protection
+UPLOADS = "uploads"  # HTTP uploads of frames
+# Server-Sent Events and WebSocket listeners: per API key when one is used, else per IP.
+LISTEN_CONNECTS = "listen_connects"
+RATE_NAMES = (
+    SESSIONS,
+    TOKENS,
+    TRANSCRIPTS,
+    SESSION_CONNECTS,
+    AUTH_FAILURES,
+    UPLOADS,
+    LISTEN_CONNECTS,
+)
+# The limits counted per API key when the request carries one (else per client IP).
+PER_KEY = frozenset({SESSIONS, TOKENS, TRANSCRIPTS, LISTEN_CONNECTS})
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([smh]?)\s*$")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}

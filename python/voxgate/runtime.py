@@ -19,7 +19,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from voxgate import metrics
-from voxgate.auth import ensure_api_keys
 from voxgate.clientip import parse_networks
 from voxgate.core import native as _native
 from voxgate.fanout.bus import LocalBus, RedisBus
@@ -32,7 +31,7 @@ from voxgate.ingest.writer import Writer
 from voxgate.limits import Limits, RedisRateLimiter
 from voxgate.redis_client import REDIS_ERRORS, hiredis_in_use, redacted_url, redis_client
 from voxgate.retention.runner import Retention, RetentionSchedule
-from voxgate.settings import WORKERS_ENV, Settings
+from voxgate.settings import WORKERS_ENV, Settings, ensure_api_keys
 from voxgate.store.base import Store
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
@@ -83,6 +82,10 @@ class Runtime:
         self.api_keys, generated = ensure_api_keys(settings)
         if generated is not None:
             log.warning("generated an API key, kept in %s/api_key", settings.data_dir)
+        log.info(
+            "API keys: %s",
+            ", ".join(f"{k.name} ({'admin' if k.admin else 'tenant'})" for k in self.api_keys),
+        )
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store_for(settings)

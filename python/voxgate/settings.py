@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import difflib
 import os
+import secrets
 import types
 import typing
 import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, time
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from voxgate.apikeys import ApiKey, ApiKeyError, parse_api_keys, read_keys_file
 from voxgate.clientip import parse_networks
 from voxgate.errors import VoxgateError
 from voxgate.rates import RATE_NAMES, parse_rate
@@ -55,7 +58,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything an operator can configure; ``VOXGATE_<FIELD>`` sets ``<field>``."""
 
     data_dir: str = "./data"
+    # "name:secret", "name:admin:secret" or a bare secret (voxgate.apikeys); secrets
+    # of at least 32 characters. A keys file holds one entry per line.
     api_keys: tuple[str, ...] = ()
+    api_keys_file: str = ""
     durability: Durability = "fsync"
     # Browser Origin allow-list for the WebSocket stream (and CORS); "*" allows any.
     cors_origins: tuple[str, ...] = ("*",)
@@ -83,6 +89,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = ""
 
     idle_timeout_s: float = 60.0
+    # HTTP connections (docs/operations.md "Connections"): a request line and headers
+    # must arrive within this, and a kept-alive connection with no new request is
+    # closed after it (Granian's HTTP/1 header read timeout).
+    http_header_timeout_s: float = 30.0
+    # A request body that sends nothing for this long is answered 408 and closed.
+    http_body_timeout_s: float = 30.0
+    # An answer (Server-Sent Events, a download) the client reads nothing of for this
+    # long is dropped with its connection.
+    http_send_timeout_s: float = 30.0
+    # Open connections one worker process holds (idle ones included); past it new
+    # connections wait in the kernel's listen backlog. Needs as many file descriptors.
+    max_connections: int = 20_000
     # Open streams one worker process serves at once; more are refused with 4429.
     max_streams: int = 10_000
     # On SIGTERM: stop taking streams, close open ones with 1001 and flush, within this.
@@ -144,14 +162,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backup_keep_weekly: int = 4
     backup_keep_monthly: int = 12
 
-    # Abuse limits (docs/operations.md): per client IP, "COUNT/PERIOD" with PERIOD
-    # in s, m or h (for example "10/5m"), or "off". Shared across instances
-    # through redis_url when it is set.
-    rate_limit_sessions: str = "10/5m"
-    rate_limit_tokens: str = "20/15m"
-    rate_limit_transcripts: str = "120/1m"
+    # Abuse limits (docs/operations.md "Limits"): "COUNT/PERIOD" with PERIOD in s, m
+    # or h (for example "10/5m"), or "off". Shared across instances through
+    # redis_url when it is set.
+    # Per API key, sized for one backend serving about 10,000 concurrent calls
+    # of a few minutes each (docs/operations.md gives the arithmetic).
+    rate_limit_sessions: str = "5000/1m"
+    rate_limit_tokens: str = "20000/1m"
+    rate_limit_transcripts: str = "300000/1m"
     # Stream connections accepted per session (not per IP) in a window.
     rate_limit_session_connects: str = "30/1m"
+    # Per client IP: refused API keys and tokens, HTTP uploads, listener connects.
+    rate_limit_auth_failures: str = "20/1m"
+    rate_limit_uploads: str = "600/1m"
+    rate_limit_listen_connects: str = "600/1m"
     # Open streams one worker process serves for one client IP; 0 for no cap.
     max_streams_per_ip: int = 64
     # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers name the client.
@@ -180,6 +204,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
+        self.configured_keys()  # refuses bad entries and short secrets at start
         if self.max_frame_bytes < 1:
             raise SettingsError("VOXGATE_MAX_FRAME_BYTES must be at least 1")
         if self.max_message_bytes < 24 + self.max_frame_bytes:
@@ -195,6 +220,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("VOXGATE_TOKEN_TTL_S must be between 1 and VOXGATE_TOKEN_MAX_TTL_S")
         if self.idle_timeout_s <= 0:
             raise SettingsError("VOXGATE_IDLE_TIMEOUT_S must be positive")
+        timeouts = (self.http_header_timeout_s, self.http_body_timeout_s, self.http_send_timeout_s)
+        if not all(0 < t <= 3600 for t in timeouts):
+            raise SettingsError(
+                "VOXGATE_HTTP_HEADER_TIMEOUT_S, VOXGATE_HTTP_BODY_TIMEOUT_S and"
+                " VOXGATE_HTTP_SEND_TIMEOUT_S must be above 0 and at most 3600"
+            )
+        if self.max_connections < 1:
+            raise SettingsError("VOXGATE_MAX_CONNECTIONS must be at least 1")
         if self.shutdown_grace_s < 0:
             raise SettingsError("VOXGATE_SHUTDOWN_GRACE_S must not be negative")
         if self.heap_trim_s < 0:
@@ -265,6 +298,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 )
         if not 0 < self.webhook_timeout_s <= 300:
             raise SettingsError("VOXGATE_WEBHOOK_TIMEOUT_S must be above 0 and at most 300")
+
+    def configured_keys(self) -> tuple[ApiKey, ...]:
+        """The keys of ``VOXGATE_API_KEYS`` and ``VOXGATE_API_KEYS_FILE``; raises SettingsError.
+
+        Empty when neither is set (then the server generates one, voxgate.auth).
+        """
+        try:
+            entries = list(self.api_keys)
+            if self.api_keys_file:
+                entries += read_keys_file(self.api_keys_file)
+            return parse_api_keys(entries)
+        except ApiKeyError as exc:
+            variable = "VOXGATE_API_KEYS_FILE" if self.api_keys_file else "VOXGATE_API_KEYS"
+            raise SettingsError(f"{variable}: {exc}") from None
 
     @property
     def archive_path(self) -> str:
@@ -364,3 +411,39 @@ def _expected(kind: Any) -> str:
         item = _expected(args[0]).removeprefix("a ").removeprefix("an ")
         return f"a comma-separated list of {item}s"
     return str(kind)
+
+
+# The generated key's file in the data dir, when no key is configured.
+API_KEY_FILE = "api_key"
+
+
+def ensure_api_keys(settings: Settings) -> tuple[tuple[ApiKey, ...], str | None]:
+    """The API keys in force, and the secret generated now if there was none.
+
+    With neither ``VOXGATE_API_KEYS`` nor ``VOXGATE_API_KEYS_FILE`` set, the
+    key lives in ``<data dir>/api_key`` (created with mode 0600 on first
+    start), so management never runs open; it is an admin key named
+    ``default``. Raises :class:`SettingsError` for unusable keys.
+    """
+    configured = settings.configured_keys()
+    if configured:
+        return configured, None
+    path = Path(settings.data_dir) / API_KEY_FILE
+    if path.exists():
+        return _from_key_file(path), None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "vgk_" + secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race: use its key
+        return _from_key_file(path), None
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return parse_api_keys([key]), key
+
+
+def _from_key_file(path: Path) -> tuple[ApiKey, ...]:
+    try:
+        return parse_api_keys([path.read_text().strip()])
+    except ValueError as exc:
+        raise SettingsError(f"{path}: {exc}") from None

@@ -25,12 +25,14 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/sessions/{session_id}/tokens"): {400, 401, 404, 410, 413, 422, 429, 503},
     ("get", "/v1/sessions/{session_id}/missing"): {401, 404, 410, 503},
     ("get", "/v1/sessions/{session_id}/audio"): {400, 401, 404, 409, 410, 416, 422, 503},
-    ("post", "/v1/sessions/{session_id}/frames"): {400, 401, 403, 404, 410, 413, 415, 503},
+    ("post", "/v1/sessions/{session_id}/frames"): {400, 401, 403, 404, 410, 413, 415, 429, 503},
     ("post", "/v1/sessions/{session_id}/transcripts"): {400, 401, 404, 409, 410, 413, 429, 503},
     ("get", "/v1/sessions/{session_id}/transcripts"): {400, 401, 404, 410, 503},
     ("post", "/voice/transcript/relay/{session_id}"): {400, 401, 404, 409, 410, 422, 429, 503},
     ("post", "/v1/sessions/{session_id}/listen-tokens"): {400, 401, 404, 410, 422, 429, 503},
     ("get", "/v1/sessions/{session_id}/events"): {400, 401, 403, 404, 410, 429, 503},
+    ("get", "/v1/stats"): {401, 403},
+    ("get", "/v1/storage"): {401, 403, 503},
 }
 
 
@@ -70,11 +72,44 @@ def test_schema_states_the_configured_token_lifetime_and_the_upload_body(server:
     assert document["paths"]["/ready"]["get"]["security"] == []
 
 
+async def test_the_resume_bounds_the_schema_states_are_the_ones_enforced(server: Server) -> None:
+    """Server-Sent Events are left out of the schemathesis run (they never end): their
+    ``last_event_id`` query and ``Last-Event-ID`` header are checked here at the bound."""
+    document = schema(server)
+    operation = document["paths"]["/v1/sessions/{session_id}/events"]["get"]
+    bounds = {
+        (p["in"], p["name"].lower()): p["schema"]
+        for p in operation["parameters"]
+        if p["name"].lower() in ("last_event_id", "last-event-id")
+    }
+    assert set(bounds) == {("query", "last_event_id"), ("header", "last-event-id")}
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as http:
+        sid = (await http.post("/v1/sessions", json={})).json()["id"]
+        url = f"/v1/sessions/{sid}/events"
+        for (where, name), bound in bounds.items():
+            integer = next(b for b in bound.get("oneOf", [bound]) if b.get("type") == "integer")
+            top = int(integer["maximum"])
+            assert top == integer["maximum"], "a bound a JSON number cannot hold exactly"
+            assert integer["minimum"] == 0
+            for value, status in ((top, 200), (top + 1, 400), (-1, 400)):
+                options: dict[str, Any] = (
+                    {"params": {name: value}}
+                    if where == "query"
+                    else {"headers": {name: str(value)}}
+                )
+                async with http.stream("GET", url, **options) as answer:
+                    assert answer.status_code == status, (where, value)
+
+
 def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     """Every phase of schemathesis with its default checks, a few examples per operation."""
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+        # The hooks' auth providers: the API key, and stream tokens minted with it.
+        "VOXGATE_CONTRACT_URL": server.base_url,
+        "VOXGATE_CONTRACT_API_KEY": server.api_key,
         "PYTHONPATH": str(HERE),
         "NO_COLOR": "1",
     }
@@ -84,8 +119,6 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
         str(HERE / "schemathesis.toml"),
         "run",
         server.base_url + SCHEMA_PATH,
-        "--header",
-        f"Authorization: Bearer {server.api_key}",
         "--max-examples",
         "15",
         "--seed",
@@ -103,6 +136,8 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
+    # Every operation was reached with its credential (uploads with stream tokens).
+    assert "Authentication failed" not in output, output[-3000:]
     operations = sum(len(item) for item in schema(server)["paths"].values())
     # Server-Sent Events never end by themselves: schemathesis.toml leaves that one out.
     selected = operations - 1

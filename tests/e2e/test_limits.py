@@ -1,7 +1,9 @@
-"""Abuse limits on a real server: request rates, streams per IP, connections per session.
+"""Abuse limits on a real server: rates per API key and per client IP, streams per IP,
+connections per session.
 
 The module's server trusts 127.0.0.1 as a proxy, so each test speaks as its
-own client address through ``X-Forwarded-For`` and has its own allowance.
+own client address through ``X-Forwarded-For``, and it holds many API keys,
+so each test calls with a key of its own: each has its own allowances.
 """
 
 from __future__ import annotations
@@ -12,27 +14,42 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from e2e.wire import Api, assert_problem, frame, payload_for
-from servers import Server, start_server, two_instances
+from servers import API_KEY, Server, start_server, two_instances
 from services import RedisServer
+from voxgate.rates import RATE_NAMES
+from voxgate.settings import Settings
 
 SESSIONS_PER_MIN = 3
 TOKENS_PER_MIN = 6
 CONNECTS_PER_MIN = 3
+AUTH_FAILURES_PER_MIN = 3
+LISTENS_PER_MIN = 3
 STREAMS_PER_IP = 2
 _addresses = (f"198.51.100.{n}" for n in itertools.count(1))
+# The module server's API keys beside the default one: a fresh one per use.
+KEYS = [f"k{n}:admin:{n:04d}-{uuid.uuid4().hex}" for n in range(200)]
+_keys = iter(KEYS)
+
+
+def secret_of(entry: str) -> str:
+    return entry.rsplit(":", 1)[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {
+        "VOXGATE_API_KEYS": ",".join([API_KEY, *KEYS]),
         "VOXGATE_RATE_LIMIT_SESSIONS": f"{SESSIONS_PER_MIN}/1m",
         "VOXGATE_RATE_LIMIT_TOKENS": f"{TOKENS_PER_MIN}/1m",
         "VOXGATE_RATE_LIMIT_SESSION_CONNECTS": f"{CONNECTS_PER_MIN}/1m",
+        "VOXGATE_RATE_LIMIT_AUTH_FAILURES": f"{AUTH_FAILURES_PER_MIN}/1m",
+        "VOXGATE_RATE_LIMIT_LISTEN_CONNECTS": f"{LISTENS_PER_MIN}/1m",
         "VOXGATE_MAX_STREAMS_PER_IP": str(STREAMS_PER_IP),
         "VOXGATE_TRUSTED_PROXIES": "127.0.0.1/32",
     }
@@ -47,8 +64,14 @@ def address() -> str:
 
 
 @pytest.fixture
-async def http(server: Server, address: str) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {server.api_key}", "X-Forwarded-For": address}
+def key() -> str:
+    """An API key (secret) of this test's own."""
+    return secret_of(next(_keys))
+
+
+@pytest.fixture
+async def http(server: Server, address: str, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": address}
     async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
         yield client
 
@@ -69,7 +92,7 @@ async def session_ids(api: Api) -> set[str]:
     return {s["id"] for s in response.json()["sessions"]}
 
 
-async def test_session_creation_is_limited_per_client(api: Api, server: Server) -> None:
+async def test_session_creation_is_limited_per_api_key(api: Api, server: Server) -> None:
     created = []
     for left in range(SESSIONS_PER_MIN - 1, -1, -1):
         response = await api.http.post("/v1/sessions", json={})
@@ -81,13 +104,42 @@ async def test_session_creation_is_limited_per_client(api: Api, server: Server) 
     refused = await api.http.post("/v1/sessions", json={"codec": "opus"})
     assert_rate_limited(refused, SESSIONS_PER_MIN)
     assert await session_ids(api) == before, "a refused request stored a session"
-    # Another client is not affected.
-    other = {"Authorization": f"Bearer {server.api_key}", "X-Forwarded-For": next(_addresses)}
-    async with httpx.AsyncClient(base_url=server.base_url, headers=other) as client:
-        assert (await client.post("/v1/sessions", json={})).status_code == 201
+    # The same key from another address is still refused: the limit is the key's.
+    moved = await api.http.post("/v1/sessions", json={}, headers={"X-Forwarded-For": "192.0.2.9"})
+    assert_rate_limited(moved, SESSIONS_PER_MIN)
+    # Another key from the same address is not affected.
+    other = {"Authorization": f"Bearer {secret_of(next(_keys))}"}
+    assert (await api.http.post("/v1/sessions", json={}, headers=other)).status_code == 201
 
 
-async def test_token_minting_is_limited_per_client(api: Api) -> None:
+async def failures_until_refused(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None
+) -> list[int]:
+    statuses = []
+    for n in range(AUTH_FAILURES_PER_MIN + 2):
+        bad = {"Authorization": f"Bearer wrong-{n}-{uuid.uuid4().hex}", **(headers or {})}
+        statuses.append((await client.get("/v1/sessions", headers=bad)).status_code)
+    return statuses
+
+
+async def test_failed_authentications_are_limited_per_client_address(
+    server: Server, http: httpx.AsyncClient, key: str
+) -> None:
+    statuses = await failures_until_refused(http)
+    assert statuses == [401] * AUTH_FAILURES_PER_MIN + [429] * 2
+    refused = await http.get("/v1/sessions", headers={"Authorization": "Bearer another-guess"})
+    problem = assert_problem(refused, 429)
+    assert problem["type"] == "urn:voxgate:error:too_many_auth_failures"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Blocked means blocked: even the right key is not looked at from this address,
+    # and a stream token (upload) or listen attempt is refused alike.
+    assert (await http.get("/v1/sessions")).status_code == 429
+    # Another address is not affected.
+    elsewhere = {"X-Forwarded-For": next(_addresses)}
+    assert (await http.get("/v1/sessions", headers=elsewhere)).status_code == 200
+
+
+async def test_token_minting_is_limited_per_api_key(api: Api) -> None:
     sid = await api.new_session()
     tokens = [await api.mint_token(sid) for _ in range(TOKENS_PER_MIN)]
     assert len(set(tokens)) == TOKENS_PER_MIN
@@ -100,27 +152,27 @@ async def test_token_minting_is_limited_per_client(api: Api) -> None:
 async def test_forwarded_for_from_an_untrusted_peer_does_not_reset_the_limit(
     tmp_path: Path,
 ) -> None:
-    env = {"VOXGATE_RATE_LIMIT_SESSIONS": "2/1m"}  # no trusted proxies
+    env = {"VOXGATE_RATE_LIMIT_AUTH_FAILURES": "2/1m"}  # no trusted proxies
     with start_server(tmp_path, env=env) as plain:
-        headers = {"Authorization": f"Bearer {plain.api_key}"}
-        async with httpx.AsyncClient(base_url=plain.base_url, headers=headers) as client:
+        async with httpx.AsyncClient(base_url=plain.base_url) as client:
             answers = []
             for n in range(4):
-                spoof = {"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=192.0.2.{n}"}
-                answers.append(await client.post("/v1/sessions", json={}, headers=spoof))
-        assert [r.status_code for r in answers] == [201, 201, 429, 429]
+                spoof = {
+                    "Authorization": f"Bearer wrong-{n}",
+                    "X-Forwarded-For": f"203.0.113.{n}",
+                    "Forwarded": f"for=192.0.2.{n}",
+                }
+                answers.append(await client.get("/v1/sessions", headers=spoof))
+        assert [r.status_code for r in answers] == [401, 401, 429, 429]
 
 
 async def test_a_client_cannot_prepend_its_way_past_a_trusted_proxy(
-    api: Api, server: Server, address: str
+    http: httpx.AsyncClient, address: str
 ) -> None:
-    sid = await api.new_session()
-    for _ in range(TOKENS_PER_MIN):
-        await api.mint_token(sid)
+    await failures_until_refused(http)
     # The client sends its own X-Forwarded-For; the proxy appends the real address.
-    spoof = {"X-Forwarded-For": f"1.2.3.4, {address}"}
-    response = await api.http.post(f"/v1/sessions/{sid}/tokens", json={}, headers=spoof)
-    assert_rate_limited(response, TOKENS_PER_MIN)
+    spoof = {"X-Forwarded-For": f"1.2.3.4, {address}", "Authorization": "Bearer wrong"}
+    assert (await http.get("/v1/sessions", headers=spoof)).status_code == 429
 
 
 async def test_streams_per_ip_are_capped_with_4429(api: Api, address: str) -> None:
@@ -136,7 +188,8 @@ async def test_streams_per_ip_are_capped_with_4429(api: Api, address: str) -> No
     await open_streams[0].close()
     # The slot is free once the server has finished its side of that close.
     for _ in range(100):
-        mint = {"X-Forwarded-For": next(_addresses)}  # tokens from elsewhere: no token limit
+        # Tokens with other keys: this test is not about the token limit.
+        mint = {"Authorization": f"Bearer {secret_of(next(_keys))}"}
         url = f"/v1/sessions/{sessions[0]}/tokens"
         token = (await api.http.post(url, json={}, headers=mint)).json()["token"]
         again = await api.connect(sessions[0], token, headers=via)
@@ -171,14 +224,17 @@ async def test_connections_per_session_are_limited_with_4429(api: Api) -> None:
 async def test_limits_are_shared_by_two_instances_through_redis(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    secret = uuid.uuid4().hex * 2
     env = {
+        # A key name of its own: fresh in the shared Redis.
+        "VOXGATE_API_KEYS": f"k{uuid.uuid4().hex}:{secret}",
         "VOXGATE_REDIS_URL": redis_server.url,
         "VOXGATE_RATE_LIMIT_SESSIONS": "4/1m",
         "VOXGATE_TRUSTED_PROXIES": "127.0.0.1",
     }
-    client_ip = str(ipaddress.IPv6Address(uuid.uuid4().int))  # fresh in the shared Redis
+    client_ip = str(ipaddress.IPv6Address(uuid.uuid4().int))
     with two_instances(tmp_path, env) as (first, second):
-        headers = {"Authorization": f"Bearer {first.api_key}", "X-Forwarded-For": client_ip}
+        headers = {"Authorization": f"Bearer {secret}", "X-Forwarded-For": client_ip}
         statuses = []
         async with httpx.AsyncClient(headers=headers) as client:
             for instance in (first, second, first, second, first, second):
@@ -209,3 +265,62 @@ async def test_workers_of_one_host_share_limits_without_redis(tmp_path: Path) ->
             async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
                 statuses.append((await client.post("/v1/sessions", json={})).status_code)
         assert statuses == [201] * 3 + [429] * 5
+
+
+async def test_the_long_session_shape_passes_on_default_settings(tmp_path: Path) -> None:
+    """One backend (one key, one address) creating 50 sessions and minting 200 tokens
+    at once: what the long-session tool does; the per-IP defaults of old refused it."""
+    defaults = Settings()
+    env = {
+        f"VOXGATE_RATE_LIMIT_{name.upper()}": getattr(defaults, f"rate_limit_{name}")
+        for name in RATE_NAMES
+    }
+    with start_server(tmp_path, env=env) as plain:
+        headers = {"Authorization": f"Bearer {plain.api_key}"}
+        async with httpx.AsyncClient(base_url=plain.base_url, headers=headers) as http:
+            api = Api(plain, http)
+            sessions = await asyncio.gather(*(api.new_session() for _ in range(50)))
+            answers = await asyncio.gather(
+                *(
+                    http.post(f"/v1/sessions/{sid}/{kind}", json={})
+                    for sid in sessions
+                    for kind in ("tokens", "tokens", "tokens", "listen-tokens")
+                )
+            )
+            assert [r.status_code for r in answers] == [201] * 200
+            remaining = int(answers[-1].headers["RateLimit-Remaining"])
+            assert remaining > 1000  # far from the limit
+
+
+async def listen_status(http: httpx.AsyncClient, sid: str, **options: Any) -> int:
+    """Open the session's events and leave at once: the status of the connect."""
+    async with http.stream("GET", f"/v1/sessions/{sid}/events", **options) as answer:
+        return answer.status_code
+
+
+async def test_listener_connects_count_per_key_and_per_address_for_tokens(
+    api: Api, http: httpx.AsyncClient
+) -> None:
+    sid = await api.new_session()
+    with_key = [await listen_status(http, sid) for _ in range(LISTENS_PER_MIN + 1)]
+    assert with_key == [200] * LISTENS_PER_MIN + [429]
+    # The same key from another address: still this key's allowance.
+    moved = {"X-Forwarded-For": next(_addresses)}
+    assert await listen_status(http, sid, headers=moved) == 429
+    # Another key is not affected.
+    other = {"Authorization": f"Bearer {secret_of(next(_keys))}"}
+    assert await listen_status(http, sid, headers=other) == 200
+    # Listen tokens count per client address.
+    tokens = [
+        (await http.post(f"/v1/sessions/{sid}/listen-tokens", json={})).json()["token"]
+        for _ in range(LISTENS_PER_MIN + 2)
+    ]
+    device = {"X-Forwarded-For": next(_addresses), "Authorization": ""}
+    statuses = [
+        await listen_status(http, sid, params={"token": token}, headers=device)
+        for token in tokens[: LISTENS_PER_MIN + 1]
+    ]
+    assert statuses == [200] * LISTENS_PER_MIN + [429]
+    elsewhere = {"X-Forwarded-For": next(_addresses), "Authorization": ""}
+    last = tokens[-1]
+    assert await listen_status(http, sid, params={"token": last}, headers=elsewhere) == 200

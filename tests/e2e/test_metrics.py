@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.wire import Api, frame, payload_for, raw_frame
-from servers import Server, start_server
+from servers import API_KEY, Server, start_server
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "voxgate-dashboard.json"
@@ -23,6 +23,8 @@ ALERTS = DEPLOY / "prometheus" / "voxgate-alerts.yml"
 MAX_FRAME = 4096
 WINDOW = 4 * MAX_FRAME
 SPOOFED = "198.51.100.77"
+# A second API key, for the session-creation limit (counted per key).
+LIMITED_KEY = "limited-0123456789abcdefghijklmnopqrstuvwxyz"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -33,6 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "VOXGATE_MAX_FRAME_BYTES": str(MAX_FRAME),
         "VOXGATE_WINDOW_BYTES": str(WINDOW),
         "VOXGATE_MAX_MESSAGE_BYTES": str(16 * MAX_FRAME),
+        "VOXGATE_API_KEYS": f"{API_KEY},limited:{LIMITED_KEY}",
         "VOXGATE_RATE_LIMIT_SESSIONS": "2/1m",
         "VOXGATE_TRUSTED_PROXIES": "127.0.0.1",
     }
@@ -117,7 +120,7 @@ async def test_ingest_refusals_tokens_limits_and_http_are_counted(api: Api, serv
     assert upload.status_code == 200, upload.text
     refused = await api.connect(sid, "vgt_not-a-token")
     await refused.expect_close(4401)
-    spoofed = {"X-Forwarded-For": SPOOFED}
+    spoofed = {"X-Forwarded-For": SPOOFED, "Authorization": f"Bearer {LIMITED_KEY}"}
     statuses = [(await api.http.post("/v1/sessions", json={}, headers=spoofed)).status_code]
     statuses += [(await api.http.post("/v1/sessions", json={}, headers=spoofed)).status_code]
     statuses += [(await api.http.post("/v1/sessions", json={}, headers=spoofed)).status_code]
@@ -226,3 +229,34 @@ async def test_two_workers_report_one_sum(tmp_path: Path) -> None:
                 text = (await client.get("/metrics")).text
                 health = {"method": "GET", "route": "/health", "status": "200"}
                 assert value(samples(text), "voxgate_http_requests_total", **health) >= 40
+
+
+async def test_values_a_client_chooses_never_become_label_values(api: Api, server: Server) -> None:
+    """Invented methods and close codes are counted under ``other``: what a client
+    sends cannot add series (each would stay in every scrape for good)."""
+    invented = [f"BREW{n}X" for n in range(5)]
+    for method in invented:
+        answer = await api.http.request(method, "/v1/sessions")
+        assert 400 <= answer.status_code < 500, answer.status_code
+    closes = [4321, 3999, 4999]
+    sid = await api.new_session()
+    for code in closes:
+        stream = await api.stream(sid)
+        await stream.ws.close(code)
+    text = ""
+    for _ in range(100):  # the server counts a close once its side of it is done
+        text = scrape_text(server.base_url)
+        other = value(samples(text), "voxgate_stream_closes_total", code="other", by="client")
+        if other >= len(closes):
+            break
+        await asyncio.sleep(0.05)
+    for word in invented:
+        assert word not in text, word
+    for code in closes:
+        assert f'code="{code}"' not in text, code
+    now = samples(text)
+    assert value(now, "voxgate_stream_closes_total", code="other", by="client") >= len(closes)
+    requests = value(
+        now, "voxgate_http_requests_total", method="other", route="unmatched", status="405"
+    )
+    assert requests >= len(invented)

@@ -77,6 +77,52 @@ async def test_an_allow_list_admits_its_origins_only(listed: Server) -> None:
         await api.close_streams()
 
 
+async def test_every_browser_facing_route_checks_the_origin(listed: Server) -> None:
+    """HTTP routes refuse a listed server's unlisted Origin with 403 before doing
+    anything, Server-Sent Events and uploads included; machine routes answer."""
+    evil = {"Origin": "https://evil.example"}
+    headers = {"Authorization": f"Bearer {listed.api_key}"}
+    async with httpx.AsyncClient(base_url=listed.base_url, headers=headers) as http:
+        api = Api(listed, http)
+        sid = await api.new_session()
+        token = await api.mint_token(sid)
+        listen_token = (await http.post(f"/v1/sessions/{sid}/listen-tokens", json={})).json()
+        body = frame(0, payload_for(sid, 0))
+        refused = [
+            await http.get(f"/v1/sessions/{sid}/events", headers=evil),
+            await http.get(
+                f"/v1/sessions/{sid}/events", params={"token": listen_token["token"]}, headers=evil
+            ),
+            await http.post(
+                f"/v1/sessions/{sid}/frames",
+                content=body,
+                headers={
+                    **evil,
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": FRAMES_CONTENT_TYPE,
+                },
+            ),
+            await http.post("/v1/sessions", json={}, headers=evil),
+            await http.get(f"/v1/sessions/{sid}", headers=evil),
+            await http.delete(f"/v1/sessions/{sid}", headers=evil),
+        ]
+        for answer in refused:
+            problem = assert_problem(answer, 403)
+            assert problem["type"] == "urn:voxgate:error:origin", answer.request.url
+        # Nothing happened: the tokens are unspent and the session unchanged.
+        assert (await api.get_session(sid))["frames"] == 0
+        assert (await api.upload(sid, body, token=token)).status_code == 200
+        async with http.stream(
+            "GET",
+            f"/v1/sessions/{sid}/events",
+            params={"token": listen_token["token"]},
+            headers={"Origin": ALLOWED},
+        ) as events:
+            assert events.status_code == 200
+        for path in ("/health", "/ready", "/metrics"):
+            assert (await http.get(path, headers=evil)).status_code == 200
+
+
 # --- credentials only where the protocol names them --------------------------------
 
 

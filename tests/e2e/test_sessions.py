@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from e2e.wire import Api, assert_problem, frame, payload_for
-from servers import Server
+from servers import API_KEY, Server
 
 
 def files_containing(root: Path, needle: bytes) -> list[Path]:
@@ -179,9 +179,7 @@ async def test_token_for_a_deleted_session_is_refused(api: Api) -> None:
     assert_problem(await api.mint_token_response(sid), 410)
 
 
-@pytest.mark.parametrize(
-    "authorization", [None, "Bearer wrong-key", "test-key", "Basic dGVzdC1rZXk="]
-)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", API_KEY, "Basic dGVzdC1rZXk="])
 async def test_management_calls_need_the_api_key(
     api: Api, server: Server, authorization: str | None
 ) -> None:

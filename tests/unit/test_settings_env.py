@@ -36,14 +36,14 @@ def test_good_values_convert() -> None:
             "VOXGATE_WINDOW_BYTES": "2097152",
             "VOXGATE_IDLE_TIMEOUT_S": "2.5",
             "VOXGATE_DATABASE_MIGRATE": "false",
-            "VOXGATE_API_KEYS": " a , b ,",
+            "VOXGATE_API_KEYS": f" {'a' * 32} , {'b' * 32} ,",
             "VOXGATE_DATABASE_URL": "postgresql://h/db",
         }
     )
     assert settings.window_bytes == 2097152
     assert settings.idle_timeout_s == 2.5
     assert settings.database_migrate is False
-    assert settings.api_keys == ("a", "b")
+    assert settings.api_keys == ("a" * 32, "b" * 32)
     assert settings.database_url == "postgresql://h/db"
 
 

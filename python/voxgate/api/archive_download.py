@@ -13,9 +13,9 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from voxgate.api.audio import parse_range, refuse_cold
+from voxgate.api.auth import require_api_key
 from voxgate.api.problems import problem_responses
-from voxgate.api.sessions import live_session, runtime_of
-from voxgate.auth import require_api_key
+from voxgate.api.sessions import owned_session, runtime_of
 from voxgate.retention.archive import (
     MEDIA_TYPE,
     SUFFIX,
@@ -60,7 +60,7 @@ async def download_archive(
     """
     runtime = runtime_of(request)
     store = runtime.store
-    session = await live_session(runtime, session_id)
+    session = await owned_session(request, session_id)
     refuse_cold(session)
     headers = {"Content-Disposition": f'attachment; filename="{session_id}{SUFFIX}"'}
     if session.tier is Tier.WARM:

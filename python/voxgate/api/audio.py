@@ -14,9 +14,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from voxgate import g711
+from voxgate.api.auth import require_api_key
 from voxgate.api.problems import problem_responses
-from voxgate.api.sessions import live_session, runtime_of
-from voxgate.auth import require_api_key
+from voxgate.api.sessions import owned_session, runtime_of
 from voxgate.errors import ApiError
 from voxgate.retention.archive import ArchiveError, ArchiveReader
 from voxgate.store.base import FrameEntry, Session, Store, Tier
@@ -24,7 +24,17 @@ from voxgate.store.base import FrameEntry, Session, Store, Tier
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+# Past any byte offset a response can have: longer numbers in a Range are read as this
+# (Python refuses to convert numbers of more than 4300 digits at all).
+_HUGE = 1 << 63
+
+
+def _offset(digits: str) -> int:
+    """A Range number as an int, every number of more than 18 digits as :data:`_HUGE`."""
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
 WAV_HEADER_BYTES = 44
 
 
@@ -46,7 +56,7 @@ class MissingReport(msgspec.Struct):
 async def missing(request: Request[Any, Any, Any], session_id: FromPath[str]) -> MissingReport:
     """The same truth as the stream's hello: what a resuming client must resend."""
     runtime = runtime_of(request)
-    session = await live_session(runtime, session_id)
+    session = await owned_session(request, session_id)
     gaps = await runtime.store.missing(session_id)
     return MissingReport(
         next_seq=session.next_seq,
@@ -94,10 +104,10 @@ def parse_range(value: str | None, total: int) -> tuple[int, int] | None:
     if not first_s and not last_s:
         return None
     if not first_s:
-        first, last = max(total - int(last_s), 0), total - 1
+        first, last = max(total - _offset(last_s), 0), total - 1
     else:
-        first = int(first_s)
-        last = min(int(last_s), total - 1) if last_s else total - 1
+        first = _offset(first_s)
+        last = min(_offset(last_s), total - 1) if last_s else total - 1
     if first >= total or last < first:
         raise ApiError(
             416,
@@ -208,7 +218,7 @@ async def audio(
     """
     runtime = runtime_of(request)
     store = runtime.store
-    session = await live_session(runtime, session_id)
+    session = await owned_session(request, session_id)
     if format not in (None, "raw", "wav"):
         raise ApiError(422, "bad_format", "format must be raw or wav")
     codec = session.codec or ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import parse_qs
 
@@ -20,18 +20,29 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.types import WebSocketSendEvent
 
+from voxgate.api.auth import (
+    auth_failed,
+    authenticated,
+    bearer,
+    find_key,
+    origin_allowed,
+    refuse_if_blocked,
+    require_api_key,
+    sees,
+)
 from voxgate.api.problems import problem_responses
-from voxgate.api.ratelimit import rate_limited
+from voxgate.api.ratelimit import enforce, rate_limited
 from voxgate.api.sessions import runtime_of
 from voxgate.api.stream import SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX, reject
 from voxgate.api.tokens import TokenRequest, TokenResponse, issue_token
-from voxgate.auth import bearer, key_matches, require_api_key
+from voxgate.apikeys import ApiKey
 from voxgate.errors import ApiError
 from voxgate.fanout.bus import BusError
 from voxgate.fanout.events import AUDIO, KEEPALIVE, End
 from voxgate.fanout.listener import Listener
 from voxgate.ingest.stream import Close, stop_task
-from voxgate.rates import TOKENS
+from voxgate.rates import LISTEN_CONNECTS, TOKENS
+from voxgate.scope import STREAM_CLOSE_SCOPE_KEY
 from voxgate.store.base import SessionState, StoreError
 from voxgate.tokens.base import TokenStoreError
 
@@ -57,13 +68,22 @@ class ListenParams:
         self.last_event_id = last_event_id
 
 
+# The largest resume point (seq or event id) accepted: 2**53 - 1, so that the bound
+# the OpenAPI schema states is exact as a JSON number (above it, doubles round).
+MAX_RESUME = (1 << 53) - 1
+
+
 def _integer(query: Mapping[str, list[str]], name: str, header: str | None = None) -> int:
     values = query.get(name)
     raw = values[-1] if values else header
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, "bad_parameter", f"{name} must be a non-negative integer")
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and
+    # the length checked before converting: Python refuses over 4300 digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or int(raw) > MAX_RESUME:
+        raise ApiError(
+            400, "bad_parameter", f"{name} must be an integer between 0 and {MAX_RESUME}"
+        )
     return int(raw)
 
 
@@ -88,16 +108,20 @@ def listen_params(
 
 
 async def authorize(
-    runtime: Runtime, session_id: str, authorization: str | None, token: str | None
-) -> None:
+    connection: Request[Any, Any, Any] | WebSocket[Any, Any, Any],
+    runtime: Runtime,
+    session_id: str,
+    token: str | None,
+) -> ApiKey | None:
     """Accept an API key (from ``Authorization`` only) or a listen token for this session.
 
     ``token`` is the listen token from the query or the subprotocol, when
-    ``Authorization`` carries none. Raises :class:`ApiError` 401, 403 or 503.
+    ``Authorization`` carries none. Counts the connect against
+    ``VOXGATE_RATE_LIMIT_LISTEN_CONNECTS`` (per API key, else per client IP)
+    before a token is used up. Returns the API key, None for a token.
+    Raises :class:`ApiError` 401, 403, 429 or 503.
     """
-    credential = bearer(authorization)
-    if credential is not None and key_matches(credential, runtime.api_keys):
-        return
+    credential = bearer(connection.headers.get("authorization"))
     token = credential or token
     if token is None:
         raise ApiError(
@@ -105,25 +129,35 @@ async def authorize(
             "unauthorized",
             "missing credentials: send an API key (Authorization: Bearer) or a listen token",
         )
+    await refuse_if_blocked(connection)
+    key = None if credential is None else find_key(credential, runtime.api_keys)
+    if key is not None:
+        authenticated(connection, key)
+        await enforce(connection, LISTEN_CONNECTS)
+        return key
+    await enforce(connection, LISTEN_CONNECTS)
     try:
         subject = await runtime.tokens.consume(token)
     except TokenStoreError as exc:
         log.error("token store unavailable: %s", exc)
         raise ApiError(503, "token_store_unavailable", "token store unavailable") from exc
     if subject is None:
+        await auth_failed(connection)
         raise ApiError(401, "unauthorized", "invalid API key, or invalid, expired or used token")
     if subject == session_id:
         raise ApiError(403, "forbidden", "a stream token cannot listen: mint a listen token")
     if subject != LISTEN_SUBJECT_PREFIX + session_id:
         raise ApiError(403, "forbidden", "the listen token is for another session")
+    return None
 
 
-async def admit(runtime: Runtime, session_id: str) -> None:
-    """The session must exist and not be deleted, and this process must have room."""
+async def admit(runtime: Runtime, session_id: str, key: ApiKey | None) -> None:
+    """The session must exist, be the API key's to see (404 if not), not be deleted,
+    and this process must have room. ``key`` None: a listen token, bound to the session."""
     if runtime.draining:
         raise ApiError(503, "draining", "server is shutting down, reconnect")
     session = await runtime.store.get_session(session_id)
-    if session is None:
+    if session is None or (key is not None and not sees(key, session.tenant)):
         raise ApiError(404, "not_found", f"unknown session {session_id}")
     if session.state is SessionState.DELETED:
         raise ApiError(410, "gone", f"session {session_id} was deleted")
@@ -183,13 +217,20 @@ def _sse(kind: str, data: bytes, event_id: int | None = None) -> bytes:
 async def events(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
+    # Plain ints with a default (not "int | None"): Litestar then states the bounds in
+    # the integer schema itself, where clients and schemathesis read them.
     last_event_id: Annotated[
-        int | None, QueryParameter(ge=0, description="resume after this transcript id")
-    ] = None,
+        int, QueryParameter(ge=0, le=MAX_RESUME, description="resume after this transcript id")
+    ] = 0,
     last_event_id_header: Annotated[
-        int | None,
-        HeaderParameter(name="last-event-id", ge=0, description="what browsers send on reconnect"),
-    ] = None,
+        int,
+        HeaderParameter(
+            name="last-event-id",
+            ge=0,
+            le=MAX_RESUME,
+            description="what browsers send on reconnect",
+        ),
+    ] = 0,
     token: Annotated[str | None, QueryParameter(description="a listen token")] = None,
 ) -> Stream:
     """The session's events as Server-Sent Events (no audio)."""
@@ -199,10 +240,14 @@ async def events(
     query = parse_qs(request.scope.get("query_string", b"").decode(errors="replace"))
     params = listen_params(query, request.headers.get("last-event-id"), audio_allowed=False)
     token = query["token"][-1] if query.get("token") else None
-    await authorize(runtime, session_id, request.headers.get("authorization"), token)
-    await admit(runtime, session_id)
+    key = await authorize(request, runtime, session_id, token)
+    await admit(runtime, session_id, key)
+    body = _sse_body(runtime, session_id, params)
+    # Closed by voxgate.observe once the answer ends, however it ends (a client that
+    # reads nothing is dropped mid-answer), so the listener always leaves the hub.
+    request.scope[STREAM_CLOSE_SCOPE_KEY] = body.aclose  # type: ignore[literal-required]
     return Stream(
-        _sse_body(runtime, session_id, params),
+        body,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -210,7 +255,7 @@ async def events(
 
 async def _sse_body(
     runtime: Runtime, session_id: str, params: ListenParams
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     hub = runtime.hub
     listener = _new_listener(runtime, session_id, params)
     try:
@@ -258,13 +303,11 @@ async def listen(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         token = query["token"][-1]
     await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
-        origin = socket.headers.get("origin")
-        allowed = runtime.settings.cors_origins
-        if origin is not None and "*" not in allowed and origin not in allowed:
+        if not origin_allowed(socket.headers.get("origin"), runtime.settings.cors_origins):
             raise ApiError(403, "origin", "Origin not allowed")
         params = listen_params(query, socket.headers.get("last-event-id"), audio_allowed=True)
-        await authorize(runtime, session_id, socket.headers.get("authorization"), token)
-        await admit(runtime, session_id)
+        key = await authorize(socket, runtime, session_id, token)
+        await admit(runtime, session_id, key)
     except ApiError as exc:
         await reject(socket, Close(_CLOSE_CODES.get(exc.status, 4400), exc.code, exc.detail))
         return

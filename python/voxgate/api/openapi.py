@@ -23,7 +23,7 @@ from litestar.openapi.plugins import (
     YamlRenderPlugin,
 )
 
-from voxgate.ingest.upload import MEDIA_TYPE
+from voxgate.api.upload import MEDIA_TYPE
 from voxgate.retention.archive import MEDIA_TYPE as ARCHIVE_MEDIA_TYPE
 from voxgate.settings import Settings
 

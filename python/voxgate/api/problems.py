@@ -33,8 +33,9 @@ class Problem(msgspec.Struct):
 _MEANING = {
     400: "Malformed request: bad JSON, wrong types, missing or unknown fields, broken framing",
     401: "Missing or invalid credential (API key, or stream token where one is named)",
-    403: "The stream token is for another session",
-    404: "Unknown session",
+    403: "Origin not allowed, a token for another session, or an admin-only route",
+    404: "Unknown session, or another tenant's",
+    408: "The request body stalled (VOXGATE_HTTP_BODY_TIMEOUT_S)",
     409: "The session has gaps (pass allow_gaps=true)",
     410: "The session was deleted (audio and archive: its audio expired, tier cold)",
     413: "Request body above the configured limit",
@@ -82,8 +83,33 @@ def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, A
     return problem(exc.status, exc.code, exc.detail, headers=exc.headers, extra=exc.extra)
 
 
-def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+# What Litestar raises (as a 500) when the client disconnects while its body is read.
+_CLIENT_GONE = "client disconnected prematurely"
+# Set in the ASGI scope by voxgate.observe when a request body stalled past
+# VOXGATE_HTTP_BODY_TIMEOUT_S (it then tells Litestar the client left).
+BODY_TIMEOUT_SCOPE_KEY = "voxgate.body_timeout"
+
+
+def body_cut_short(scope: Any) -> ApiError:
+    """The error for a request body that did not arrive: 408 if it stalled, else 400."""
+    if scope.get(BODY_TIMEOUT_SCOPE_KEY):
+        return ApiError(
+            408,
+            "body_timeout",
+            "the request body stalled: nothing arrived for too long",
+            headers={"Connection": "close"},
+        )
+    return ApiError(400, "incomplete_body", "the client went away before its body ended")
+
+
+def _http_exception(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, Any]]:
     status = exc.status_code
+    if status == 500 and exc.detail == _CLIENT_GONE:
+        # The client's doing, not the server's: a client that left reads no answer, but
+        # the access log and metrics count it as the client error it is.
+        return _api_error(request, body_cut_short(request.scope))
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra

@@ -9,9 +9,9 @@ from typing import Any
 
 from litestar import Request, get
 
+from voxgate.api.auth import require_admin
 from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import runtime_of
-from voxgate.auth import require_api_key
 
 
 def _rss_bytes() -> int | None:
@@ -29,7 +29,12 @@ def _open_fds() -> int | None:
         return None
 
 
-@get("/v1/stats", guards=[require_api_key], tags=["health"], responses=problem_responses(401))
+@get(
+    "/v1/stats",
+    guards=[require_admin],  # the whole process: admin keys only
+    tags=["health"],
+    responses=problem_responses(401, 403),
+)
 async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """This worker process's resident memory, open fds, tasks, streams and listeners.
 

@@ -7,9 +7,9 @@ from typing import Any
 import msgspec
 from litestar import Request, get
 
+from voxgate.api.auth import require_admin
 from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import runtime_of
-from voxgate.auth import require_api_key
 from voxgate.retention import storage_gauges
 from voxgate.store.base import RetentionRun, TierStats
 
@@ -29,9 +29,9 @@ class StorageReport(msgspec.Struct):
 
 @get(
     "/v1/storage",
-    guards=[require_api_key],
+    guards=[require_admin],  # every tenant's figures: admin keys only
     tags=["storage"],
-    responses=problem_responses(401, 503),
+    responses=problem_responses(401, 403, 503),
 )
 async def storage(request: Request[Any, Any, Any]) -> StorageReport:
     """Sessions and bytes per tier, each tier's oldest session, the last retention run."""

@@ -18,15 +18,10 @@ from litestar.params import FromPath
 from litestar.types import Receive, Send
 
 from voxgate import logs, metrics, wire
-from voxgate.auth import bearer
-from voxgate.ingest.stream import (
-    RAW_CHANNEL,
-    Close,
-    StreamConnection,
-    StreamLimits,
-    send_close,
-)
+from voxgate.api.auth import bearer, origin_allowed
+from voxgate.ingest.stream import Close, StreamConnection, StreamLimits, send_close
 from voxgate.rates import SESSION_CONNECTS
+from voxgate.scope import RAW_CHANNEL
 from voxgate.settings import Settings
 from voxgate.store.base import Session, SessionState, StoreError, Tier
 from voxgate.tokens.base import TokenStoreError
@@ -74,10 +69,6 @@ async def reject(socket: WebSocket[Any, Any, Any], close: Close) -> None:
     events.info("stream.refused", code=close.code, error=close.error)
     with contextlib.suppress(OSError, Exception):
         await send_close(socket.send, close, with_error=True)
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    return origin is None or "*" in allowed or origin in allowed
 
 
 def raw_channel(socket: WebSocket[Any, Any, Any]) -> tuple[Receive, Send]:

@@ -9,10 +9,10 @@ import msgspec
 from litestar import Request, post
 from litestar.params import FromPath, JSONBody
 
+from voxgate.api.auth import require_api_key
 from voxgate.api.problems import problem_responses
 from voxgate.api.ratelimit import rate_limited
-from voxgate.api.sessions import live_session, runtime_of, strict_body
-from voxgate.auth import require_api_key
+from voxgate.api.sessions import owned_session, runtime_of, strict_body
 from voxgate.errors import ApiError
 from voxgate.rates import TOKENS
 
@@ -57,6 +57,6 @@ async def issue_token(
             "ttl_out_of_range",
             f"ttl_s must be between 1 and {settings.token_max_ttl_s}",
         )
-    await live_session(runtime, session_id)
+    await owned_session(request, session_id)
     minted = await runtime.tokens.mint(subject, ttl_s)
     return TokenResponse(minted.token, minted.expires_at, minted.ttl_s)

@@ -9,10 +9,10 @@ from litestar import Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from voxgate.api.auth import require_api_key
 from voxgate.api.problems import PROBLEM_JSON, Problem, problem_responses
 from voxgate.api.ratelimit import rate_limited
-from voxgate.api.sessions import live_session, runtime_of, strict_body
-from voxgate.auth import require_api_key
+from voxgate.api.sessions import live_session, owned_session, runtime_of, strict_body
 from voxgate.errors import ApiError
 from voxgate.rates import TRANSCRIPTS
 from voxgate.store.base import Transcript, TranscriptIn, TranscriptOutcome
@@ -112,6 +112,7 @@ async def post_transcript(
 ) -> Response[Transcript]:
     """Append a transcript; an interim is superseded by the next entry of its key."""
     body = await required_body(request, TranscriptPost)
+    await owned_session(request, session_id)
     entry = TranscriptIn(
         role=body.role,
         text=body.text,
@@ -131,14 +132,13 @@ async def post_transcript(
 async def list_transcripts(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
-    # Bounded below the store's 64-bit ids (larger values overflowed into a 500) and
-    # within what JSON Schema consumers read exactly (2**53).
-    after: Annotated[int, QueryParameter(ge=0, le=2**53 - 1)] = 0,
+    # 2**53 - 1: exact as a JSON number, so the schema's bound is the one enforced.
+    after: Annotated[int, QueryParameter(ge=0, le=(1 << 53) - 1)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> TranscriptPage:
     """Stored transcripts by id; pass ``next`` back as ``after`` for the next page."""
     runtime = runtime_of(request)
-    await live_session(runtime, session_id)
+    await owned_session(request, session_id)
     items = await runtime.store.list_transcripts(session_id, after=after, limit=limit + 1)
     more = len(items) > limit
     items = items[:limit]
@@ -171,6 +171,7 @@ async def relay_transcript(
             "session_mismatch",
             f"body session_id {body.session_id!r} does not match the path's {session_id!r}",
         )
+    await owned_session(request, session_id)
     entry = TranscriptIn(
         role=body.role, text=body.text, is_final=body.is_final, timestamp=body.timestamp
     )

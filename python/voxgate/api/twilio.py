@@ -27,7 +27,8 @@ from litestar import WebSocket, websocket
 from litestar.types import Send
 
 from voxgate import logs, metrics, wire
-from voxgate.api.stream import claim, origin_allowed, raw_channel, start_connection, stream_limits
+from voxgate.api.auth import origin_allowed
+from voxgate.api.stream import claim, raw_channel, start_connection, stream_limits
 from voxgate.ingest.stream import Close
 from voxgate.ingest.twilio import TwilioChannel, TwilioStart, read_start, signature_valid
 from voxgate.settings import Settings

@@ -114,9 +114,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, latch: SignalLatch) -> int:
-    from voxgate.auth import ensure_api_keys
     from voxgate.cli.db import check_database
-    from voxgate.settings import Settings, SettingsError, unknown_variable_warnings
+    from voxgate.settings import Settings, SettingsError, ensure_api_keys, unknown_variable_warnings
     from voxgate.store.base import StoreError
 
     for warning in unknown_variable_warnings():
@@ -169,6 +168,7 @@ def _run_granian(
         install_worker_shutdown_hook,
     )
     from voxgate.logs import dict_config
+    from voxgate.serving import granian_options
     from voxgate.settings import WORKERS_ENV
 
     if not granian_supported():
@@ -204,6 +204,7 @@ def _run_granian(
         ssl_key=tls[1] if tls else None,
         # TLS 1.2 too: telephony providers and older load balancers still connect with it.
         ssl_protocol_min=SSLProtocols.tls12,
+        **granian_options(settings),  # connection timeouts and slots (voxgate.serving)
     )
     server.serve()
     return 0

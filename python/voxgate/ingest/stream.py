@@ -35,11 +35,6 @@ from voxgate.store.base import Outcome, Progress, Store, StoreError
 log = logging.getLogger("voxgate.stream")
 events = logs.get("voxgate.stream")
 
-# Scope key under which the outermost ASGI layer (voxgate.observe) keeps a WebSocket's
-# receive and send as the server gave them: the per-message loop uses them directly,
-# past the per-call wrappers of Litestar and its middleware (the accept goes through them).
-RAW_CHANNEL = "voxgate.raw_channel"
-
 # Above this many unsent nack seqs the reader waits for the handler to flush,
 # so a client ignoring nacks cannot grow the outbox without bound.
 _MAX_PENDING_REJECTIONS = 65_536

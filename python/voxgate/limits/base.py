@@ -53,8 +53,11 @@ class RateLimiter(ABC):
     """
 
     @abstractmethod
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
-        """Count one request for ``key`` under limit ``name`` and decide."""
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
+        """Count one request for ``key`` under limit ``name`` and decide.
+
+        With ``count`` false, only decide: would one more request be allowed now.
+        """
 
     @abstractmethod
     async def close(self) -> None:

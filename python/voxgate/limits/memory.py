@@ -17,13 +17,14 @@ class MemoryRateLimiter(RateLimiter):
         self._tat: dict[tuple[str, str], float] = {}
         self._next_purge = 0.0
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
         now = self._clock()
         if now >= self._next_purge:  # forget keys whose allowance is whole again
             self._tat = {k: tat for k, tat in self._tat.items() if tat > now}
             self._next_purge = now + 60.0
         decision, tat = gcra(self._tat.get((name, key), now), now, rate)
-        self._tat[(name, key)] = tat
+        if count:
+            self._tat[(name, key)] = tat
         return decision
 
     async def close(self) -> None:

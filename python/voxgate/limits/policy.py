@@ -44,13 +44,16 @@ class Limits:
                 limiter = MemoryRateLimiter()
         self.limiter = limiter
 
-    async def check(self, name: str, key: str) -> Decision | None:
-        """Count a hit of ``key`` under ``name``; None when that limit is off."""
+    async def check(self, name: str, key: str, *, count: bool = True) -> Decision | None:
+        """Count a hit of ``key`` under ``name``; None when that limit is off.
+
+        With ``count`` false the hit is not counted: only whether one would be allowed.
+        """
         rate = self.rates[name]
         if rate is None:
             return None
-        decision = await self.limiter.hit(name, key, rate)
-        if not decision.allowed:
+        decision = await self.limiter.hit(name, key, rate, count=count)
+        if not decision.allowed and count:
             metrics.RATE_LIMITED.labels(name).inc()
         return decision
 

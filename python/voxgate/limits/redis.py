@@ -18,8 +18,9 @@ log = logging.getLogger("voxgate.limits")
 # A Redis check that fails with any of these is allowed (limits fail open).
 _CHECK_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, ValueError, TypeError)
 
-# KEYS[1]: the key; ARGV: period in microseconds, count. Redis's own clock, so
-# every instance agrees on "now". Returns allowed, remaining, reset, retry (us).
+# KEYS[1]: the key; ARGV: period in microseconds, count, and 1 to count the hit (0:
+# only decide). Redis's own clock, so every instance agrees on "now". Returns
+# allowed, remaining, reset, retry (us).
 _GCRA_LUA = """
 local period = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
@@ -33,7 +34,10 @@ local allow_at = new_tat - period
 if now < allow_at then
   return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+if ARGV[3] ~= '0' then
+  local ttl = math.ceil((new_tat - now) / 1000)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
+end
 return {1, math.floor((now - allow_at) / interval + 1e-9), math.ceil(new_tat - now), 0}
 """
 
@@ -59,11 +63,11 @@ class RedisRateLimiter(RateLimiter):
         """A limiter with a client of its own, built as every voxgate Redis client is."""
         return cls(redis_client(url), owns_client=True)
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
         try:
             reply = await self._script(
                 keys=[f"{self._prefix}{name}:{key}"],
-                args=[int(rate.period_s * 1_000_000), rate.requests],
+                args=[int(rate.period_s * 1_000_000), rate.requests, int(count)],
             )
             allowed, remaining, reset_us, retry_us = (int(v) for v in reply)
         except _CHECK_ERRORS as exc:

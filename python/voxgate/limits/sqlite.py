@@ -37,14 +37,14 @@ class SqliteRateLimiter(RateLimiter):
         )
         self._next_purge = 0.0
 
-    def _hit(self, key: str, rate: Rate) -> Decision:
+    def _hit(self, key: str, rate: Rate, count: bool) -> Decision:
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # one writer at a time: the check and update are atomic
         try:
             now = self._clock()
             row = db.execute("SELECT tat FROM rate_limits WHERE key = ?", (key,)).fetchone()
             decision, tat = gcra(float(row[0]) if row else now, now, rate)
-            if decision.allowed:
+            if decision.allowed and count:
                 db.execute(
                     "INSERT OR REPLACE INTO rate_limits (key, tat) VALUES (?, ?)", (key, tat)
                 )
@@ -57,10 +57,10 @@ class SqliteRateLimiter(RateLimiter):
             raise
         return decision
 
-    async def hit(self, name: str, key: str, rate: Rate) -> Decision:
+    async def hit(self, name: str, key: str, rate: Rate, *, count: bool = True) -> Decision:
         async with self._lock:
             try:
-                return await asyncio.to_thread(self._hit, f"{name}:{key}", rate)
+                return await asyncio.to_thread(self._hit, f"{name}:{key}", rate, count)
             except sqlite3.Error as exc:
                 metrics.RATE_LIMIT_ERRORS.inc()
                 log.warning("rate limit check failed, allowing: %s", exc)

@@ -50,6 +50,9 @@ class Session(msgspec.Struct, kw_only=True):
     end_seq: int | None = None  # seq of the stored END frame
     stream_crc32c: int | None = None  # CRC-32C of all payloads in seq order, once complete
     tier: Tier = Tier.HOT  # where its audio lives (retention)
+    # The name of the API key that created it (voxgate.apikeys); None for sessions
+    # from before keys had names, which only admin keys see.
+    tenant: str | None = None
 
 
 class FrameIn(msgspec.Struct, array_like=True, gc=False):
@@ -144,14 +147,20 @@ class Store(Protocol):
         sample_rate: int | None,
         channels: int | None,
         metadata: dict[str, Any],
+        tenant: str | None = None,
     ) -> Session:
-        """Create an open session with a new time-ordered id."""
+        """Create an open session with a new time-ordered id, owned by ``tenant``."""
 
     async def get_session(self, session_id: str) -> Session | None:
         """The session, a DELETED tombstone, or None when the id was never created."""
 
-    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
-        """Up to ``limit`` sessions (tombstones excluded) with ids greater than ``after``, by id."""
+    async def list_sessions(
+        self, *, limit: int, after: str | None, tenant: str | None = None
+    ) -> list[Session]:
+        """Up to ``limit`` sessions (tombstones excluded) with ids greater than ``after``, by id.
+
+        With ``tenant``, only the sessions that tenant owns.
+        """
 
     async def delete_session(self, session_id: str) -> bool:
         """Remove every frame and payload byte of the session, leaving a tombstone.

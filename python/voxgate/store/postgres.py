@@ -89,7 +89,7 @@ _I64_MAX = (1 << 63) - 1
 FRAME_COLUMNS = ("session_id", "seq", "flags", "pts_us", "length", "crc32c", "payload")
 _SESSION_COLUMNS = (
     "id, state, codec, sample_rate, channels, metadata, created_at, updated_at,"
-    " next_seq, frames, bytes, end_seq, stream_crc32c, tier"
+    " next_seq, frames, bytes, end_seq, stream_crc32c, tier, tenant"
 )
 
 # The connection is gone or the server is going away: use a new connection.
@@ -197,6 +197,7 @@ def _session_from_row(row: asyncpg.Record) -> Session:
         end_seq=row["end_seq"],
         stream_crc32c=row["stream_crc32c"],
         tier=Tier(row["tier"]),
+        tenant=row["tenant"],
     )
 
 
@@ -345,6 +346,7 @@ class PostgresStore:
         sample_rate: int | None,
         channels: int | None,
         metadata: dict[str, Any],
+        tenant: str | None = None,
     ) -> Session:
         now = datetime.now(UTC)
         session = Session(
@@ -356,6 +358,7 @@ class PostgresStore:
             sample_rate=sample_rate,
             channels=channels,
             metadata=metadata,
+            tenant=tenant,
         )
         encoded = msgspec.json.encode(metadata).decode()
 
@@ -363,8 +366,8 @@ class PostgresStore:
             # ON CONFLICT: a retry after a commit whose answer was lost must not fail.
             await conn.execute(
                 "INSERT INTO sessions (id, state, codec, sample_rate, channels, metadata,"
-                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6::json, $7, $7)"
-                " ON CONFLICT (id) DO NOTHING",
+                " created_at, updated_at, tenant)"
+                " VALUES ($1, $2, $3, $4, $5, $6::json, $7, $7, $8) ON CONFLICT (id) DO NOTHING",
                 session.id,
                 session.state.value,
                 codec,
@@ -372,6 +375,7 @@ class PostgresStore:
                 channels,
                 encoded,
                 now,
+                tenant,
             )
 
         await self._run(op)
@@ -389,17 +393,27 @@ class PostgresStore:
         row = await self._run(op)
         return None if row is None else _session_from_row(row)
 
-    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
+    async def list_sessions(
+        self, *, limit: int, after: str | None, tenant: str | None = None
+    ) -> list[Session]:
         if limit <= 0:
             return []
         key = _text_key(after or "")
 
         async def op(conn: Connection) -> list[asyncpg.Record]:
+            if tenant is None:
+                return await conn.fetch(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id > $1"
+                    " AND state <> 'deleted' ORDER BY id LIMIT $2",
+                    key,
+                    limit,
+                )
             return await conn.fetch(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id > $1 AND state <> 'deleted'"
-                " ORDER BY id LIMIT $2",
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant = $3 AND id > $1"
+                " AND state <> 'deleted' ORDER BY id LIMIT $2",
                 key,
                 limit,
+                tenant,
             )
 
         return [_session_from_row(row) for row in await self._run(op)]

@@ -221,6 +221,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX webhook_outbox_due ON webhook_outbox (status, due_at)",
     ),
+    # 5: tenants (docs/operations.md "Tenants").
+    (
+        # The API key name that created the session (NULL: created before tenants).
+        "ALTER TABLE sessions ADD COLUMN tenant TEXT",
+        "CREATE INDEX sessions_by_tenant ON sessions (tenant, id)",
+    ),
 )
 
 
@@ -242,7 +248,7 @@ _UPDATE_SESSIONS = (
 
 _SESSION_COLUMNS = (
     "id, state, codec, sample_rate, channels, metadata, created_at, updated_at,"
-    " next_seq, frames, bytes, end_seq, stream_crc32c, tier"
+    " next_seq, frames, bytes, end_seq, stream_crc32c, tier, tenant"
 )
 
 
@@ -270,6 +276,7 @@ def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Session:
         end_seq=row[11],
         stream_crc32c=row[12],
         tier=Tier(row[13]),
+        tenant=row[14],
     )
 
 
@@ -740,6 +747,7 @@ class SqliteStore:
         sample_rate: int | None,
         channels: int | None,
         metadata: dict[str, Any],
+        tenant: str | None = None,
     ) -> Session:
         now = _now_us()
         session = Session(
@@ -751,6 +759,7 @@ class SqliteStore:
             sample_rate=sample_rate,
             channels=channels,
             metadata=metadata,
+            tenant=tenant,
         )
         encoded = msgspec.json.encode(metadata).decode()
         await self._call(self._create_session_sync, session, encoded, now)
@@ -760,7 +769,7 @@ class SqliteStore:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO sessions (id, state, codec, sample_rate, channels, metadata,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, updated_at, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session.id,
                     session.state.value,
@@ -770,6 +779,7 @@ class SqliteStore:
                     metadata,
                     now,
                     now,
+                    session.tenant,
                 ),
             )
 
@@ -782,17 +792,26 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else _session_from_row(row)
 
-    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
+    async def list_sessions(
+        self, *, limit: int, after: str | None, tenant: str | None = None
+    ) -> list[Session]:
         if limit <= 0:
             return []
-        return await self._call(self._list_sessions_sync, limit, after or "")
+        return await self._call(self._list_sessions_sync, limit, after or "", tenant)
 
-    def _list_sessions_sync(self, limit: int, after: str) -> list[Session]:
-        rows = self._conn.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id > ? AND state != ?"
-            " ORDER BY id LIMIT ?",
-            (after, SessionState.DELETED.value, limit),
-        ).fetchall()
+    def _list_sessions_sync(self, limit: int, after: str, tenant: str | None) -> list[Session]:
+        if tenant is None:
+            rows = self._conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id > ? AND state != ?"
+                " ORDER BY id LIMIT ?",
+                (after, SessionState.DELETED.value, limit),
+            ).fetchall()
+        else:
+            rows = self._conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant = ? AND id > ?"
+                " AND state != ? ORDER BY id LIMIT ?",
+                (tenant, after, SessionState.DELETED.value, limit),
+            ).fetchall()
         return [_session_from_row(row) for row in rows]
 
     async def delete_session(self, session_id: str) -> bool:

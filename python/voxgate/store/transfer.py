@@ -53,8 +53,8 @@ INDEX_WINDOW = 20_000
 _UPSERT_SESSION = (
     "INSERT INTO sessions (id, state, codec, sample_rate, channels, metadata, created_at,"
     " updated_at, next_seq, frames, bytes, end_seq, stream_crc32c, stream_generation,"
-    " prefix_seq, prefix_crc32c)"
-    " VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    " prefix_seq, prefix_crc32c, tenant)"
+    " VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     " ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, codec = EXCLUDED.codec,"
     " sample_rate = EXCLUDED.sample_rate, channels = EXCLUDED.channels,"
     " metadata = EXCLUDED.metadata, created_at = EXCLUDED.created_at,"
@@ -62,7 +62,8 @@ _UPSERT_SESSION = (
     " frames = EXCLUDED.frames, bytes = EXCLUDED.bytes, end_seq = EXCLUDED.end_seq,"
     " stream_crc32c = EXCLUDED.stream_crc32c,"
     " stream_generation = GREATEST(sessions.stream_generation, EXCLUDED.stream_generation),"
-    " prefix_seq = EXCLUDED.prefix_seq, prefix_crc32c = EXCLUDED.prefix_crc32c"
+    " prefix_seq = EXCLUDED.prefix_seq, prefix_crc32c = EXCLUDED.prefix_crc32c,"
+    " tenant = EXCLUDED.tenant"
 )
 _INSERT_FRAMES = (
     "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c, payload)"
@@ -411,6 +412,7 @@ class Transfer:
             generation,
             prefix_seq,
             prefix_crc,
+            session.tenant,
         )
 
 

@@ -43,9 +43,8 @@ def test_transcript_guard_applies_the_configured_rate() -> None:
         assert refused.json()["type"] == "urn:voxgate:error:rate_limited"
 
 
-def test_transcript_guard_default_is_120_per_minute_and_off_disables_it() -> None:
+def test_transcript_guard_default_takes_a_backend_burst_and_off_disables_it() -> None:
     with TestClient(app(Settings())) as client:
-        assert all(client.post("/relay").status_code == 202 for _ in range(120))
-        assert client.post("/relay").status_code == 429
+        assert all(client.post("/relay").status_code == 202 for _ in range(300))
     with TestClient(app(Settings(rate_limit_transcripts="off"))) as client:
         assert all(client.post("/relay").status_code == 202 for _ in range(200))

@@ -96,16 +96,23 @@ class CountingStore:
         sample_rate: int | None,
         channels: int | None,
         metadata: dict[str, Any],
+        tenant: str | None = None,
     ) -> Session:
         return await self.inner.create_session(
-            codec=codec, sample_rate=sample_rate, channels=channels, metadata=metadata
+            codec=codec,
+            sample_rate=sample_rate,
+            channels=channels,
+            metadata=metadata,
+            tenant=tenant,
         )
 
     async def get_session(self, session_id: str) -> Session | None:
         return await self.inner.get_session(session_id)
 
-    async def list_sessions(self, *, limit: int, after: str | None) -> list[Session]:
-        return await self.inner.list_sessions(limit=limit, after=after)
+    async def list_sessions(
+        self, *, limit: int, after: str | None, tenant: str | None = None
+    ) -> list[Session]:
+        return await self.inner.list_sessions(limit=limit, after=after, tenant=tenant)
 
     async def delete_session(self, session_id: str) -> bool:
         return await self.inner.delete_session(session_id)

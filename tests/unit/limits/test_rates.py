@@ -48,9 +48,14 @@ def test_bad_rates_are_refused_by_the_settings(text: str) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     settings = Settings()
-    assert parse_rate(settings.rate_limit_sessions) == Rate(10, 300.0)
-    assert parse_rate(settings.rate_limit_tokens) == Rate(20, 900.0)
-    assert parse_rate(settings.rate_limit_transcripts) == Rate(120, 60.0)
+    # Per API key (docs/operations.md "Limits" gives the arithmetic).
+    assert parse_rate(settings.rate_limit_sessions) == Rate(5000, 60.0)
+    assert parse_rate(settings.rate_limit_tokens) == Rate(20000, 60.0)
+    assert parse_rate(settings.rate_limit_transcripts) == Rate(300000, 60.0)
+    # Per client IP.
+    assert parse_rate(settings.rate_limit_auth_failures) == Rate(20, 60.0)
+    assert parse_rate(settings.rate_limit_uploads) == Rate(600, 60.0)
+    assert parse_rate(settings.rate_limit_listen_connects) == Rate(600, 60.0)
 
 
 class FakeClock:
@@ -164,3 +169,28 @@ def test_limits_pick_redis_then_the_shared_file_then_memory(tmp_path: Path) -> N
     assert isinstance(Limits(Settings(), shared_file=shared).limiter, SqliteRateLimiter)
     with_redis = Settings(redis_url="redis://127.0.0.1:1/0")
     assert isinstance(Limits(with_redis, shared_file=shared).limiter, RedisRateLimiter)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_a_check_that_does_not_count_only_tells(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``count=False`` (the failed-authentication block check) decides without using
+    the allowance, on every limiter."""
+    limiter: RateLimiter
+    if kind == "memory":
+        limiter = MemoryRateLimiter()
+    elif kind == "sqlite":
+        limiter = SqliteRateLimiter(tmp_path / "limits.db")
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        limiter = RedisRateLimiter.from_url(redis_server.url)
+    key, rate = uuid.uuid4().hex, Rate(2, 60.0)
+    try:
+        peeks = [await limiter.hit("test", key, rate, count=False) for _ in range(5)]
+        assert all(d.allowed for d in peeks)
+        assert [d.allowed for d in await burst(limiter, key, rate, 2)] == [True, True]
+        assert not (await limiter.hit("test", key, rate, count=False)).allowed
+        assert not (await limiter.hit("test", key, rate)).allowed
+    finally:
+        await limiter.close()

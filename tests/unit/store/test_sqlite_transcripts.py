@@ -23,11 +23,13 @@ async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
     # Turn it back into what a voxgate without transcripts left behind.
     with sqlite3.connect(data_dir / DB_NAME) as conn:
         conn.execute("DROP TABLE transcripts")
-        # and what the migrations after it added (retention, webhook outbox)
+        # and what the migrations after it added (retention, webhook outbox, tenants)
         conn.execute("DROP TABLE webhook_outbox")
         conn.execute("DROP TABLE retention_runs")
         conn.execute("DROP INDEX sessions_by_tier")
+        conn.execute("DROP INDEX sessions_by_tenant")
         for column in (
+            "tenant",
             "tier",
             "tier_target",
             "tier_changed_at",

@@ -48,7 +48,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def new_session(store: Store, **metadata: object) -> str:
     session = await store.create_session(
-        codec="pcm_s16le", sample_rate=16000, channels=1, metadata=dict(metadata)
+        codec="pcm_s16le",
+        sample_rate=16000,
+        channels=1,
+        metadata=dict(metadata),
+        tenant="acme",  # the copy keeps whose session it is
     )
     return session.id
 

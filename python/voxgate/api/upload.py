@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, post
+from litestar.exceptions import InternalServerException
 from litestar.params import FromPath
 
 from voxgate import metrics
-from voxgate.api.problems import problem, problem_responses
-from voxgate.auth import bearer
+from voxgate.api.auth import auth_failed, bearer, refuse_if_blocked
+from voxgate.api.problems import body_cut_short, problem, problem_responses
+from voxgate.api.ratelimit import enforce
 from voxgate.core import native as _native
 from voxgate.errors import ApiError
 from voxgate.ingest.tally import Tally, precheck
+from voxgate.rates import UPLOADS
 from voxgate.store.base import FrameIn, SessionState, Tier
 
 if TYPE_CHECKING:
@@ -38,7 +42,7 @@ def _answer(tally: Tally) -> dict[str, Any]:
     status_code=200,
     request_max_body_size=None,  # checked below against VOXGATE_MAX_UPLOAD_BYTES while streaming
     tags=["frames"],
-    responses=problem_responses(400, 401, 403, 404, 410, 413, 415, 503),
+    responses=problem_responses(400, 401, 403, 404, 410, 413, 415, 429, 503),
 )
 async def upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -> Response[Any]:
     """Store the frames of a request body; answers once each is durable or rejected."""
@@ -53,8 +57,18 @@ async def upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -> 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != MEDIA_TYPE:
         raise ApiError(415, "unsupported_media_type", f"Content-Type must be {MEDIA_TYPE}")
+    await refuse_if_blocked(request)
+    await enforce(request, UPLOADS)  # per client IP
+    # The token is used up only once the body has begun to arrive: a client that
+    # goes away before sending any of it keeps its token for the retry.
+    body = request.stream()
+    try:
+        first = await anext(body)
+    except InternalServerException:  # Litestar's word for the client's disconnect
+        raise body_cut_short(request.scope) from None
     token_session = await runtime.tokens.consume(token)
     if token_session is None:
+        await auth_failed(request)
         raise ApiError(401, "unauthorized", "invalid, expired or already used stream token")
     session = await runtime.store.get_session(session_id)
     if session is None:
@@ -86,8 +100,13 @@ async def upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -> 
             runtime.streams.progressed(session_id, progress)
         batch, batch_bytes = [], 0
 
+    async def chunks() -> AsyncIterator[bytes]:
+        yield first
+        async for rest in body:
+            yield rest
+
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks():
             received += len(chunk)
             if received > settings.max_upload_bytes:
                 await commit()
