@@ -36,7 +36,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import json
 import logging
 import os
 import secrets
@@ -252,6 +251,11 @@ _SESSION_COLUMNS = (
 )
 
 
+def _json_text(value: Any) -> str:
+    """``value`` as JSON text, for SQLite's JSON functions (which read text, not bytes)."""
+    return orjson.dumps(value).decode()
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -267,7 +271,7 @@ def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Session:
         codec=row[2],
         sample_rate=row[3],
         channels=row[4],
-        metadata=json.loads(row[5]),
+        metadata=orjson.loads(row[5]),
         created_at=_to_datetime(row[6]),
         updated_at=_to_datetime(row[7]),
         next_seq=row[8],
@@ -642,7 +646,7 @@ class SqliteStore:
         else:
             rows = conn.execute(
                 "SELECT id, name FROM segments WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(ids)),),
+                (_json_text(list(ids)),),
             ).fetchall()
         for segment_id, name in rows:
             if segment_id == own:
@@ -734,7 +738,7 @@ class SqliteStore:
         with self._write():
             conn.execute(
                 "DELETE FROM erasures WHERE rowid IN (SELECT value FROM json_each(?))",
-                (json.dumps([row[0] for row in rows]),),
+                (_json_text([row[0] for row in rows]),),
             )
         return list(by_segment)
 
@@ -925,7 +929,7 @@ class SqliteStore:
                 for seq, crc, length, flags in conn.execute(
                     "SELECT seq, crc32c, length, flags FROM frames WHERE session_id = ?"
                     " AND seq IN (SELECT value FROM json_each(?))",
-                    (session_id, json.dumps(wanted)),
+                    (session_id, _json_text(wanted)),
                 ):
                     plan.known(session_id, seq, crc, length, flags)
             rows, payloads, nrows, offset = plan.judge(segment.id, start)
@@ -1098,7 +1102,7 @@ class SqliteStore:
             for session_id, generation in self._conn.execute(
                 "SELECT id, stream_generation FROM sessions"
                 " WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(session_ids),),
+                (_json_text(session_ids),),
             )
         }
 
@@ -1150,7 +1154,7 @@ class SqliteStore:
                     session_id,
                     SessionState.DELETED.value,
                     seen,
-                    json.dumps(sources),
+                    _json_text(sources),
                 ),
             )
             return cursor.rowcount == 1
@@ -1181,7 +1185,7 @@ class SqliteStore:
                 return False
             tier, kept = row
             if tier == Tier.HOT.value:
-                kept = json.dumps(_gaps(conn, session_id))
+                kept = _json_text(_gaps(conn, session_id))
                 self._drop_frames(session_id)
             conn.execute(
                 "UPDATE sessions SET tier = ?, tier_target = NULL, tier_changed_at = ?,"
@@ -1640,7 +1644,7 @@ def _gaps(conn: sqlite3.Connection, session_id: str) -> list[list[int]]:
         (session_id, SessionState.DELETED.value),
     ).fetchone()
     if row is not None and row[2] is not None:
-        kept: list[list[int]] = json.loads(row[2])  # moved out of hot: its frames are gone
+        kept: list[list[int]] = orjson.loads(row[2])  # moved out of hot: its frames are gone
         return kept
     if row is None or row[0] >= row[1]:
         return []
