@@ -139,6 +139,25 @@ async def test_failed_authentications_are_limited_per_client_address(
     assert (await http.get("/v1/sessions", headers=elsewhere)).status_code == 200
 
 
+async def test_bad_stream_tokens_count_as_failed_authentications(api: Api) -> None:
+    sid = await api.new_session()
+    via = {"X-Forwarded-For": next(_addresses)}
+    codes = []
+    for n in range(AUTH_FAILURES_PER_MIN + 1):
+        guess = await api.connect(sid, f"guess-{n}-{uuid.uuid4().hex}", headers=via)
+        messages = await guess.expect_close(4401 if n < AUTH_FAILURES_PER_MIN else 4429)
+        codes.append(messages[-1]["code"])
+    assert codes == ["unauthorized"] * AUTH_FAILURES_PER_MIN + ["too_many_auth_failures"]
+    # Blocked means blocked: a good token from that address is refused and not used up,
+    # so the same token still opens the stream from another address.
+    token = await api.mint_token(sid)
+    refused = await api.connect(sid, token, headers=via)
+    assert (await refused.expect_close(4429))[-1]["code"] == "too_many_auth_failures"
+    stream = await api.stream(sid, token=token, headers={"X-Forwarded-For": next(_addresses)})
+    await stream.send(frame(0, payload_for(sid, 0)))
+    assert (await stream.collect([0])).acked == {0}
+
+
 async def test_token_minting_is_limited_per_api_key(api: Api) -> None:
     sid = await api.new_session()
     tokens = [await api.mint_token(sid) for _ in range(TOKENS_PER_MIN)]

@@ -18,7 +18,8 @@ from litestar.params import FromPath
 from litestar.types import Receive, Send
 
 from voxgate import logs, metrics, wire
-from voxgate.api.auth import bearer, origin_allowed
+from voxgate.api.auth import auth_failed, bearer, origin_allowed, refuse_if_blocked
+from voxgate.errors import ApiError
 from voxgate.ingest.stream import Close, StreamConnection, StreamLimits, send_close
 from voxgate.rates import SESSION_CONNECTS
 from voxgate.scope import RAW_CHANNEL
@@ -145,12 +146,16 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
             raise Close(4401, "unauthorized", "missing stream token")
         if len(runtime.streams) >= settings.max_streams:
             raise Close(4429, "too_many_streams", "too many open streams, retry later")
+        # An address over its failed-authentication limit is refused before its token
+        # is looked at (or used up), like every credential-taking route.
+        await refuse_if_blocked(socket)
         try:
             token_session = await runtime.tokens.consume(token)
         except TokenStoreError as exc:
             log.error("token store unavailable: %s", exc)
             raise Close(1013, "token_store_unavailable", "token store unavailable") from exc
         if token_session is None:
+            await auth_failed(socket)
             raise Close(4401, "unauthorized", "invalid, expired or already used stream token")
         session = await runtime.store.get_session(session_id)
         if session is None:
@@ -160,6 +165,9 @@ async def stream(socket: WebSocket[Any, Any, Any], session_id: FromPath[str]) ->
         session, generation, missing = await claim(runtime, session)
     except Close as close:
         await reject(socket, close)
+        return
+    except ApiError as exc:  # too many failed authentications from this address
+        await reject(socket, Close(4429, exc.code, exc.detail))
         return
     except StoreError as exc:
         log.error("store unavailable at stream open: %s", exc)
