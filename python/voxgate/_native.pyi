@@ -13,11 +13,13 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "VERSION",
+    "Batch",
     "CommitPlan",
     "DecodedFrame",
     "FrameError",
     "Ledger",
     "LedgerStats",
+    "StreamCore",
     "StreamDecoder",
     "crc32c",
     "crc32c_combine",
@@ -229,6 +231,7 @@ class CommitPlan:
     def progress(self) -> list[tuple[str, int, int, int, int | None, bool, int | None]]:
         """(session_id, next_seq, frames, bytes, end_seq, complete, stream_crc32c) per session."""
 
+@final  # pyo3 classes cannot be subclassed
 class Batch:
     """The frames of one stream message that go to the store, in message order,
     as positions in the message (no Python object per frame)."""
@@ -247,6 +250,7 @@ class Batch:
     def frames(self) -> list[tuple[int, int, int, int, memoryview]]:
         """Every frame as (seq, flags, pts_us, crc32c, payload view into the message)."""
 
+@final  # pyo3 classes cannot be subclassed
 class StreamCore:
     """One WebSocket stream's per-message work: decode, CRC, the checks against
     its session (stored END, look-ahead past next_seq), ledger admission, and
@@ -255,8 +259,8 @@ class StreamCore:
     Nack reasons: checksum, window, conflict, too_large, sequence.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         ledger: Ledger,
         handle: int,
         session_id: str,
@@ -265,7 +269,7 @@ class StreamCore:
         max_seq_ahead: int,
         next_seq: int,
         end_seq: int | None = None,
-    ) -> None: ...
+    ) -> StreamCore: ...
     def accept(self, message: bytes, closing: bool) -> Batch | None:
         """Judge every frame of ``message``: the frames to store (None if none);
         refused ones wait for ``take_nacks``. A ``closing`` stream admits nothing.
