@@ -144,6 +144,7 @@ impl StreamState {
                 }
             }
         }
+        keep_small(&mut frames);
         self.scratch = frames;
         Ok(nbytes)
     }
@@ -183,6 +184,7 @@ impl StreamState {
             push_ranges(&mut text, seqs);
             let _ = write!(text, ",\"reason\":\"{}\"}}", REASONS[i]);
             seqs.clear();
+            keep_small(seqs);
             out.push((REASONS[i], count, text));
         }
         out
@@ -200,7 +202,20 @@ impl StreamState {
         let _ = write!(text, ",\"window_bytes\":{window_bytes}}}");
         self.acked.clear();
         self.duplicate.clear();
+        keep_small(&mut self.acked);
+        keep_small(&mut self.duplicate);
         (acked, duplicate, text)
+    }
+}
+
+/// Capacity a stream's buffers keep between messages: one message of tiny frames may
+/// need far more, but an idle stream must not hold on to that peak.
+const KEEP_CAPACITY: usize = 1024;
+
+fn keep_small<T>(v: &mut Vec<T>) {
+    if v.capacity() > KEEP_CAPACITY {
+        v.clear();
+        v.shrink_to(KEEP_CAPACITY);
     }
 }
 
@@ -329,6 +344,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn a_message_of_tiny_frames_leaves_no_peak_buffers_behind() {
+        let mut s = StreamState::new(0, None, 1024, 1 << 20);
+        let frames: Vec<(u32, &[u8], bool)> =
+            (0..5000).map(|seq| (seq, &b"x"[..], false)).collect();
+        let msg = message(&frames);
+        let mut batch = Vec::new();
+        s.accept(&msg, false, |_| true, &mut batch).unwrap();
+        let stored = vec![commit::STORED; batch.len()];
+        s.record(&batch, &stored);
+        let (acked, _, text) = s.take_ack(0);
+        assert_eq!(acked, 5000);
+        assert!(text.contains("[[0,4999]]"));
+        assert!(s.scratch.capacity() <= KEEP_CAPACITY);
+        assert!(s.acked.capacity() <= KEEP_CAPACITY);
     }
 
     #[test]

@@ -111,7 +111,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (with Redis, takeovers are also announced at once; this poll is the safety net).
     supersede_poll_s: float = 0.25
 
-    # Group commit: the most frames and bytes one transaction takes.
+    # Group commit: the most frames and bytes one transaction gathers. A WebSocket
+    # message is never split: one with more frames than this is a transaction alone.
     commit_max_frames: int = 4096
     commit_max_bytes: int = 32 * 1024 * 1024
     segment_max_bytes: int = 64 * 1024 * 1024

@@ -127,6 +127,9 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._by_session: dict[str, StreamConnection] = {}
+        # Every running connection, superseded ones still closing included: the stall
+        # sweep must reach a connection that lost its session but waits on its client.
+        self._live: set[StreamConnection] = set()
         self._poller: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
         # Tells other instances at once that this one claimed a stream (Redis pub/sub);
@@ -140,6 +143,7 @@ class StreamRegistry:
 
     def register(self, conn: StreamConnection) -> None:
         """Make ``conn`` its session's stream here, superseding an older local one."""
+        self._live.add(conn)
         if self._closing_until is not None:
             # Its handshake began before shutdown did: close it like the others.
             conn.fail(Close(1001, "going_away", "server shutting down"))
@@ -154,6 +158,7 @@ class StreamRegistry:
             conn.fail(superseded())
 
     def unregister(self, conn: StreamConnection) -> None:
+        self._live.discard(conn)
         if self._by_session.get(conn.session_id) is conn:
             del self._by_session[conn.session_id]
             if not self._by_session:
@@ -189,12 +194,12 @@ class StreamRegistry:
     async def _poll_generations(self, store: Store, poll_s: float) -> None:
         while True:
             await asyncio.sleep(poll_s)
-            if not self._by_session:
-                continue
             # One sweep for all streams instead of a timeout around every send.
             now = time.monotonic()
-            for conn in list(self._by_session.values()):
+            for conn in list(self._live):
                 conn.check_stalled(now)
+            if not self._by_session:
+                continue
             try:
                 current = await store.stream_generations(list(self._by_session))
             except StoreError as exc:
@@ -368,7 +373,8 @@ class StreamConnection:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_CLOSE_FLUSH_S):
                             await self._commits_done.wait()
-                    await self._flush()
+                # Also what a commit answered while the reader was being stopped.
+                await self._flush()
                 self._sending_since = time.monotonic()
                 await send_close(self._send_event, self._close)
         except OSError:  # the peer vanished mid-send
@@ -494,7 +500,9 @@ class StreamConnection:
                 await self._drained.wait()
 
     def _on_text(self, text: str) -> None:
-        if len(text) > self._limits.max_control_bytes:
+        limit = self._limits.max_control_bytes
+        # The limit is in bytes: count them only when the characters could exceed it.
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             self.fail(
                 Close(
                     1009,

@@ -185,6 +185,48 @@ async def test_a_large_control_message_closes_1009(parts: Parts) -> None:
     assert not [m for m in client.messages() if m["type"] == "pong"]
 
 
+async def test_the_control_limit_counts_bytes_not_characters(parts: Parts) -> None:
+    client = Client()
+    _, task = await open_stream(parts, client)
+    await client.wait_for("hello")
+    # 1,500 characters, 3,000 bytes: within the limit.
+    client.text(orjson.dumps({"type": "ping", "t": "é" * 1500}).decode())
+    assert (await client.wait_for("pong"))["t"] == "é" * 1500
+    # 3,000 characters, 6,000 bytes: above it.
+    client.text(orjson.dumps({"type": "ping", "t": "é" * 3000}).decode())
+    await asyncio.wait_for(task, 5)
+    assert client.close_code() == 1009
+
+
+async def test_a_superseded_stream_whose_client_reads_nothing_is_let_go(parts: Parts) -> None:
+    stuck = Client()
+    sid, stuck_task = await open_stream(parts, stuck)
+    await stuck.wait_for("hello")
+    stuck.reading.clear()
+    # A newer connection takes the session: the old one must close, but its client
+    # reads nothing, so its closing sends wait until the sweep lets it go.
+    newer = Client()
+    conn = StreamConnection(
+        session_id=sid,
+        generation=await parts.store.claim_stream(sid),
+        receive=newer.receive,  # type: ignore[arg-type]
+        send=newer.send,  # type: ignore[arg-type]
+        writer=parts.writer,
+        ledger=parts.ledger,
+        registry=parts.registry,
+        limits=LIMITS,
+        next_seq=0,
+        end_seq=None,
+    )
+    parts.registry.register(conn)
+    newer_task = asyncio.create_task(conn.run([]))
+    await newer.wait_for("hello")
+    await asyncio.wait_for(stuck_task, LIMITS.send_timeout_s + 5)
+    assert parts.ledger.stats().streams == 1  # only the newer stream's account is open
+    newer.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.wait_for(newer_task, 5)
+
+
 async def test_a_client_that_stops_reading_is_let_go_with_bounded_pongs(parts: Parts) -> None:
     client = Client()
     _, task = await open_stream(parts, client)
