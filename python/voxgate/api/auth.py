@@ -137,6 +137,9 @@ async def require_admin(
 
 # Polled by machines, never by a page: answered whatever Origin says.
 _ANY_ORIGIN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# The browser SDK's files: pages anywhere import them (what they may then call is
+# checked on every other route).
+_ANY_ORIGIN_PREFIX = "/client"
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -150,7 +153,13 @@ async def check_origin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
     visitor's browser call voxgate, Server-Sent Events and uploads included.
     WebSocket routes check it themselves (close 4403 after accepting).
     """
-    if connection.scope["type"] != ScopeType.HTTP or connection.scope["path"] in _ANY_ORIGIN_PATHS:
+    path = connection.scope["path"]
+    if (
+        connection.scope["type"] != ScopeType.HTTP
+        or path in _ANY_ORIGIN_PATHS
+        or path == _ANY_ORIGIN_PREFIX
+        or path.startswith(_ANY_ORIGIN_PREFIX + "/")
+    ):
         return
     allowed: tuple[str, ...] = connection.app.state.runtime.settings.cors_origins
     if not origin_allowed(connection.headers.get("origin"), allowed):

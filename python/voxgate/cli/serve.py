@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import logging.config
 import math
 import os
 import shutil
@@ -182,6 +183,10 @@ def _run_granian(
         )
     os.environ[WORKERS_ENV] = str(args.workers)
     install_worker_shutdown_hook()
+    # The master's own log lines (the connection-slot check below) as JSON, like the
+    # workers' (Granian applies the same configuration again when it starts).
+    logging.config.dictConfig(dict_config(settings.log_level))
+    options = granian_options(settings)
     server = MasterServer(
         "voxgate.app:app_from_env",
         latch=latch,
@@ -204,7 +209,7 @@ def _run_granian(
         ssl_key=tls[1] if tls else None,
         # TLS 1.2 too: telephony providers and older load balancers still connect with it.
         ssl_protocol_min=SSLProtocols.tls12,
-        **granian_options(settings),  # connection timeouts and slots (voxgate.serving)
+        **options,  # connection timeouts and slots (voxgate.serving)
     )
     server.serve()
     return 0
