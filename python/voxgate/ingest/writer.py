@@ -43,19 +43,14 @@ Done = Callable[[Batch, list[Outcome] | None, Progress | None, BaseException | N
 class _Entry:
     """One caller's frames waiting for a commit: answered through a future or a callback."""
 
-    __slots__ = ("done", "frames", "future", "nbytes", "session_id")
+    __slots__ = ("done", "frames", "future", "nbytes")
 
     def __init__(
-        self,
-        frames: Sequence[FrameIn] | Batch,
-        nbytes: int,
-        done: Done | None = None,
-        session_id: str | None = None,
+        self, frames: Sequence[FrameIn] | Batch, nbytes: int, done: Done | None = None
     ) -> None:
-        self.frames = frames
+        self.frames = frames  # a Batch (submit, answered through done) or frames (commit)
         self.nbytes = nbytes
         self.done = done
-        self.session_id = session_id  # set when every frame is of this one session
         self.future: asyncio.Future[CommitResult] | None = (
             None if done is not None else asyncio.get_running_loop().create_future()
         )
@@ -74,10 +69,13 @@ class _Entry:
         except Exception:
             log.exception("commit callback failed")
 
-    def answer(self, result: CommitResult | None, exc: BaseException | None) -> None:
+    def fail(self, exc: BaseException) -> None:
         if self.done is not None:
-            self.answer_batch(None if result is None else result.outcomes, None, exc)
-            return
+            self.answer_batch(None, None, exc)
+        else:
+            self.answer(None, exc)
+
+    def answer(self, result: CommitResult | None, exc: BaseException | None) -> None:
         future = self.future
         if future is None or future.done():
             return
@@ -196,7 +194,7 @@ class Writer:
                 f"writer holds {self._held_bytes} payload bytes; {nbytes} more would pass "
                 f"its limit of {self.limit_bytes}"
             )
-        self._queue.append(_Entry(batch, nbytes, done, batch.session_id))
+        self._queue.append(_Entry(batch, nbytes, done))
         self._held_bytes += nbytes
         self._wake.set()
 
@@ -292,27 +290,20 @@ class Writer:
         outcomes = result.outcomes
         for entry in batch:
             end = start + len(entry.frames)
-            if entry.done is not None and entry.session_id is not None:
-                # A stream's batch: its slice and its session's counters, nothing built.
-                self._held_bytes -= entry.nbytes
-                entry.answer_batch(outcomes[start:end], progress.get(entry.session_id), None)
-                start = end
-                continue
-            if entry.session_id is not None:
-                mine = progress.get(entry.session_id)
-                theirs = {} if mine is None else {entry.session_id: mine}
-            else:
-                assert not isinstance(entry.frames, Batch)
-                sessions = {frame.session_id for frame in entry.frames}
-                theirs = {sid: p for sid, p in progress.items() if sid in sessions}
-            answer = CommitResult(result.outcomes[start:end], theirs)
-            start = end
             self._held_bytes -= entry.nbytes
-            entry.answer(answer, None)
+            part = entry.frames
+            if isinstance(part, Batch):
+                # A stream's message: its slice and its session's counters, nothing built.
+                entry.answer_batch(outcomes[start:end], progress.get(part.session_id), None)
+            else:
+                sessions = {frame.session_id for frame in part}
+                theirs = {sid: p for sid, p in progress.items() if sid in sessions}
+                entry.answer(CommitResult(outcomes[start:end], theirs), None)
+            start = end
         if self.on_commit is not None:
             self.on_commit(frames, result)
 
     def _settle(self, batch: list[_Entry], exc: BaseException) -> None:
         for entry in batch:
             self._held_bytes -= entry.nbytes
-            entry.answer(None, exc)
+            entry.fail(exc)
