@@ -327,7 +327,7 @@ class TwilioChannel:
                 session_id=self.session_id,
                 call_sid=self.start.call_sid,
                 reason=control.get("reason"),
-                seqs=control.get("seqs"),
+                ranges=control.get("ranges"),
             )
         elif kind == "error":
             events.error(
