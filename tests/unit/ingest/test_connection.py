@@ -96,13 +96,18 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
         await store.close()
 
 
-async def open_stream(parts: Parts, client: Client) -> tuple[str, asyncio.Task[None]]:
-    session = await parts.store.create_session(
-        codec="pcm_s16le", sample_rate=16000, channels=1, metadata={}
-    )
+async def open_stream(
+    parts: Parts, client: Client, session_id: str | None = None
+) -> tuple[str, asyncio.Task[None]]:
+    """A stream into ``session_id`` (a new session if None), claimed as a reconnect would."""
+    if session_id is None:
+        session = await parts.store.create_session(
+            codec="pcm_s16le", sample_rate=16000, channels=1, metadata={}
+        )
+        session_id = session.id
     conn = StreamConnection(
-        session_id=session.id,
-        generation=await parts.store.claim_stream(session.id),
+        session_id=session_id,
+        generation=await parts.store.claim_stream(session_id),
         receive=client.receive,  # type: ignore[arg-type]
         send=client.send,  # type: ignore[arg-type]
         writer=parts.writer,
@@ -113,7 +118,7 @@ async def open_stream(parts: Parts, client: Client) -> tuple[str, asyncio.Task[N
         end_seq=None,
     )
     parts.registry.register(conn)
-    return session.id, asyncio.create_task(conn.run([]))
+    return session_id, asyncio.create_task(conn.run([]))
 
 
 async def test_frames_are_acked_once_stored_and_end_completes_with_the_stream_crc(
@@ -206,20 +211,7 @@ async def test_a_superseded_stream_whose_client_reads_nothing_is_let_go(parts: P
     # A newer connection takes the session: the old one must close, but its client
     # reads nothing, so its closing sends wait until the sweep lets it go.
     newer = Client()
-    conn = StreamConnection(
-        session_id=sid,
-        generation=await parts.store.claim_stream(sid),
-        receive=newer.receive,  # type: ignore[arg-type]
-        send=newer.send,  # type: ignore[arg-type]
-        writer=parts.writer,
-        ledger=parts.ledger,
-        registry=parts.registry,
-        limits=LIMITS,
-        next_seq=0,
-        end_seq=None,
-    )
-    parts.registry.register(conn)
-    newer_task = asyncio.create_task(conn.run([]))
+    _, newer_task = await open_stream(parts, newer, sid)
     await newer.wait_for("hello")
     await asyncio.wait_for(stuck_task, LIMITS.send_timeout_s + 5)
     assert parts.ledger.stats().streams == 1  # only the newer stream's account is open
