@@ -1,8 +1,8 @@
 //! The per-frame work of one store commit, without Python objects.
 //!
 //! A store commit reads the counters of every session it touches, judges each
-//! frame (stored, duplicate, conflict, sequence or gone), builds the index rows
-//! of the stored ones, extends every session's gap-free prefix and its running
+//! frame (stored, duplicate, conflict, sequence or gone), groups the stored
+//! ones into runs (one block each, see [`crate::block`]), extends every session's gap-free prefix and its running
 //! CRC-32C, and writes the counters back. [`Plan`] does all of that for one
 //! batch; the store only runs the SQL around it. The rules are those of
 //! `voxgate.store.tally.SessionTally`, which the PostgreSQL store applies.
@@ -42,6 +42,20 @@ pub struct Frame {
     pub pts_us: u64,
     pub crc32c: u32,
     pub length: u64,
+}
+
+/// Stored frames of one session with consecutive seqs, next to each other in
+/// the commit: they become one block. `stored[start..start + count]` (see
+/// [`Plan::judge`]) are their indexes in the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub session: usize,
+    pub first_seq: u64,
+    pub start: usize,
+    pub count: usize,
+    /// Payload bytes of the run, and the CRC-32C of its payloads in seq order.
+    pub payload_bytes: u64,
+    pub crc32c: u32,
 }
 
 #[derive(Debug)]
@@ -163,23 +177,12 @@ impl Plan {
         self.known.insert((session, seq), (crc32c, length, flags));
     }
 
-    /// Judge every frame; returns the outcomes and the index rows of the stored
-    /// frames as a JSON array of `[session_id, seq, flags, pts_us, length,
-    /// crc32c, segment, offset]` (pts as a two's-complement i64), payloads laid
-    /// out back to back from `offset`. `stored` gets the index of each stored
-    /// frame with a payload, in order.
-    pub fn judge(
-        &mut self,
-        frames: &[Frame],
-        segment: i64,
-        offset: u64,
-        stored: &mut Vec<usize>,
-    ) -> (Vec<u8>, String, u64, usize) {
+    /// Judge every frame; returns the outcomes and the runs of stored frames,
+    /// one block each. `stored` gets the index of each stored frame, in commit
+    /// order; a run is a slice of it.
+    pub fn judge(&mut self, frames: &[Frame], stored: &mut Vec<usize>) -> (Vec<u8>, Vec<Run>) {
         let mut outcomes = Vec::with_capacity(frames.len());
-        let mut rows = String::with_capacity(frames.len() * 64 + 2);
-        rows.push('[');
-        let mut offset = offset;
-        let mut nrows = 0usize;
+        let mut runs: Vec<Run> = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             let Some(s) = f.session else {
                 outcomes.push(GONE);
@@ -191,24 +194,30 @@ impl Plan {
                 continue;
             }
             self.known.insert((s, f.seq), (f.crc32c, f.length, f.flags));
-            if nrows > 0 {
-                rows.push(',');
+            let extends = runs.last().is_some_and(|r| {
+                r.session == s
+                    && r.start + r.count == stored.len()
+                    && r.first_seq + r.count as u64 == f.seq
+            });
+            if !extends {
+                runs.push(Run {
+                    session: s,
+                    first_seq: f.seq,
+                    start: stored.len(),
+                    count: 0,
+                    payload_bytes: 0,
+                    crc32c: 0,
+                });
             }
-            rows.push('[');
-            push_json_str(&mut rows, &self.tallies[s].row.id);
-            let _ = write!(
-                rows,
-                ",{},{},{},{},{},{},{}]",
-                f.seq, f.flags, f.pts_us as i64, f.length, f.crc32c, segment, offset
-            );
-            nrows += 1;
+            let run = runs.last_mut().expect("a run was just ensured");
+            run.count += 1;
             if f.length > 0 {
-                stored.push(i);
-                offset += f.length;
+                run.crc32c = crc32c_combine(run.crc32c, f.crc32c, f.length);
+                run.payload_bytes += f.length;
             }
+            stored.push(i);
         }
-        rows.push(']');
-        (outcomes, rows, offset, nrows)
+        (outcomes, runs)
     }
 
     fn judge_one(&mut self, s: usize, f: &Frame) -> u8 {
@@ -268,17 +277,25 @@ impl Plan {
         walks
     }
 
-    /// Take the stored frame at `seq` into the session's prefix; false
-    /// (unchanged) at a gap.
-    pub fn extend(&mut self, session: usize, seq: u64, crc32c: u32, length: u64) -> bool {
+    /// Take the stored frames `first_seq..=last_seq` (payloads of `length`
+    /// bytes with CRC-32C `crc32c` in seq order) into the session's prefix;
+    /// false (unchanged) at a gap.
+    pub fn extend(
+        &mut self,
+        session: usize,
+        first_seq: u64,
+        last_seq: u64,
+        crc32c: u32,
+        length: u64,
+    ) -> bool {
         let row = &mut self.tallies[session].row;
-        if seq != row.prefix_seq {
+        if first_seq != row.prefix_seq || last_seq < first_seq {
             return false;
         }
         if length > 0 {
             row.prefix_crc32c = crc32c_combine(row.prefix_crc32c, crc32c, length);
         }
-        row.prefix_seq = seq + 1;
+        row.prefix_seq = last_seq + 1;
         true
     }
 
@@ -379,13 +396,20 @@ mod tests {
         ];
         assert!(plan.lookups(&frames).is_empty());
         let mut stored = Vec::new();
-        let (outcomes, rows, end, nrows) = plan.judge(&frames, 7, 100, &mut stored);
+        let (outcomes, runs) = plan.judge(&frames, &mut stored);
         assert_eq!(outcomes, vec![STORED, STORED, STORED, GONE]);
-        assert_eq!(nrows, 3);
-        assert_eq!(end, 105);
-        assert_eq!(stored, vec![0, 1]);
-        let c0 = crc32c(b"he");
-        assert!(rows.starts_with(&format!("[[\"a\",0,0,-1,2,{c0},7,100],")));
+        assert_eq!(stored, vec![0, 1, 2]);
+        assert_eq!(
+            runs,
+            vec![Run {
+                session: 0,
+                first_seq: 0,
+                start: 0,
+                count: 3,
+                payload_bytes: 5,
+                crc32c: crc32c(b"hello"),
+            }]
+        );
         assert!(plan.advance().is_empty());
         let updates = plan.finish(5);
         let whole = crc32c(b"hello");
@@ -412,12 +436,12 @@ mod tests {
         plan.known(0, 0, crc32c(b"x"), 1, 0);
         plan.known(0, 1, crc32c(b"q"), 1, 0);
         let mut stored = Vec::new();
-        let (outcomes, _, _, nrows) = plan.judge(&frames, 1, 0, &mut stored);
+        let (outcomes, runs) = plan.judge(&frames, &mut stored);
         assert_eq!(
             outcomes,
             vec![DUPLICATE, CONFLICT, STORED, DUPLICATE, CONFLICT]
         );
-        assert_eq!(nrows, 1);
+        assert_eq!((stored, runs.len()), (vec![2], 1));
     }
 
     #[test]
@@ -431,9 +455,13 @@ mod tests {
             frame(Some(0), 0, b"a", false),
         ];
         let mut stored = Vec::new();
-        let (outcomes, rows, _, _) = plan.judge(&frames, 1, 0, &mut stored);
+        let (outcomes, runs) = plan.judge(&frames, &mut stored);
         assert_eq!(outcomes, vec![SEQUENCE, STORED, STORED]);
-        assert!(rows.starts_with("[[\"a\\\"\\u000a\","));
+        // 1 then 0: not consecutive in commit order, so two blocks.
+        assert_eq!(
+            runs.iter().map(|r| r.first_seq).collect::<Vec<_>>(),
+            vec![1, 0]
+        );
         // next_seq is 2 and the prefix reached 2: nothing earlier to walk.
         assert!(plan.advance().is_empty());
         let (_, p) = plan.progress().next().unwrap();
@@ -448,11 +476,11 @@ mod tests {
         r.end_seq = Some(3);
         let mut plan = Plan::new(vec![r]);
         let mut stored = Vec::new();
-        plan.judge(&[frame(Some(0), 1, b"b", false)], 1, 0, &mut stored);
+        plan.judge(&[frame(Some(0), 1, b"b", false)], &mut stored);
         assert_eq!(plan.advance(), vec![(0, 2)]);
-        assert!(plan.extend(0, 2, crc32c(b"c"), 1));
-        assert!(!plan.extend(0, 4, crc32c(b"e"), 1));
-        assert!(plan.extend(0, 3, crc32c(b"d"), 1));
+        assert!(plan.extend(0, 2, 2, crc32c(b"c"), 1));
+        assert!(!plan.extend(0, 4, 4, crc32c(b"e"), 1));
+        assert!(plan.extend(0, 3, 3, crc32c(b"d"), 1));
         let updates = plan.finish(9);
         let whole = crc32c(b"abcd");
         assert!(updates.starts_with(&format!("[[\"complete\",4,5,1,3,{whole},4,{whole}")));

@@ -1,6 +1,7 @@
 //! `voxgate._native`: thin pyo3 bindings over the pure-Rust frame codec
 //! ([`framing`]), CRC-32C ([`crc`]) and credit ledger ([`ledger`]).
 
+pub mod block;
 pub mod commit;
 pub mod crc;
 pub mod framing;
@@ -26,6 +27,13 @@ create_exception!(
     FrameError,
     PyValueError,
     "Broken framing: the whole message (or body, from ``offset`` on) is rejected."
+);
+
+create_exception!(
+    voxgate._native,
+    BlockError,
+    PyValueError,
+    "Stored bytes that are not the block the index names: torn, corrupt or misplaced."
 );
 
 pub(crate) fn frame_error(py: Python<'_>, e: framing::FrameError) -> PyErr {
@@ -88,6 +96,88 @@ fn py_crc32c(py: Python<'_>, data: &Bound<'_, PyAny>, value: u32) -> PyResult<u3
             crc::crc32c_append(value, b)
         }
     })
+}
+
+/// The header of a block of ``count`` frames of ``session_id`` from
+/// ``first_seq`` whose records take ``records_len`` bytes.
+#[pyfunction]
+#[pyo3(name = "block_header")]
+fn py_block_header<'py>(
+    py: Python<'py>,
+    session_id: &str,
+    first_seq: u64,
+    count: u32,
+    records_len: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if session_id.len() > block::MAX_SESSION_ID {
+        return Err(PyValueError::new_err("session id too long for a block"));
+    }
+    if count == 0 {
+        return Err(PyValueError::new_err("a block holds at least one frame"));
+    }
+    Ok(PyBytes::new(
+        py,
+        &block::encode_header(session_id, first_seq, count, records_len),
+    ))
+}
+
+/// (session_id, seq, flags, pts_us, length, crc32c, payload offset) per frame
+/// of the whole block ``data``; with ``verify``, every payload is checked
+/// against its CRC-32C. Raises BlockError.
+#[pyfunction]
+#[pyo3(name = "read_block", signature = (data, *, verify))]
+#[allow(clippy::type_complexity)]
+fn py_read_block(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    verify: bool,
+) -> PyResult<(String, Vec<(u64, u8, u64, u32, u32, usize)>)> {
+    let parsed = with_bytes(data, |b| {
+        if verify && b.len() >= GIL_RELEASE_BYTES {
+            py.detach(|| block::parse(b, true))
+        } else {
+            block::parse(b, verify)
+        }
+    })?;
+    let (head, records) = parsed.map_err(|e| BlockError::new_err(e.0))?;
+    let rows = records
+        .iter()
+        .map(|r| (r.seq, r.flags, r.pts_us, r.length, r.crc32c, r.payload))
+        .collect();
+    Ok((head.session_id, rows))
+}
+
+/// Every whole, valid block of ``data`` (a segment's bytes from offset
+/// ``base``) as (session_id, first_seq, last_seq, offset, length,
+/// payload_bytes, crc32c), where the scan stopped, and why (None: at the end).
+#[pyfunction]
+#[pyo3(name = "scan_blocks")]
+#[allow(clippy::type_complexity)]
+fn py_scan_blocks(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    base: u64,
+) -> PyResult<(
+    Vec<(String, u64, u64, u64, u64, u64, u32)>,
+    u64,
+    Option<String>,
+)> {
+    let (extents, stop, why) = with_bytes(data, |b| py.detach(|| block::scan(b, base)))?;
+    let rows = extents
+        .into_iter()
+        .map(|e| {
+            (
+                e.session_id,
+                e.first_seq,
+                e.last_seq,
+                e.offset,
+                e.length,
+                e.payload_bytes,
+                e.crc32c,
+            )
+        })
+        .collect();
+    Ok((rows, stop, why))
 }
 
 /// CRC-32C of ``A + B`` from ``crc1 = crc32c(A)``, ``crc2 = crc32c(B)`` and ``len(B)``.
@@ -392,7 +482,30 @@ fn session_row(row: &Bound<'_, PyAny>) -> PyResult<commit::SessionRow> {
     })
 }
 
+/// (session_id, first_seq, last_seq, offset, length, payload_bytes, crc32c)
+type Extent<'py> = (Bound<'py, PyString>, u64, u64, u64, u64, u64, u32);
+
 impl PyCommitPlan {
+    /// `start..end` of batch `batch`'s message, as a memoryview (one view per message).
+    fn slice<'py>(
+        &mut self,
+        py: Python<'py>,
+        batch: usize,
+        start: usize,
+        end: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let view = match &self.views[batch] {
+            Some(view) => view.bind(py).clone(),
+            None => {
+                let message = self.batches[batch].get().message.bind(py);
+                let view = PyMemoryView::from(message.as_any())?.into_any();
+                self.views[batch] = Some(view.clone().unbind());
+                view
+            }
+        };
+        view.get_item(PySlice::new(py, start as isize, end as isize, 1))
+    }
+
     fn session(&self, session_id: &str) -> PyResult<usize> {
         self.plan
             .session(session_id)
@@ -498,44 +611,111 @@ impl PyCommitPlan {
         Ok(())
     }
 
-    /// Judge every frame: (rows JSON, payloads to write, rows, end offset).
+    /// Judge every frame and lay the stored ones out as blocks from ``offset``:
+    /// (extents, buffers to write back to back at ``offset``, end offset). An
+    /// extent is (session_id, first_seq, last_seq, offset, length,
+    /// payload_bytes, crc32c), one per block.
+    #[allow(clippy::type_complexity)]
     fn judge<'py>(
         &mut self,
         py: Python<'py>,
-        segment: i64,
         offset: u64,
-    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyList>, usize, u64)> {
+    ) -> PyResult<(Vec<Extent<'py>>, Bound<'py, PyList>, u64)> {
         let mut stored = Vec::new();
         let (plan, frames) = (&mut self.plan, &self.frames);
-        let mut run = || plan.judge(frames, segment, offset, &mut stored);
+        let mut run = || plan.judge(frames, &mut stored);
         // Large batches are judged with the GIL released (the event loop runs meanwhile);
         // for small ones handing the GIL back and forth would cost more than the work.
-        let (outcomes, rows, end, nrows) = if frames.len() >= GIL_RELEASE_FRAMES {
+        let (outcomes, runs) = if frames.len() >= GIL_RELEASE_FRAMES {
             py.detach(run)
         } else {
             run()
         };
         self.outcomes = outcomes;
-        let mut items = Vec::with_capacity(stored.len());
-        for &i in &stored {
-            items.push(match &self.payloads[i] {
-                Payload::Object(obj) => obj.bind(py).clone(),
-                &Payload::InBatch { batch, start, end } => {
-                    let view = match &self.views[batch] {
-                        Some(view) => view.bind(py).clone(),
-                        None => {
-                            let message = self.batches[batch].get().message.bind(py);
-                            let view = PyMemoryView::from(message.as_any())?.into_any();
-                            self.views[batch] = Some(view.clone().unbind());
-                            view
+        let mut extents = Vec::with_capacity(runs.len());
+        let mut buffers: Vec<Bound<'py, PyAny>> = Vec::with_capacity(runs.len() * 2);
+        let mut at = offset;
+        for r in &runs {
+            let members = &stored[r.start..r.start + r.count];
+            let records_len: u64 = members
+                .iter()
+                .map(|&i| framing::HEADER_SIZE as u64 + self.frames[i].length)
+                .sum();
+            let sid = self.plan.session_id(r.session);
+            let header = block::encode_header(sid, r.first_seq, r.count as u32, records_len);
+            let length = header.len() as u64 + records_len;
+            extents.push((
+                PyString::new(py, sid),
+                r.first_seq,
+                r.first_seq + r.count as u64 - 1,
+                at,
+                length,
+                r.payload_bytes,
+                r.crc32c,
+            ));
+            at += length;
+            buffers.push(PyBytes::new(py, &header).into_any());
+            // Records of one message lie back to back in it: one buffer per such stretch.
+            let mut stretch: Option<(usize, usize, usize)> = None; // (batch, start, end)
+            for &i in members {
+                let place = match &self.payloads[i] {
+                    Payload::Object(obj) => Err(obj.clone_ref(py)),
+                    &Payload::InBatch { batch, start, end } => Ok((batch, start, end)),
+                };
+                match place {
+                    Err(obj) => {
+                        if let Some((b, start, end)) = stretch.take() {
+                            buffers.push(self.slice(py, b, start, end)?);
                         }
-                    };
-                    view.get_item(PySlice::new(py, start as isize, end as isize, 1))?
+                        let f = &self.frames[i];
+                        let head = framing::encode_header(
+                            u32::try_from(f.seq)
+                                .map_err(|_| PyValueError::new_err("seq beyond u32"))?,
+                            f.length as u32,
+                            f.crc32c,
+                            f.pts_us,
+                            f.flags as u8,
+                        );
+                        buffers.push(PyBytes::new(py, &head).into_any());
+                        buffers.push(obj.into_bound(py));
+                    }
+                    Ok((batch, start, end)) => {
+                        let record = start - framing::HEADER_SIZE;
+                        stretch = match stretch {
+                            Some((b, s0, e0)) if b == batch && e0 == record => Some((b, s0, end)),
+                            Some((b, s0, e0)) => {
+                                buffers.push(self.slice(py, b, s0, e0)?);
+                                Some((batch, record, end))
+                            }
+                            None => Some((batch, record, end)),
+                        };
+                    }
                 }
-            });
+            }
+            if let Some((b, start, end)) = stretch {
+                buffers.push(self.slice(py, b, start, end)?);
+            }
         }
-        let payloads = PyList::new(py, items)?;
-        Ok((PyBytes::new(py, rows.as_bytes()), payloads, nrows, end))
+        Ok((extents, PyList::new(py, buffers)?, at))
+    }
+
+    /// A block stored by an earlier commit (all of its bytes): its frames
+    /// become known, to judge resends against.
+    fn known_block(&mut self, session_id: &str, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = self.session(session_id)?;
+        let (head, records) =
+            with_bytes(data, |b| block::parse(b, false))?.map_err(|e| BlockError::new_err(e.0))?;
+        if head.session_id != session_id {
+            return Err(BlockError::new_err(format!(
+                "block of session {} where one of {session_id} belongs",
+                head.session_id
+            )));
+        }
+        for r in records {
+            self.plan
+                .known(s, r.seq, r.crc32c, u64::from(r.length), u64::from(r.flags));
+        }
+        Ok(())
     }
 
     /// Each frame's outcome as ``members[outcome]``.
@@ -560,12 +740,13 @@ impl PyCommitPlan {
             .collect()
     }
 
-    /// Feed stored (seq, crc32c, length) in seq order until the first gap.
+    /// Feed stored extents (first_seq, last_seq, crc32c, payload_bytes) in seq
+    /// order until the first gap.
     fn extend(&mut self, session_id: &str, rows: &Bound<'_, PyAny>) -> PyResult<()> {
         let s = self.session(session_id)?;
         for row in rows.try_iter()? {
-            let (seq, crc, length): (u64, u32, u64) = row?.extract()?;
-            if !self.plan.extend(s, seq, crc, length) {
+            let (first, last, crc, length): (u64, u64, u32, u64) = row?.extract()?;
+            if !self.plan.extend(s, first, last, crc, length) {
                 break;
             }
         }
@@ -635,6 +816,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.eval(c"tuple[int, int, int, int, int, int, int]", None, None)?,
     )?;
     m.add("FrameError", py.get_type::<FrameError>())?;
+    m.add("BlockError", py.get_type::<BlockError>())?;
+    m.add_function(wrap_pyfunction!(py_block_header, m)?)?;
+    m.add_function(wrap_pyfunction!(py_read_block, m)?)?;
+    m.add_function(wrap_pyfunction!(py_scan_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c_combine, m)?)?;
     m.add_function(wrap_pyfunction!(py_encode_frame, m)?)?;

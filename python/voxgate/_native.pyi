@@ -14,6 +14,7 @@ __all__ = [
     "MAGIC",
     "VERSION",
     "Batch",
+    "BlockError",
     "CommitPlan",
     "DecodedFrame",
     "FrameError",
@@ -21,11 +22,14 @@ __all__ = [
     "LedgerStats",
     "StreamCore",
     "StreamDecoder",
+    "block_header",
     "crc32c",
     "crc32c_combine",
     "decode",
     "encode_frame",
     "encode_header",
+    "read_block",
+    "scan_blocks",
 ]
 
 HEADER_SIZE: Final[int]  # 24
@@ -53,6 +57,31 @@ class FrameError(ValueError):
 
     kind: str
     offset: int
+
+class BlockError(ValueError):
+    """Stored bytes that are not the block the index names: torn, corrupt or misplaced."""
+
+def block_header(session_id: str, first_seq: int, count: int, records_len: int) -> bytes:
+    """The header of a block of ``count`` frames of ``session_id`` from ``first_seq``
+    whose records take ``records_len`` bytes.
+
+    A block (``rust/block.rs``) is how stored frames lie on disk: this header,
+    then each frame's record (its 24-byte wire header and payload).
+    """
+
+def read_block(
+    data: Buffer, *, verify: bool
+) -> tuple[str, list[tuple[int, int, int, int, int, int]]]:
+    """(session_id, records) of the whole block ``data``; a record is (seq, flags,
+    pts_us, length, crc32c, payload offset in ``data``). With ``verify`` every payload
+    is checked against its CRC-32C. Raises BlockError."""
+
+def scan_blocks(
+    data: Buffer, base: int
+) -> tuple[list[tuple[str, int, int, int, int, int, int]], int, str | None]:
+    """Every whole, valid block of ``data`` (a segment's bytes from offset ``base``) as
+    (session_id, first_seq, last_seq, offset, length, payload_bytes, crc32c), the
+    offset where the scan stopped, and why (None: at the end of ``data``)."""
 
 def crc32c(data: Buffer, value: int = 0) -> int:
     """CRC-32C of ``data``, continuing from ``value`` (the CRC of what came before)."""
@@ -178,9 +207,9 @@ class CommitPlan:
 
     Outcomes are numbered as ``voxgate.store.base.Outcome``: 0 stored,
     1 duplicate, 2 conflict, 3 sequence, 4 gone (session not in ``sessions``).
-    Use: ``lookups`` (then ``known`` for each frame found stored), ``judge``,
-    ``advance`` (then ``extend`` with the stored frames of each session it
-    names), ``finish``, ``progress``.
+    Use: ``lookups`` (then ``known_block`` with each stored block holding one of
+    those seqs, or ``known`` per frame), ``judge``, ``advance`` (then ``extend``
+    with the stored extents of each session it names), ``finish``, ``progress``.
     """
 
     def __new__(
@@ -196,13 +225,19 @@ class CommitPlan:
     def known(self, session_id: str, seq: int, crc32c: int, length: int, flags: int) -> None:
         """The frame stored at ``seq`` by an earlier commit. KeyError for a session not given."""
 
-    def judge(self, segment: int, offset: int) -> tuple[bytes, list[bytes | memoryview], int, int]:
-        """Judge every frame: (rows, payloads, row count, end offset).
+    def known_block(self, session_id: str, data: Buffer) -> None:
+        """Every frame of the stored block ``data`` (all its bytes) becomes known.
+        BlockError if it is not a whole block of ``session_id``."""
 
-        ``rows`` is a JSON array of ``[session_id, seq, flags, pts_us (as i64),
-        length, crc32c, segment, offset]`` for the stored frames, payloads laid
-        out back to back from ``offset``; ``payloads`` are the stored non-empty
-        payloads in that order.
+    def judge(
+        self, offset: int
+    ) -> tuple[list[tuple[str, int, int, int, int, int, int]], list[bytes | memoryview], int]:
+        """Judge every frame and lay the stored ones out as blocks from ``offset``.
+
+        Returns (extents, buffers, end offset): one extent per block, as
+        (session_id, first_seq, last_seq, offset, length, payload_bytes,
+        crc32c); the buffers, written back to back from ``offset``, are the
+        blocks (header, then each frame's record as it arrived).
         """
 
     def outcomes(self, members: Sequence[_T]) -> list[_T]:
@@ -215,8 +250,9 @@ class CommitPlan:
         over frames stored earlier: feed those to ``extend`` in seq order.
         """
 
-    def extend(self, session_id: str, rows: Iterable[tuple[int, int, int]]) -> None:
-        """Take stored (seq, crc32c, length) rows into the prefix until the first gap."""
+    def extend(self, session_id: str, rows: Iterable[tuple[int, int, int, int]]) -> None:
+        """Take stored extents (first_seq, last_seq, crc32c, payload_bytes), in seq order,
+        into the prefix until the first gap."""
 
     def finish(self, now: int) -> bytes:
         """JSON array of ``[state, next_seq, frames, bytes, end_seq, stream_crc32c,
