@@ -152,39 +152,112 @@ def check_store_files(root: Path) -> tuple[int, int, int, int]:
             raise BackupError(f"{db_path}: integrity_check: {'; '.join(result[:5])}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         sessions = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
-        names = dict(conn.execute("SELECT id, name FROM segments").fetchall())
-        frames = payload = 0
-        fds: dict[int, int] = {}
-        try:
-            for session_id, seq, length, crc, segment, offset in conn.execute(
-                "SELECT session_id, seq, length, crc32c, segment, offset FROM frames"
-                " ORDER BY segment, offset"
-            ):
-                frames += 1
-                payload += length
-                if not length:
-                    continue
-                fd = fds.get(segment)
-                if fd is None:
-                    name = names.get(segment)
-                    if name is None:
-                        raise BackupError(f"{session_id} seq {seq}: unknown segment {segment}")
-                    try:
-                        fd = fds[segment] = os.open(root / SEGMENTS_DIR / name, os.O_RDONLY)
-                    except FileNotFoundError:
-                        raise BackupError(f"segment {name} is missing") from None
-                data = os.pread(fd, length, offset)
-                if len(data) != length or crc32c(data) != crc:
-                    raise BackupError(f"{session_id} seq {seq}: payload fails its CRC-32C")
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-        _check_stream_crcs(conn)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "extents" in tables:
+            frames, payload = _check_blocks(conn, root)
+        else:  # a backup made before blocks (schema 5 and older)
+            frames, payload = _check_frame_rows(conn, root)
+            _check_stream_crcs(conn)
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{db_path}: {exc}") from exc
     finally:
         conn.close()
     return version, sessions, frames, payload
+
+
+def _check_blocks(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
+    """Every block against its extent row and its payloads' CRC-32C; every complete
+    session's extents against its stream CRC. Returns (frames, payload bytes)."""
+    names = dict(conn.execute("SELECT id, name FROM segments").fetchall())
+    tier = " AND s.tier = 'hot'"
+    expected: dict[str, int] = dict(
+        conn.execute(f"SELECT id, stream_crc32c FROM sessions s WHERE state = 'complete'{tier}")
+    )
+    seen: dict[str, int] = {}
+    frames = payload = 0
+    fds: dict[int, int] = {}
+    try:
+        for session_id, first, last, segment, offset, length, nbytes, crc in conn.execute(
+            "SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,"
+            " crc32c FROM extents ORDER BY session_id, first_seq"
+        ):
+            where = f"{session_id} seqs {first}-{last}"
+            fd = fds.get(segment)
+            if fd is None:
+                name = names.get(segment)
+                if name is None:
+                    raise BackupError(f"{where}: unknown segment {segment}")
+                try:
+                    fd = fds[segment] = os.open(root / SEGMENTS_DIR / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise BackupError(f"segment {name} is missing") from None
+            data = os.pread(fd, length, offset)
+            try:
+                owner, records = native.read_block(data, verify=True)
+            except native.BlockError as exc:
+                raise BackupError(f"{where}: {exc}") from None
+            found = _extent_of(records)
+            if (owner, records[0][0], records[-1][0], found[0], found[1]) != (
+                session_id,
+                first,
+                last,
+                nbytes,
+                crc,
+            ):
+                raise BackupError(f"{where}: the block is not what the index says")
+            frames += len(records)
+            payload += nbytes
+            if session_id in expected:
+                seen[session_id] = crc32c_combine(seen.get(session_id, 0), crc, nbytes)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for session_id, stream_crc in expected.items():
+        if seen.get(session_id, 0) != stream_crc:
+            raise BackupError(f"{session_id}: frames do not add up to its stream CRC-32C")
+    return frames, payload
+
+
+def _extent_of(records: list[tuple[int, int, int, int, int, int]]) -> tuple[int, int]:
+    """(payload bytes, combined CRC-32C) of a block's records."""
+    nbytes = crc = 0
+    for _seq, _flags, _pts, length, record_crc, _at in records:
+        if length:
+            crc = crc32c_combine(crc, record_crc, length)
+            nbytes += length
+    return nbytes, crc
+
+
+def _check_frame_rows(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
+    """Schema 5 and older: one index row per frame, bare payloads in the segments."""
+    names = dict(conn.execute("SELECT id, name FROM segments").fetchall())
+    frames = payload = 0
+    fds: dict[int, int] = {}
+    try:
+        for session_id, seq, length, crc, segment, offset in conn.execute(
+            "SELECT session_id, seq, length, crc32c, segment, offset FROM frames"
+            " ORDER BY segment, offset"
+        ):
+            frames += 1
+            payload += length
+            if not length:
+                continue
+            fd = fds.get(segment)
+            if fd is None:
+                name = names.get(segment)
+                if name is None:
+                    raise BackupError(f"{session_id} seq {seq}: unknown segment {segment}")
+                try:
+                    fd = fds[segment] = os.open(root / SEGMENTS_DIR / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise BackupError(f"segment {name} is missing") from None
+            data = os.pread(fd, length, offset)
+            if len(data) != length or crc32c(data) != crc:
+                raise BackupError(f"{session_id} seq {seq}: payload fails its CRC-32C")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return frames, payload
 
 
 def _check_stream_crcs(conn: sqlite3.Connection) -> None:

@@ -18,10 +18,17 @@ async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
     store = SqliteStore(data_dir, durability="process")
     await store.open()
     session = await store.create_session(codec=None, sample_rate=None, channels=None, metadata={})
-    await store.commit([frame(session.id, 0, b"kept")])
     await store.close()
-    # Turn it back into what a voxgate without transcripts left behind.
+    # Turn it back into what a voxgate without transcripts left behind (the move of
+    # frames to blocks, migration 6, is tested on a data dir written by schema 5).
     with sqlite3.connect(data_dir / DB_NAME) as conn:
+        conn.execute("DROP TABLE extents")
+        conn.execute(
+            "CREATE TABLE frames (session_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " flags INTEGER NOT NULL, pts_us INTEGER NOT NULL, length INTEGER NOT NULL,"
+            " crc32c INTEGER NOT NULL, segment INTEGER NOT NULL, offset INTEGER NOT NULL,"
+            " PRIMARY KEY (session_id, seq)) WITHOUT ROWID"
+        )
         conn.execute("DROP TABLE transcripts")
         # and what the migrations after it added (retention, webhook outbox, tenants)
         conn.execute("DROP TABLE webhook_outbox")
@@ -50,6 +57,7 @@ async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
         )
         assert result.outcome is TranscriptOutcome.STORED
         assert [t.text for t in await store.list_transcripts(session.id)] == ["hi"]
+        await store.commit([frame(session.id, 0, b"kept")])
         assert [
             f.payload for f in await store.read_frames(session.id, 0, 0, max_frames=1, max_bytes=9)
         ] == [b"kept"]
@@ -57,6 +65,9 @@ async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(data_dir / DB_NAME) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "frames" not in tables
+        assert "extents" in tables
 
 
 async def test_read_frames_across_segments_and_messages(tmp_path: Path) -> None:

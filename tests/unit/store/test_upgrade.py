@@ -1,0 +1,130 @@
+"""A data dir written by the schema-5 release (one index row per frame) opens as blocks.
+
+``data/release-v5.tar.gz`` was made by that release (``data/make_release_v5.py``),
+``data/release-v5.json`` holds what it answered about every session. Opened by
+this store, the dir must answer the same, every payload byte included, with the
+old per-frame rows and bare-payload segments gone.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voxgate.core import native
+from voxgate.store.backup import check_store_files
+from voxgate.store.base import Outcome, StoreError
+from voxgate.store.sqlite import DB_NAME, MIGRATIONS, SEGMENTS_DIR, SqliteStore, upgrade
+
+from .conftest import frame
+
+DATA = Path(__file__).parent / "data"
+
+
+def _unpack(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    with tarfile.open(DATA / "release-v5.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    return tmp_path / "data", json.loads((DATA / "release-v5.json").read_text())
+
+
+async def _answers(store: SqliteStore, sid: str) -> dict[str, Any]:
+    session = await store.get_session(sid)
+    assert session is not None
+    index = await store.frame_index(sid)
+    payloads = [[seq, native.crc32c(p), len(p)] async for seq, p in store.read_payloads(sid)]
+    return {
+        "state": session.state.value,
+        "next_seq": session.next_seq,
+        "frames": session.frames,
+        "bytes": session.bytes,
+        "end_seq": session.end_seq,
+        "stream_crc32c": session.stream_crc32c,
+        "missing": await store.missing(sid),
+        "index": [[e.seq, e.flags, e.pts_us, e.length, e.crc32c] for e in index],
+        "payloads": payloads,
+        "transcripts": [t.text for t in await store.list_transcripts(sid)],
+    }
+
+
+async def test_a_schema_5_data_dir_is_converted_to_blocks(tmp_path: Path) -> None:
+    data_dir, expected = _unpack(tmp_path)
+    old_segments = {p.name for p in (data_dir / SEGMENTS_DIR).iterdir()}
+    with sqlite3.connect(data_dir / DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    store = SqliteStore(data_dir)
+    await store.open()
+    try:
+        sids = expected["sessions"]
+        for tag, sid in sids.items():
+            if tag == "deleted":
+                session = await store.get_session(sid)
+                assert session is not None
+                assert session.state.value == expected["answers"][tag]["state"]
+                continue
+            assert await _answers(store, sid) == expected["answers"][tag], tag
+        # The converted store goes on: resends are judged against the converted
+        # blocks, gaps fill, new frames land.
+        gaps_sid = sids["gaps"]
+        result = await store.commit(
+            [
+                frame(gaps_sid, 3, _payload("gaps", 3)),  # stored by the old release
+                frame(gaps_sid, 4, b"not what was stored"),
+                frame(gaps_sid, 5, _payload("gaps", 5)),
+                frame(gaps_sid, 6, _payload("gaps", 6)),
+            ]
+        )
+        assert result.outcomes == [
+            Outcome.DUPLICATE,
+            Outcome.CONFLICT,
+            Outcome.STORED,
+            Outcome.STORED,
+        ]
+        assert await store.missing(gaps_sid) == [[10, 11]]
+    finally:
+        await store.close()
+    with sqlite3.connect(data_dir / DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "frames" not in tables
+    # The old bare-payload segments are gone; what is left describes itself.
+    assert not old_segments & {p.name for p in (data_dir / SEGMENTS_DIR).iterdir()}
+    version, _sessions, frames, _payload_bytes = check_store_files(data_dir)
+    assert version == len(MIGRATIONS)
+    stored_before = sum(a.get("frames", 0) for a in expected["answers"].values())
+    assert frames == stored_before + 2  # seqs 5 and 6 of "gaps"
+
+
+def _payload(tag: str, seq: int) -> bytes:
+    """The payload ``make_release_v5.py`` gave ``seq`` of the session tagged ``tag``."""
+    size = (seq * 37 + len(tag) * 11) % 700
+    data = bytes((seq * 7 + i + ord(tag[0])) % 256 for i in range(size))
+    return data or b"\x00"
+
+
+async def test_a_crash_during_the_conversion_leaves_the_old_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir, expected = _unpack(tmp_path)
+
+    def crash(*args: Any) -> None:
+        raise OSError(5, "simulated crash before the conversion commits")
+
+    monkeypatch.setattr(upgrade, "datasync", crash)
+    store = SqliteStore(data_dir)
+    with pytest.raises(StoreError, match="simulated crash"):
+        await store.open()
+    monkeypatch.undo()
+    with sqlite3.connect(data_dir / DB_NAME) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0] > 0
+    store = SqliteStore(data_dir)
+    await store.open()
+    try:
+        sid = expected["sessions"]["complete"]
+        assert await _answers(store, sid) == expected["answers"]["complete"]
+    finally:
+        await store.close()
