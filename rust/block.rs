@@ -16,7 +16,7 @@
 //! ([`scan`]), and a resend is judged against the stored record's header.
 
 use crate::crc::{crc32c, crc32c_combine};
-use crate::framing::{parse_header, HEADER_SIZE};
+use crate::framing::{parse_header, FLAG_END, HEADER_SIZE};
 
 pub const MAGIC: [u8; 4] = *b"VXB1";
 /// Header bytes besides the session id and the trailing CRC.
@@ -202,13 +202,19 @@ pub struct Extent {
     /// Payload bytes, and the CRC-32C of the payloads in seq order.
     pub payload_bytes: u64,
     pub crc32c: u32,
+    /// The seq of the block's END frame, if it holds one.
+    pub end_seq: Option<u64>,
 }
 
 /// The extent of a parsed block starting at `offset`.
 pub fn extent_of(head: &Head, records: &[Record], offset: u64) -> Extent {
     let mut crc = 0u32;
     let mut bytes = 0u64;
+    let mut end_seq = None;
     for r in records {
+        if r.flags & FLAG_END != 0 {
+            end_seq = Some(r.seq);
+        }
         if r.length > 0 {
             crc = crc32c_combine(crc, r.crc32c, u64::from(r.length));
             bytes += u64::from(r.length);
@@ -222,38 +228,95 @@ pub fn extent_of(head: &Head, records: &[Record], offset: u64) -> Extent {
         length: head.block_len(),
         payload_bytes: bytes,
         crc32c: crc,
+        end_seq,
     }
 }
 
+/// A stretch of a segment that should hold a block but does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: u64,
+    pub length: u64,
+    pub reason: String,
+}
+
+/// What a scan of a segment found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Every whole, valid block, in order.
+    pub extents: Vec<Extent>,
+    /// Stretches that are not valid blocks, with valid blocks after them.
+    pub damaged: Vec<Damage>,
+    /// Where the scan stopped: the end of the data, or the start of a tail
+    /// in which no valid block begins (a torn write), with the reason.
+    pub stop: u64,
+    pub why: Option<String>,
+}
+
+/// The first offset after `from` where a valid block header begins.
+fn next_head(data: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(i) = data.get(at..)?.windows(4).position(|w| w == MAGIC) {
+        if parse_head(&data[at + i..]).is_ok() {
+            return Some(at + i);
+        }
+        at += i + 1;
+    }
+    None
+}
+
 /// Every whole, valid block of `data` (a segment file's bytes from offset
-/// `base`), in order, and where the scan stopped: the end of `data`, or the
-/// first byte that does not start a valid block, with the reason.
-pub fn scan(data: &[u8], base: u64) -> (Vec<Extent>, u64, Option<String>) {
-    let mut out = Vec::new();
+/// `base`). Runs of zero bytes (the blocks of deleted sessions, erased) are
+/// stepped over: a block never starts with a zero byte. A block whose header
+/// holds but whose records do not is skipped whole; after a broken header the
+/// scan goes on at the next valid header. Both are reported as damage.
+pub fn scan(data: &[u8], base: u64) -> Scan {
+    let mut out = Scan::default();
     let mut at = 0usize;
     while at < data.len() {
-        let rest = &data[at..];
-        let head = match parse_head(rest) {
-            Ok(h) => h,
-            Err(e) => return (out, base + at as u64, Some(e.0)),
-        };
-        let Ok(len) = usize::try_from(head.block_len()) else {
-            return (
-                out,
-                base + at as u64,
-                Some("block length out of range".into()),
-            );
-        };
-        let Some(block) = rest.get(..len) else {
-            return (out, base + at as u64, Some("block cut short".into()));
-        };
-        match parse(block, true) {
-            Ok((head, records)) => out.push(extent_of(&head, &records, base + at as u64)),
-            Err(e) => return (out, base + at as u64, Some(e.0)),
+        if data[at] == 0 {
+            at += data[at..].iter().take_while(|&&b| b == 0).count();
+            continue;
         }
-        at += len;
+        let rest = &data[at..];
+        let (skip, reason) = match parse_head(rest) {
+            Ok(head) => {
+                let len = usize::try_from(head.block_len()).unwrap_or(usize::MAX);
+                match rest.get(..len).map(|block| parse(block, true)) {
+                    Some(Ok((head, records))) => {
+                        out.extents
+                            .push(extent_of(&head, &records, base + at as u64));
+                        at += len;
+                        continue;
+                    }
+                    Some(Err(e)) => (Some(len), e.0),
+                    None => (None, "block cut short".to_string()),
+                }
+            }
+            Err(e) => (None, e.0),
+        };
+        let next = match skip {
+            Some(len) => Some(at + len),
+            None => next_head(data, at + 1),
+        };
+        match next {
+            Some(next) => {
+                out.damaged.push(Damage {
+                    offset: base + at as u64,
+                    length: (next - at) as u64,
+                    reason,
+                });
+                at = next;
+            }
+            None => {
+                out.stop = base + at as u64;
+                out.why = Some(reason);
+                return out;
+            }
+        }
     }
-    (out, base + at as u64, None)
+    out.stop = base + at as u64;
+    out
 }
 
 #[cfg(test)]
@@ -323,16 +386,58 @@ mod tests {
         let mut data = a.clone();
         data.extend(&b);
         data.extend(&b[..b.len() - 2]); // a torn write
-        let (extents, stop, why) = scan(&data, 1000);
-        assert_eq!(extents.len(), 2);
-        assert_eq!(extents[1].offset, 1000 + a.len() as u64);
-        assert_eq!((extents[1].first_seq, extents[1].last_seq), (3, 4));
-        assert_eq!(stop, 1000 + (a.len() + b.len()) as u64);
-        assert!(why.is_some());
-        let (all, end, none) = scan(&data[..a.len() + b.len()], 0);
+        let found = scan(&data, 1000);
+        assert_eq!(found.extents.len(), 2);
+        assert_eq!(found.extents[1].offset, 1000 + a.len() as u64);
         assert_eq!(
-            (all.len(), end, none),
+            (found.extents[1].first_seq, found.extents[1].last_seq),
+            (3, 4)
+        );
+        assert_eq!(found.stop, 1000 + (a.len() + b.len()) as u64);
+        assert!(found.why.is_some());
+        assert!(found.damaged.is_empty());
+        let whole = scan(&data[..a.len() + b.len()], 0);
+        assert_eq!(
+            (whole.extents.len(), whole.stop, whole.why),
             (2, (a.len() + b.len()) as u64, None)
         );
+    }
+
+    #[test]
+    fn scan_steps_over_erased_blocks_and_finds_ends() {
+        let a = block("a", 0, &[b"x"]);
+        let b = block("b", 0, &[b"yy", b""]);
+        let mut data = vec![0u8; a.len()]; // a, erased
+        data.extend(&b);
+        data.extend(vec![0u8; 10]);
+        let found = scan(&data, 0);
+        assert_eq!(
+            (found.extents.len(), found.stop, found.why),
+            (1, data.len() as u64, None)
+        );
+        assert_eq!(found.extents[0].offset, a.len() as u64);
+        assert_eq!(found.extents[0].end_seq, Some(1));
+    }
+
+    #[test]
+    fn scan_goes_on_after_a_damaged_block() {
+        let a = block("a", 0, &[b"x"]);
+        let b = block("b", 0, &[b"yy"]);
+        let c = block("c", 0, &[b"zzz"]);
+        for (flip, what) in [(a.len() + b.len() - 1, "payload"), (a.len() + 2, "magic")] {
+            let mut data = [a.clone(), b.clone(), c.clone()].concat();
+            data[flip] ^= 0x20;
+            let found = scan(&data, 0);
+            let ids: Vec<_> = found
+                .extents
+                .iter()
+                .map(|e| e.session_id.as_str())
+                .collect();
+            assert_eq!(ids, vec!["a", "c"], "{what}");
+            assert_eq!(found.damaged.len(), 1, "{what}");
+            assert_eq!(found.damaged[0].offset, a.len() as u64);
+            assert_eq!(found.damaged[0].length, b.len() as u64);
+            assert_eq!((found.stop, found.why), (data.len() as u64, None));
+        }
     }
 }

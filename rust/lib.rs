@@ -147,9 +147,11 @@ fn py_read_block(
     Ok((head.session_id, rows))
 }
 
-/// Every whole, valid block of ``data`` (a segment's bytes from offset
-/// ``base``) as (session_id, first_seq, last_seq, offset, length,
-/// payload_bytes, crc32c), where the scan stopped, and why (None: at the end).
+/// What a scan of ``data`` (a segment's bytes from offset ``base``) found:
+/// every whole, valid block as (session_id, first_seq, last_seq, offset,
+/// length, payload_bytes, crc32c, end_seq); damaged stretches with valid
+/// blocks after them as (offset, length, reason); where the scan stopped, and
+/// why (None: at the end). Erased (zeroed) stretches are stepped over.
 #[pyfunction]
 #[pyo3(name = "scan_blocks")]
 #[allow(clippy::type_complexity)]
@@ -158,12 +160,14 @@ fn py_scan_blocks(
     data: &Bound<'_, PyAny>,
     base: u64,
 ) -> PyResult<(
-    Vec<(String, u64, u64, u64, u64, u64, u32)>,
+    Vec<(String, u64, u64, u64, u64, u64, u32, Option<u64>)>,
+    Vec<(u64, u64, String)>,
     u64,
     Option<String>,
 )> {
-    let (extents, stop, why) = with_bytes(data, |b| py.detach(|| block::scan(b, base)))?;
-    let rows = extents
+    let found = with_bytes(data, |b| py.detach(|| block::scan(b, base)))?;
+    let rows = found
+        .extents
         .into_iter()
         .map(|e| {
             (
@@ -174,10 +178,16 @@ fn py_scan_blocks(
                 e.length,
                 e.payload_bytes,
                 e.crc32c,
+                e.end_seq,
             )
         })
         .collect();
-    Ok((rows, stop, why))
+    let damaged = found
+        .damaged
+        .into_iter()
+        .map(|d| (d.offset, d.length, d.reason))
+        .collect();
+    Ok((rows, damaged, found.stop, found.why))
 }
 
 /// CRC-32C of ``A + B`` from ``crc1 = crc32c(A)``, ``crc2 = crc32c(B)`` and ``len(B)``.

@@ -78,10 +78,17 @@ def read_block(
 
 def scan_blocks(
     data: Buffer, base: int
-) -> tuple[list[tuple[str, int, int, int, int, int, int]], int, str | None]:
-    """Every whole, valid block of ``data`` (a segment's bytes from offset ``base``) as
-    (session_id, first_seq, last_seq, offset, length, payload_bytes, crc32c), the
-    offset where the scan stopped, and why (None: at the end of ``data``)."""
+) -> tuple[
+    list[tuple[str, int, int, int, int, int, int, int | None]],
+    list[tuple[int, int, str]],
+    int,
+    str | None,
+]:
+    """What a scan of ``data`` (a segment's bytes from offset ``base``) found: every
+    whole, valid block as (session_id, first_seq, last_seq, offset, length,
+    payload_bytes, crc32c, end_seq); damaged stretches with valid blocks after them as
+    (offset, length, reason); the offset where the scan stopped, and why (None: at the
+    end of ``data``). Erased (zeroed) stretches are stepped over."""
 
 def crc32c(data: Buffer, value: int = 0) -> int:
     """CRC-32C of ``data``, continuing from ``value`` (the CRC of what came before)."""

@@ -13,6 +13,7 @@ from voxgate.durable import fsync_dir
 from voxgate.store.base import (
     StoreError,
 )
+from voxgate.store.sqlite.check import Check
 from voxgate.store.sqlite.common import DATA_LOCK, DB_NAME
 from voxgate.store.sqlite.retention import Retention
 from voxgate.store.sqlite.schema import MIGRATIONS
@@ -21,7 +22,7 @@ from voxgate.store.sqlite.transcripts import Transcripts
 from voxgate.store.sqlite.upgrade import Upgrade
 
 
-class SqliteStore(Sessions, Retention, Transcripts, Upgrade):
+class SqliteStore(Sessions, Retention, Transcripts, Upgrade, Check):
     """The embedded :class:`~voxgate.store.base.Store`: SQLite index, payloads in segment files.
 
     ``durability="fsync"`` makes every commit survive power loss (segment

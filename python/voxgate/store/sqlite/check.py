@@ -1,0 +1,314 @@
+"""``voxgate db check [--repair]``: the index against the segments it describes.
+
+Segments describe themselves (blocks name their session and seqs and carry
+every frame's header and CRC-32C), so the index can be checked against them
+and rebuilt from them. A check reads every segment, takes every whole, valid
+block out of it, and compares:
+
+- every extent row with the block at its place (missing, corrupt or different
+  blocks are problems: their frames cannot be read);
+- every block with the rows (a block no row names is a frame set the index
+  lost);
+- every hot session's counters (frames, bytes, next seq, END, gap-free prefix
+  and its CRC, the stream CRC once complete) with what its extents add up to.
+
+``--repair`` makes the index what the segments say, in one transaction:
+extents rebuilt from the blocks, segment files no row names registered again,
+sessions the index lost recreated (state and counters from their blocks,
+metadata empty), counters recomputed. Blocks of deleted sessions that escaped
+erasure are erased. Frames whose block is unreadable are dropped from the
+index (and their bytes erased), which turns them into gaps a client can send
+again: never an ack for bytes that are not there.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+from voxgate.core import native
+from voxgate.store.base import SessionState
+from voxgate.store.sqlite.common import SEGMENT_SUFFIX, datasync, now_us
+from voxgate.store.sqlite.frames import Frames
+
+# (session_id, first_seq, last_seq, offset, length, payload_bytes, crc32c, end_seq)
+Block = tuple[str, int, int, int, int, int, int, int | None]
+_PROBLEMS_SHOWN = 50
+
+
+class CheckReport(msgspec.Struct, kw_only=True):
+    """What ``voxgate db check`` found (and, with ``--repair``, mended)."""
+
+    segments: int = 0
+    blocks: int = 0
+    frames: int = 0
+    payload_bytes: int = 0
+    problems: list[str] = msgspec.field(default_factory=list)
+    problem_count: int = 0
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0 or self.repaired
+
+    def problem(self, text: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < _PROBLEMS_SHOWN:
+            self.problems.append(text)
+
+
+class _Counters(msgspec.Struct):
+    """A session's counters as its extents add them up."""
+
+    next_seq: int = 0
+    frames: int = 0
+    bytes: int = 0
+    end_seq: int | None = None
+    prefix_seq: int = 0
+    prefix_crc32c: int = 0
+
+    def state(self) -> str:
+        if self.end_seq is None:
+            return SessionState.OPEN.value
+        complete = self.prefix_seq == self.end_seq + 1
+        return (SessionState.COMPLETE if complete else SessionState.ENDED).value
+
+    def stream_crc32c(self) -> int | None:
+        return self.prefix_crc32c if self.state() == SessionState.COMPLETE.value else None
+
+
+def add_up(blocks: Iterable[Block]) -> _Counters:
+    """The counters of one session's blocks (in any order)."""
+    counters = _Counters()
+    for _sid, first, last, _offset, _length, nbytes, _crc, end in blocks:
+        counters.frames += last - first + 1
+        counters.bytes += nbytes
+        counters.next_seq = max(counters.next_seq, last + 1)
+        if end is not None:
+            counters.end_seq = end
+    for _sid, first, last, _offset, _length, nbytes, crc, _end in sorted(
+        blocks, key=lambda b: b[1]
+    ):
+        if first != counters.prefix_seq:
+            break
+        counters.prefix_crc32c = native.crc32c_combine(counters.prefix_crc32c, crc, nbytes)
+        counters.prefix_seq = last + 1
+    return counters
+
+
+class Check(Frames):
+    """The index against the segments."""
+
+    async def check(self, *, repair: bool = False) -> CheckReport:
+        return await self._call(self._check_sync, repair)
+
+    def _check_sync(self, repair: bool) -> CheckReport:
+        conn = self._conn
+        report = CheckReport()
+        conn.execute("BEGIN IMMEDIATE" if repair else "BEGIN")
+        try:
+            found, unregistered = self._scan_segments(conn, report)
+            self._compare_extents(conn, report, found)
+            sessions = self._compare_sessions(conn, report, found)
+            if repair and report.problem_count:
+                self._repair(conn, found, unregistered, sessions)
+                report.repaired = True
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if report.repaired:
+            self._erase_pending()
+        return report
+
+    def _scan_segments(
+        self, conn: sqlite3.Connection, report: CheckReport
+    ) -> tuple[dict[int, list[Block]], dict[str, list[Block]]]:
+        """Blocks of every registered segment (up to its committed end) and of every
+        non-empty segment file no row names. Damaged stretches of registered segments
+        go to ``self._damaged`` (segment, offset, length), for a repair to erase."""
+        found: dict[int, list[Block]] = {}
+        names: dict[str, int] = {}
+        self._damaged: list[tuple[int, int, int]] = []
+        for segment_id, name, end_offset in conn.execute(
+            "SELECT id, name, end_offset FROM segments ORDER BY id"
+        ).fetchall():
+            names[name] = segment_id
+            report.segments += 1
+            blocks, damaged = self._scan_file(self._segment_path(name), end_offset, report)
+            found[segment_id] = blocks
+            self._damaged.extend((segment_id, offset, length) for offset, length in damaged)
+        unregistered: dict[str, list[Block]] = {}
+        for entry in sorted(os.scandir(self.segments_dir), key=lambda e: e.name):
+            if entry.name.endswith(SEGMENT_SUFFIX) and entry.name not in names:
+                if entry.stat().st_size == 0:
+                    continue
+                report.segments += 1
+                blocks, _ = self._scan_file(Path(entry.path), None, report)
+                unregistered[entry.name] = blocks
+                report.problem(f"segment {entry.name} ({len(blocks)} blocks) is not in the index")
+        for blocks in [*found.values(), *unregistered.values()]:
+            report.blocks += len(blocks)
+            report.frames += sum(b[2] - b[1] + 1 for b in blocks)
+            report.payload_bytes += sum(b[5] for b in blocks)
+        return found, unregistered
+
+    def _scan_file(
+        self, path: Path, end: int | None, report: CheckReport
+    ) -> tuple[list[Block], list[tuple[int, int]]]:
+        """The valid blocks of one segment file, and its damaged stretches."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            report.problem(f"segment {path.name} is missing")
+            return [], []
+        if end is not None:
+            if len(data) < end:
+                report.problem(f"segment {path.name} ends at {len(data)}, the index says {end}")
+            data = data[:end]
+        blocks, damaged, stop, why = native.scan_blocks(data, 0)
+        for offset, length, reason in damaged:
+            report.problem(f"segment {path.name}: {length} bytes at {offset} are damaged: {reason}")
+        if why is not None:
+            report.problem(f"segment {path.name}: no valid block from offset {stop} on: {why}")
+            if end is not None:  # an indexed tail that holds no block: cut nothing, erase it
+                damaged.append((stop, len(data) - stop, why))
+        return blocks, [(offset, length) for offset, length, *_ in damaged]
+
+    def _compare_extents(
+        self, conn: sqlite3.Connection, report: CheckReport, found: dict[int, list[Block]]
+    ) -> None:
+        """Every row against the block at its place, every block against the rows."""
+        at = {(seg, b[3]): b for seg, blocks in found.items() for b in blocks}
+        rows: dict[tuple[int, int], tuple[str, int, int, int, int, int]] = {}
+        for sid, first, last, segment, offset, length, nbytes, crc in conn.execute(
+            "SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,"
+            " crc32c FROM extents"
+        ):
+            rows[segment, offset] = (sid, first, last, length, nbytes, crc)
+            block = at.get((segment, offset))
+            where = f"{sid} seqs {first}-{last} (segment {segment}, offset {offset})"
+            if block is None:
+                report.problem(f"{where}: no valid block there")
+            elif block[:3] + block[4:7] != (sid, first, last, length, nbytes, crc):
+                report.problem(f"{where}: the block there says {block[:3]}")
+        for (segment, offset), block in at.items():
+            if (segment, offset) not in rows:
+                report.problem(
+                    f"block of {block[0]} seqs {block[1]}-{block[2]} (segment {segment},"
+                    f" offset {offset}) is not in the index"
+                )
+
+    def _compare_sessions(
+        self, conn: sqlite3.Connection, report: CheckReport, found: dict[int, list[Block]]
+    ) -> dict[str, tuple[str, str]]:
+        """Every hot session's counters against its blocks; returns (state, tier) by id."""
+        by_session: dict[str, list[Block]] = {}
+        for blocks in found.values():
+            for block in blocks:
+                by_session.setdefault(block[0], []).append(block)
+        sessions: dict[str, tuple[str, str]] = {}
+        for sid, state, tier, next_seq, frames, nbytes, end_seq, stream_crc, prefix in conn.execute(
+            "SELECT id, state, tier, next_seq, frames, bytes, end_seq, stream_crc32c,"
+            " prefix_seq FROM sessions"
+        ):
+            sessions[sid] = (state, tier)
+            if state == SessionState.DELETED.value or tier != "hot":
+                if by_session.get(sid):
+                    report.problem(f"{sid} ({state}, {tier}) still has blocks")
+                continue
+            want = add_up(by_session.get(sid, []))
+            have = (state, next_seq, frames, nbytes, end_seq, stream_crc, prefix)
+            should = (
+                want.state(),
+                want.next_seq,
+                want.frames,
+                want.bytes,
+                want.end_seq,
+                want.stream_crc32c(),
+                want.prefix_seq,
+            )
+            if have != should:
+                report.problem(f"{sid}: counters {have} where its blocks add up to {should}")
+        for sid in by_session.keys() - sessions.keys():
+            report.problem(f"{sid}: blocks of a session the index does not know")
+        return sessions
+
+    def _repair(
+        self,
+        conn: sqlite3.Connection,
+        found: dict[int, list[Block]],
+        unregistered: dict[str, list[Block]],
+        sessions: dict[str, tuple[str, str]],
+    ) -> None:
+        now = now_us()
+        for name, blocks in unregistered.items():
+            end = max((b[3] + b[4] for b in blocks), default=0)
+            segment_id = conn.execute(
+                "INSERT INTO segments (name, sealed, end_offset, pid, created_at)"
+                " VALUES (?, 1, ?, 0, ?)",
+                (name, end, now),
+            ).lastrowid
+            assert segment_id is not None
+            found[segment_id] = blocks
+            self._segment_names[segment_id] = name
+            path = self._segment_path(name)
+            with open(path, "rb+") as f:  # cut what follows the last valid block
+                f.truncate(end)
+                datasync(f.fileno())
+        keep: dict[str, list[tuple[int, Block]]] = {}  # session -> (segment, block)
+        erase: list[tuple[int, int, int]] = []
+        seen: set[tuple[str, int]] = set()
+        for segment_id, blocks in found.items():
+            for block in blocks:
+                state, tier = sessions.get(block[0], ("", "hot"))
+                covered = any((block[0], s) in seen for s in (block[1], block[2]))
+                if state == SessionState.DELETED.value or tier != "hot" or covered:
+                    erase.append((segment_id, block[3], block[4]))
+                    continue
+                seen.update((block[0], s) for s in range(block[1], block[2] + 1))
+                keep.setdefault(block[0], []).append((segment_id, block))
+        conn.execute("DELETE FROM extents")
+        conn.executemany(
+            "INSERT INTO extents (session_id, first_seq, last_seq, segment, offset, length,"
+            " payload_bytes, crc32c) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*b[:3], seg, *b[3:7]) for placed in keep.values() for seg, b in placed],
+        )
+        # Damaged stretches lose their rows: their frames become gaps a client sends
+        # again. Their bytes are erased, so the next check finds the store sound.
+        erase.extend(self._damaged)
+        conn.executemany("INSERT INTO erasures (segment, offset, length) VALUES (?, ?, ?)", erase)
+        conn.execute(
+            "UPDATE segments SET live ="
+            " (SELECT COUNT(*) FROM extents e WHERE e.segment = segments.id)"
+        )
+        for sid in keep.keys() - sessions.keys():  # the index lost the session: recreate it
+            conn.execute(
+                "INSERT INTO sessions (id, state, created_at, updated_at) VALUES (?, 'open', ?, ?)",
+                (sid, now, now),
+            )
+        for sid, (state, tier) in sessions.items():
+            if state != SessionState.DELETED.value and tier == "hot" and sid not in keep:
+                keep[sid] = []
+        for sid, placed in keep.items():
+            c = add_up([b for _, b in placed])
+            conn.execute(
+                "UPDATE sessions SET state = ?, next_seq = ?, frames = ?, bytes = ?, end_seq = ?,"
+                " stream_crc32c = ?, prefix_seq = ?, prefix_crc32c = ? WHERE id = ?",
+                (
+                    c.state(),
+                    c.next_seq,
+                    c.frames,
+                    c.bytes,
+                    c.end_seq,
+                    c.stream_crc32c(),
+                    c.prefix_seq,
+                    c.prefix_crc32c,
+                    sid,
+                ),
+            )
