@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 
-from voxgate.core import native
+from voxgate.store import blocks
 from voxgate.store.sqlite.common import datasync, log
 from voxgate.store.sqlite.segments import Segments, pwrite_all
 
-# Frames and bytes per block written by the conversion, and bytes per write.
-_BLOCK_FRAMES = 4096
-_BLOCK_BYTES = 4 * 1024 * 1024
+# Bytes per write of the conversion.
 _WRITE_BYTES = 16 * 1024 * 1024
 _U64 = 1 << 64
 
@@ -93,36 +92,27 @@ class Upgrade(Segments):
         fds: dict[int, int],
         writer: _BlockWriter,
     ) -> None:
-        run: list[tuple[int, bytes]] = []  # (seq, record)
-        run_bytes = 0
-        for seq, flags, pts, length, crc, segment_id, offset in conn.execute(
-            "SELECT seq, flags, pts_us, length, crc32c, segment, offset FROM frames"
-            " WHERE session_id = ? ORDER BY seq",
-            (session_id,),
-        ):
-            payload = b""
-            if length:
-                fd = fds.get(segment_id)
-                if fd is None:
-                    fd = fds[segment_id] = os.open(
-                        self._segment_path(names[segment_id]), os.O_RDONLY | os.O_CLOEXEC
-                    )
-                payload = os.pread(fd, length, offset)
-                if len(payload) != length:
-                    raise OSError(f"segment {names[segment_id]} ends inside seq {seq}")
-            unsigned_pts = pts + _U64 if pts < 0 else pts
-            record = native.encode_header(seq, length, crc, unsigned_pts, flags) + payload
-            if run and (
-                seq != run[-1][0] + 1
-                or len(run) >= _BLOCK_FRAMES
-                or run_bytes + len(record) > _BLOCK_BYTES
+        def frames() -> Iterator[blocks.Frame]:
+            for seq, flags, pts, length, crc, segment_id, offset in conn.execute(
+                "SELECT seq, flags, pts_us, length, crc32c, segment, offset FROM frames"
+                " WHERE session_id = ? ORDER BY seq",
+                (session_id,),
             ):
-                writer.block(session_id, run)
-                run, run_bytes = [], 0
-            run.append((seq, record))
-            run_bytes += len(record)
-        if run:
-            writer.block(session_id, run)
+                payload = b""
+                if length:
+                    fd = fds.get(segment_id)
+                    if fd is None:
+                        fd = fds[segment_id] = os.open(
+                            self._segment_path(names[segment_id]), os.O_RDONLY | os.O_CLOEXEC
+                        )
+                    payload = os.pread(fd, length, offset)
+                    if len(payload) != length:
+                        raise OSError(f"segment {names[segment_id]} ends inside seq {seq}")
+                # Payload bytes as they are: a corrupt one stays detectably corrupt.
+                yield seq, flags, pts + _U64 if pts < 0 else pts, crc, payload
+
+        for run in blocks.runs(frames()):
+            writer.add(session_id, blocks.build(session_id, run))
 
 
 class _BlockWriter:
@@ -137,31 +127,21 @@ class _BlockWriter:
         self._pending_bytes = 0
         self._written = offset
 
-    def block(self, session_id: str, run: list[tuple[int, bytes]]) -> None:
-        records_len = sum(len(record) for _, record in run)
-        header = native.block_header(session_id, run[0][0], len(run), records_len)
-        payload_bytes, crc = 0, 0
-        for _, record in run:
-            length = len(record) - native.HEADER_SIZE
-            if length:
-                record_crc = int.from_bytes(record[20:24], "big")
-                crc = native.crc32c_combine(crc, record_crc, length)
-                payload_bytes += length
-        length = len(header) + records_len
+    def add(self, session_id: str, block: blocks.Built) -> None:
+        length = len(block.data)
         self.extents.append(
             (
                 session_id,
-                run[0][0],
-                run[-1][0],
+                block.first_seq,
+                block.last_seq,
                 self.segment_id,
                 self.offset,
                 length,
-                payload_bytes,
-                crc,
+                block.payload_bytes,
+                block.crc32c,
             )
         )
-        self._pending.append(header)
-        self._pending.extend(record for _, record in run)
+        self._pending.append(block.data)
         self._pending_bytes += length
         self.offset += length
         if self._pending_bytes >= _WRITE_BYTES:
