@@ -1,7 +1,7 @@
 """Store commit benchmark: PostgresStore.commit (and SqliteStore.commit) by batch size.
 
     python loadtests/pg_commit_bench.py [--dsn postgresql://...] [--batches 1,100,1000,4000]
-        [--frame-bytes 640] [--sessions 16] [--seconds 3] [--strategies] [--json out.json]
+        [--frame-bytes 640] [--sessions 16] [--seconds 3] [--json out.json]
 
 Without ``--dsn`` it starts a throwaway PostgreSQL cluster on 127.0.0.1 (the
 one the tests use: fsync on, synchronous_commit on) and removes it afterwards.
@@ -10,10 +10,7 @@ sessions, back to back for ``--seconds`` and prints frames/s, MB/s and
 commits/s, beside the embedded store's numbers on a temporary data dir
 (durability fsync).
 
-``--strategies`` also measures the ways to write a batch of frame rows into
-the ``frames`` table inside one transaction (executemany, INSERT from unnest
-arrays, COPY straight into the table, COPY into a staging table then INSERT
-... ON CONFLICT DO NOTHING): the numbers behind PostgresStore's use of COPY.
+Each commit writes one block per session (``blocks`` rows, COPY).
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import asyncpg
 
 from voxgate._native import crc32c
 from voxgate.store.base import FrameIn, Store
-from voxgate.store.postgres import FRAME_COLUMNS, PostgresStore
+from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,75 +89,6 @@ async def bench_store(store: Store, args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
-async def bench_strategies(dsn: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("DROP TABLE IF EXISTS bench_frames")
-        await conn.execute("CREATE TABLE bench_frames (LIKE frames INCLUDING ALL)")
-        await conn.execute("ALTER TABLE bench_frames ALTER COLUMN payload SET STORAGE EXTERNAL")
-        await conn.execute(
-            "CREATE TEMP TABLE bench_stage (LIKE frames INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        payload = random.randbytes(args.frame_bytes)
-        counter = 0
-        columns = list(FRAME_COLUMNS)
-
-        def rows(size: int) -> list[tuple[Any, ...]]:
-            nonlocal counter
-            counter += 1
-            sid = f"ses_{counter:026d}"
-            return [(sid, i, 0, i * 20_000, len(payload), 1, payload) for i in range(size)]
-
-        async def executemany(size: int) -> None:
-            async with conn.transaction():
-                await conn.executemany(
-                    "INSERT INTO bench_frames VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                    " ON CONFLICT DO NOTHING",
-                    rows(size),
-                )
-
-        async def unnest(size: int) -> None:
-            values = list(zip(*rows(size), strict=True))
-            async with conn.transaction():
-                await conn.fetch(
-                    "INSERT INTO bench_frames SELECT * FROM unnest($1::text[], $2::bigint[],"
-                    " $3::int[], $4::bigint[], $5::int[], $6::bigint[], $7::bytea[])"
-                    " ON CONFLICT DO NOTHING RETURNING seq",
-                    *values,
-                )
-
-        async def copy(size: int) -> None:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "bench_frames", records=rows(size), columns=columns
-                )
-
-        async def copy_staged(size: int) -> None:
-            async with conn.transaction():
-                await conn.copy_records_to_table("bench_stage", records=rows(size), columns=columns)
-                await conn.fetch(
-                    "INSERT INTO bench_frames SELECT * FROM bench_stage"
-                    " ON CONFLICT DO NOTHING RETURNING seq"
-                )
-
-        strategies = {
-            "executemany": executemany,
-            "unnest": unnest,
-            "copy": copy,
-            "copy_staged": copy_staged,
-        }
-        results = []
-        for size in args.batches:
-            row: dict[str, Any] = {"batch": size}
-            for name, run in strategies.items():
-                row[name] = (await measure(run, size, args.seconds))["frames_per_s"]
-            results.append(row)
-        await conn.execute("DROP TABLE bench_frames")
-        return results
-    finally:
-        await conn.close()
-
-
 async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     report: dict[str, Any] = {
         "frame_bytes": args.frame_bytes,
@@ -188,8 +116,6 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             report["sqlite_store"] = await bench_store(sqlite, args)
         finally:
             await sqlite.close()
-    if args.strategies:
-        report["insert_strategies"] = await bench_strategies(dsn, args)
     return report
 
 
@@ -207,12 +133,6 @@ def print_report(report: dict[str, Any]) -> None:
             f" {pg['commits_per_s']:>13.1f} {lite['frames_per_s']:>16.0f}"
             f" {pg['frames_per_s'] / lite['frames_per_s']:>10.2f}"
         )
-    if "insert_strategies" in report:
-        print("\nwriting one batch of rows in a transaction, frames/s:")
-        names = [k for k in report["insert_strategies"][0] if k != "batch"]
-        print(f"{'batch':>6} " + " ".join(f"{name:>12}" for name in names))
-        for row in report["insert_strategies"]:
-            print(f"{row['batch']:>6} " + " ".join(f"{row[name]:>12.0f}" for name in names))
 
 
 def main() -> int:
@@ -222,7 +142,6 @@ def main() -> int:
     parser.add_argument("--frame-bytes", type=int, default=640)
     parser.add_argument("--sessions", type=int, default=16, help="sessions a batch spreads over")
     parser.add_argument("--seconds", type=float, default=3.0, help="time per batch size")
-    parser.add_argument("--strategies", action="store_true", help="also compare insert methods")
     parser.add_argument("--json", default=None, help="write the report to this file")
     args = parser.parse_args()
     args.batches = [int(x) for x in args.batches.split(",")]

@@ -543,7 +543,11 @@ impl PyCommitPlan {
             Ok(match &last {
                 Some((prev, s)) if prev.is(&sid) => *s,
                 _ => {
-                    let s = plan.session(sid.cast::<PyString>()?.to_str()?);
+                    // An id that is no valid text (a lone surrogate) names no stored session.
+                    let s = match sid.cast::<PyString>()?.to_str() {
+                        Ok(id) => plan.session(id),
+                        Err(_) => None,
+                    };
                     last = Some((sid, s));
                     s
                 }

@@ -18,7 +18,9 @@ errors in one class). The families, each in the module that raises it:
 
 ``voxgate._native.FrameError`` (broken framing, raised by the Rust core) is a
 ``ValueError`` and stays outside this tree: it is raised where the framing is
-read and turned into a close code or a 400 right there.
+read and turned into a close code or a 400 right there. ``voxgate._native.BlockError``
+(a stored block that is not what its index says) likewise: the stores turn it
+into :class:`~voxgate.store.base.StoreError` where they read blocks.
 """
 
 from __future__ import annotations

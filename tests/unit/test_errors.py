@@ -14,7 +14,13 @@ from voxgate.errors import ApiError, VoxgateError
 # connection, never seen by a caller (the stream handler's rewrite makes it
 # private). _native.FrameError is the Rust core's ValueError, turned into a
 # close code or a 400 where the framing is read (see voxgate.errors).
-OUTSIDE = {"voxgate.ingest.stream.Close", "voxgate._native.FrameError"}
+# _native.BlockError likewise: the stores turn it into StoreError (or a repair's
+# report) where a block is read.
+OUTSIDE = {
+    "voxgate.ingest.stream.Close",
+    "voxgate._native.FrameError",
+    "voxgate._native.BlockError",
+}
 
 
 def _voxgate_exceptions() -> dict[str, type[BaseException]]:

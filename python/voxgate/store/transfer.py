@@ -7,11 +7,11 @@ Per session, in id order:
    was verified when that row was written.
 2. A tombstone: the row is written as a tombstone and any frame of it in
    PostgreSQL is deleted.
-3. Otherwise the frames are copied in batches, each its own transaction,
-   with ``INSERT ... ON CONFLICT DO NOTHING``; frames already there (from an
-   interrupted run) are checked against the source and skipped. Then every
-   frame is read back from PostgreSQL and checked: same seqs, flags, pts,
-   lengths, and the CRC-32C recomputed from each payload equals the source's.
+3. Otherwise the frames are copied as blocks (``voxgate.store.blocks``) in
+   batches, each its own transaction; seqs PostgreSQL holds already (from an
+   interrupted run) are skipped. Then every block is read back from
+   PostgreSQL and every frame in it checked: same seqs, flags, pts, lengths,
+   and the CRC-32C recomputed from each payload equals the source's.
    The counters and the gap-free prefix are recomputed from the frames and
    must match the source's; only then is the session row written.
 
@@ -24,13 +24,14 @@ against its CRC as it reads.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import msgspec
 
 from voxgate.core import native
+from voxgate.store import blocks
 from voxgate.store.base import (
     FrameEntry,
     Session,
@@ -40,13 +41,12 @@ from voxgate.store.base import (
     Transcript,
 )
 from voxgate.store.migrations import Connection
+from voxgate.store.migrations.data import BLOCK_COLUMNS
 from voxgate.store.postgres import PostgresStore, redact
 from voxgate.store.sqlite import DB_NAME, SqliteStore
 
 crc32c, crc32c_combine = native.crc32c, native.crc32c_combine
 
-_U64 = 1 << 64
-_I64_MAX = (1 << 63) - 1
 # Seqs of the source index read per step (its entries are small).
 INDEX_WINDOW = 20_000
 
@@ -65,10 +65,10 @@ _UPSERT_SESSION = (
     " prefix_seq = EXCLUDED.prefix_seq, prefix_crc32c = EXCLUDED.prefix_crc32c,"
     " tenant = EXCLUDED.tenant"
 )
-_INSERT_FRAMES = (
-    "INSERT INTO frames (session_id, seq, flags, pts_us, length, crc32c, payload)"
-    " SELECT $1, * FROM unnest($2::bigint[], $3::integer[], $4::bigint[], $5::integer[],"
-    " $6::bigint[], $7::bytea[]) ON CONFLICT (session_id, seq) DO NOTHING"
+# Seqs from $2 to $3 of session $1 that PostgreSQL holds already, as inclusive ranges.
+_STORED_RANGES = (
+    "SELECT first_seq, last_seq FROM blocks WHERE session_id = $1 AND first_seq <= $3"
+    " AND last_seq >= $2 ORDER BY first_seq"
 )
 
 _INSERT_TRANSCRIPTS = (
@@ -124,10 +124,6 @@ class _Readback:
             self.prefix_seq += 1
 
 
-def _signed(pts: int) -> int:
-    return pts - _U64 if pts > _I64_MAX else pts
-
-
 def source_session_ids(data_dir: Path) -> list[str]:
     """Every session id of the embedded store in ``data_dir``, tombstones included, by id."""
     db = sqlite3.connect(data_dir / DB_NAME, timeout=30.0)
@@ -177,7 +173,7 @@ class Transfer:
                 return
             if session.state is SessionState.DELETED:
                 async with conn.transaction():
-                    await conn.execute("DELETE FROM frames WHERE session_id = $1", sid)
+                    await conn.execute("DELETE FROM blocks WHERE session_id = $1", sid)
                     await conn.execute("DELETE FROM transcripts WHERE session_id = $1", sid)
                     await self._write_session(conn, session, generation, 0, 0)
                 self.report.tombstones += 1
@@ -189,7 +185,7 @@ class Transfer:
                 gaps = await self.source.missing(sid)
                 archive = await self.source.archive_record(sid)
                 async with conn.transaction():
-                    await conn.execute("DELETE FROM frames WHERE session_id = $1", sid)
+                    await conn.execute("DELETE FROM blocks WHERE session_id = $1", sid)
                     await self._write_session(conn, session, generation, 0, 0)
                     await conn.execute(
                         "UPDATE sessions SET tier = $2, kept_missing = $3::json,"
@@ -217,8 +213,10 @@ class Transfer:
     async def _already_copied(self, conn: Connection, session: Session) -> bool:
         row = await conn.fetchrow(
             "SELECT state, next_seq, frames, bytes, end_seq, stream_crc32c,"
-            " (SELECT count(*) FROM frames WHERE session_id = $1) AS stored,"
-            " (SELECT coalesce(sum(length), 0) FROM frames WHERE session_id = $1) AS stored_bytes"
+            " (SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM blocks"
+            "  WHERE session_id = $1) AS stored,"
+            " (SELECT coalesce(sum(payload_bytes), 0) FROM blocks WHERE session_id = $1)"
+            "  AS stored_bytes"
             " FROM sessions WHERE id = $1",
             session.id,
         )
@@ -273,75 +271,79 @@ class Transfer:
     async def _insert(
         self, conn: Connection, sid: str, batch: list[tuple[FrameEntry, bytes]]
     ) -> int:
-        seqs = [entry.seq for entry, _ in batch]
+        first, last = batch[0][0].seq, batch[-1][0].seq
         async with conn.transaction():
-            stored = {
-                row["seq"]: (row["flags"], row["pts_us"], row["length"], row["crc32c"])
-                for row in await conn.fetch(
-                    "SELECT seq, flags, pts_us, length, crc32c FROM frames"
-                    " WHERE session_id = $1 AND seq = ANY($2::bigint[])",
-                    sid,
-                    seqs,
-                )
-            }
-            fresh = []
-            for entry, payload in batch:
-                have = stored.get(entry.seq)
-                want = (entry.flags, _signed(entry.pts_us), entry.length, entry.crc32c)
-                if have is None:
-                    fresh.append((entry, payload))
-                elif have != want:
-                    raise TransferError(f"seq {entry.seq} is stored in PostgreSQL as another frame")
-            if fresh:
-                await conn.execute(
-                    _INSERT_FRAMES,
-                    sid,
-                    [e.seq for e, _ in fresh],
-                    [e.flags for e, _ in fresh],
-                    [_signed(e.pts_us) for e, _ in fresh],
-                    [e.length for e, _ in fresh],
-                    [e.crc32c for e, _ in fresh],
-                    [p for _, p in fresh],
-                )
-        self.report.frames += len(fresh)
-        self.report.bytes += sum(e.length for e, _ in fresh)
-        return len(fresh)
+            held = await conn.fetch(_STORED_RANGES, sid, first, last)
+
+            def fresh() -> Iterator[blocks.Frame]:
+                ranges = iter(held)
+                current = next(ranges, None)
+                for entry, payload in batch:
+                    while current is not None and current[1] < entry.seq:
+                        current = next(ranges, None)
+                    if current is not None and current[0] <= entry.seq:
+                        continue  # copied by an earlier run: checked when read back
+                    yield entry.seq, entry.flags, entry.pts_us, entry.crc32c, payload
+
+            rows = []
+            frames = nbytes = 0
+            for run in blocks.runs(fresh()):
+                block = blocks.build(sid, run)
+                rows.append(
+                    (sid, block.first_seq, block.last_seq, block.payload_bytes, block.crc32c,
+                     block.data)
+                )  # fmt: skip
+                frames += len(run)
+                nbytes += block.payload_bytes
+            if rows:
+                await conn.copy_records_to_table("blocks", records=rows, columns=BLOCK_COLUMNS)
+        self.report.frames += frames
+        self.report.bytes += nbytes
+        return frames
 
     async def _verify(self, conn: Connection, session: Session) -> tuple[int, int]:
-        """Read every frame back and check it against the source; returns the prefix."""
+        """Read every block back and check each frame against the source; returns the
+        prefix."""
         sid = session.id
         seen = _Readback()
         after = -1
         while True:
             rows = await conn.fetch(
-                "SELECT seq, flags, pts_us, length, crc32c, payload FROM frames"
-                " WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                "SELECT first_seq, last_seq, data FROM blocks"
+                " WHERE session_id = $1 AND first_seq > $2 ORDER BY first_seq LIMIT $3",
                 sid,
                 after,
-                self.batch_frames,
+                max(1, self.batch_frames // 16),
             )
             if not rows:
                 break
-            first, last = rows[0]["seq"], rows[-1]["seq"]
+            first, last = rows[0]["first_seq"], rows[-1]["last_seq"]
             source = {e.seq: e for e in await self.source.frame_index(sid, first, last)}
-            for seq, flags, pts, length, crc, payload in rows:
-                entry = source.pop(seq, None)
-                if entry is None:
-                    raise TransferError(f"PostgreSQL holds seq {seq}, which the source lacks")
-                if (flags, pts, length, crc) != (
-                    entry.flags,
-                    _signed(entry.pts_us),
-                    entry.length,
-                    entry.crc32c,
-                ):
-                    raise TransferError(f"seq {seq} differs between source and PostgreSQL")
-                if len(payload) != length or crc32c(payload) != entry.crc32c:
-                    raise TransferError(f"payload of seq {seq} read back with another CRC-32C")
-                seen.add(seq, crc, length)
+            for first_seq, last_seq, data in rows:
+                try:
+                    owner, records = native.read_block(data, verify=True)
+                except native.BlockError as exc:
+                    raise TransferError(
+                        f"the block from seq {first_seq} reads back broken: {exc}"
+                    ) from exc
+                if owner != sid or (records[0][0], records[-1][0]) != (first_seq, last_seq):
+                    raise TransferError(f"the block from seq {first_seq} is not what its row says")
+                for seq, flags, pts, length, crc, _ in records:
+                    entry = source.pop(seq, None)
+                    if entry is None:
+                        raise TransferError(f"PostgreSQL holds seq {seq}, which the source lacks")
+                    if (flags, pts, length, crc) != (
+                        entry.flags,
+                        entry.pts_us,
+                        entry.length,
+                        entry.crc32c,
+                    ):
+                        raise TransferError(f"seq {seq} differs between source and PostgreSQL")
+                    seen.add(seq, crc, length)
+                self.report.verified_frames += len(records)
             if source:
                 raise TransferError(f"seqs {sorted(source)[:5]} are missing in PostgreSQL")
-            self.report.verified_frames += len(rows)
-            after = last
+            after = rows[-1]["first_seq"]
         counts = (seen.frames, seen.bytes, seen.top + 1)
         if counts != (session.frames, session.bytes, session.next_seq):
             raise TransferError(

@@ -10,8 +10,7 @@ CRC-32C, zlib's method for CRC combination. It is not meant for production.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 from typing_extensions import Buffer
 

@@ -116,9 +116,7 @@ def _run_plan(case: Case) -> dict[str, Any]:
     walks = plan.advance()
     for session_id, prefix_seq in walks:
         db = after[session_id]
-        plan.extend(
-            session_id, [(s, s, db[s][0], db[s][1]) for s in sorted(db) if s >= prefix_seq]
-        )
+        plan.extend(session_id, [(s, s, db[s][0], db[s][1]) for s in sorted(db) if s >= prefix_seq])
     return {
         "lookups": lookups,
         "rows": rows,

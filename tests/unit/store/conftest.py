@@ -91,7 +91,7 @@ class PostgresBackend(Backend):
         try:
             await migrations.apply(conn)
             await conn.execute(
-                "TRUNCATE sessions, frames, transcripts, transcript_heads, retention_runs,"
+                "TRUNCATE sessions, blocks, transcripts, transcript_heads, retention_runs,"
                 " webhook_outbox"
             )
         finally:
@@ -102,7 +102,7 @@ class PostgresBackend(Backend):
         conn = await asyncpg.connect(self.dsn)
         try:
             found: bool = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM frames WHERE position($1::bytea IN payload) > 0)"
+                "SELECT EXISTS (SELECT 1 FROM blocks WHERE position($1::bytea IN data) > 0)"
                 " OR EXISTS (SELECT 1 FROM sessions"
                 " WHERE position($1::bytea IN convert_to(sessions::text, 'UTF8')) > 0)"
                 " OR EXISTS (SELECT 1 FROM transcripts"

@@ -97,14 +97,14 @@ async def test_a_newer_or_edited_schema_is_refused(dsn: str) -> None:
         await conn.close()
 
 
-async def test_payload_column_is_stored_uncompressed_out_of_line(dsn: str) -> None:
+async def test_block_column_is_stored_uncompressed_out_of_line(dsn: str) -> None:
     store = PostgresStore(dsn)
     await store.open()
     await store.close()
     storage = await fetchval(
         dsn,
         "SELECT attstorage::text FROM pg_attribute"
-        " WHERE attrelid = 'frames'::regclass AND attname = 'payload'",
+        " WHERE attrelid = 'blocks'::regclass AND attname = 'data'",
     )
     assert storage == "e"  # EXTERNAL
 

@@ -18,7 +18,7 @@ from services import PostgresServer
 from voxgate._native import crc32c
 from voxgate.retention.runner import Retention
 from voxgate.settings import Settings
-from voxgate.store import migrations
+from voxgate.store import blocks, migrations
 from voxgate.store.base import Outcome, SessionState, Store, Tier, TranscriptIn
 from voxgate.store.postgres import PostgresStore
 from voxgate.store.sqlite import SqliteStore
@@ -190,16 +190,15 @@ async def test_a_conflicting_frame_leaves_only_that_session_alone(tmp_path: Path
     assert run("db", "migrate", "--database-url", dsn).returncode == 0
     conn = await asyncpg.connect(dsn)
     try:
+        block = blocks.build(ids[1], [(0, 0, 0, crc32c(b"other"), b"other")])
         await conn.execute(
-            "INSERT INTO frames VALUES ($1, 0, 0, 0, 5, $2, 'other'::bytea)",
-            ids[1],
-            crc32c(b"other"),
+            "INSERT INTO blocks VALUES ($1, 0, 0, 5, $2, $3)", ids[1], block.crc32c, block.data
         )
     finally:
         await conn.close()
     result = run("db", "migrate-from-sqlite", str(data_dir), "--database-url", dsn)
     assert result.returncode == 1
-    assert f"{ids[1]} not copied: seq 0 is stored in PostgreSQL as another frame" in result.stderr
+    assert f"{ids[1]} not copied: seq 0 differs between source and PostgreSQL" in result.stderr
     assert "3 copied, 1 tombstones" in result.stdout
     target = PostgresStore(dsn)
     await target.open()
@@ -262,7 +261,9 @@ async def test_an_interrupted_copy_is_finished_by_running_it_again(
             assert time.monotonic() < deadline + 30
             await asyncio.sleep(0.01)
         copied = await conn.fetchval("SELECT count(*) FROM sessions")
-        frames = await conn.fetchval("SELECT count(*) FROM frames")
+        frames = await conn.fetchval(
+            "SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM blocks"
+        )
     finally:
         await conn.close()
     assert proc.returncode == -signal.SIGKILL, "the copy finished before it could be interrupted"

@@ -1,7 +1,8 @@
 """Versioned PostgreSQL schema migrations: ``NNNN_name.sql`` files beside this module.
 
 Each file brings the schema to version ``NNNN``. The table ``schema_migrations``
-records every applied version with the SHA-256 of its file. Migrations run in
+records every applied version with the SHA-256 of its file. A migration may
+have a data step (``data.py``), Python run right after its SQL. Migrations run in
 one transaction that first takes a PostgreSQL advisory lock, so instances
 starting together apply them once, one after the other; a failed migration
 leaves nothing behind.
@@ -19,6 +20,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from voxgate.store.base import StoreError
+from voxgate.store.migrations import data
 
 # pg_advisory_xact_lock key taken while migrating ("voxgate" in ASCII).
 ADVISORY_LOCK_KEY = 0x766F78676174
@@ -100,6 +102,9 @@ async def apply(conn: Connection) -> list[Migration]:
         pending = [m for m in migrations if m.version not in applied]
         for migration in pending:
             await conn.execute(migration.sql)
+            step = data.STEPS.get(migration.version)
+            if step is not None:
+                await step(conn)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, sha256) VALUES ($1, $2, $3)",
                 migration.version,

@@ -119,7 +119,13 @@ class Frames(Segments, Events):
             # need a look-up, not the ones streamed in order.
             for session_id, wanted in plan.lookups():
                 for block in self._blocks_holding(session_id, wanted):
-                    plan.known_block(session_id, block)
+                    try:
+                        plan.known_block(session_id, block)
+                    except BlockError as exc:
+                        raise StoreError(
+                            f"sqlite store {self.data_dir}: a stored block of {session_id} is"
+                            f" corrupt ({exc}); run `voxgate db check`"
+                        ) from exc
             extents, buffers, offset = plan.judge(start)
             if extents:
                 conn.execute(_INSERT_EXTENTS, (orjson.dumps(extents), segment.id))
