@@ -4,8 +4,9 @@
 //! frame (stored, duplicate, conflict, sequence or gone), groups the stored
 //! ones into runs (one block each, see [`crate::block`]), extends every session's gap-free prefix and its running
 //! CRC-32C, and writes the counters back. [`Plan`] does all of that for one
-//! batch; the store only runs the SQL around it. The rules are those of
-//! `voxgate.store.tally.SessionTally`, which the PostgreSQL store applies.
+//! batch; both stores only run the SQL around it. This is the one home of
+//! the commit rules; `tests/unit/native/tally_model.py` states them plainly
+//! and the tests hold this plan to it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -210,7 +210,7 @@ _T = TypeVar("_T")
 
 @final  # pyo3 classes cannot be subclassed
 class CommitPlan:
-    """The per-frame work of one store commit, with the rules of ``SessionTally``.
+    """The per-frame work of one store commit: the commit rules, for both stores.
 
     Outcomes are numbered as ``voxgate.store.base.Outcome``: 0 stored,
     1 duplicate, 2 conflict, 3 sequence, 4 gone (session not in ``sessions``).

@@ -1,9 +1,9 @@
 """CommitPlan (the per-frame work of an embedded-store commit) follows SessionTally's rules.
 
-The embedded store judges frames with ``CommitPlan`` from the core; the
-PostgreSQL store with :class:`~voxgate.store.commit_rules.SessionTally`. Both must
-answer every batch alike, and the blocks the plan lays out must read back as
-exactly the frames it stored.
+Both stores judge frames with ``CommitPlan`` from the core; ``tally_model.py``
+states the same rules plainly, one session at a time. The two must answer
+every batch alike, and the blocks the plan lays out must read back as exactly
+the frames it stored.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unit.native.tally_model import SessionTally
 from voxgate import _native
 from voxgate.store.base import FrameIn, Outcome
-from voxgate.store.commit_rules import SessionTally
 
 U64 = 1 << 64
 OUTCOMES = tuple(Outcome)

@@ -1,14 +1,11 @@
-"""One session's counters while a commit runs: the rules every store applies to a batch.
+"""The commit rules written out plainly, one session at a time: the model the core is held to.
 
-A store reads each touched session's counters (locked for the transaction),
-asks :meth:`SessionTally.judge` for every frame, inserts the STORED ones,
-extends the gap-free prefix and its running CRC-32C, and writes the counters
-back. The PostgreSQL store applies these rules with this class; the embedded
-store with the core's ``CommitPlan`` (Rust; in benchmarks its pure-Python
-copy), which does the same per-frame work in one object per commit so its
-store thread holds the GIL only briefly.
-``tests/unit/native/test_commit_plan.py`` holds the two to the same answers
-for every batch.
+Both stores commit through the core's ``CommitPlan`` (``rust/commit.rs``), the
+one home of the rules. This model states them as directly as Python can: a
+store reads each touched session's counters, asks :meth:`SessionTally.judge`
+for every frame, stores the STORED ones, extends the gap-free prefix and its
+running CRC-32C, and writes the counters back.
+``test_commit_plan.py`` holds ``CommitPlan`` to this model on random batches.
 """
 
 from __future__ import annotations
