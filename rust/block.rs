@@ -16,7 +16,7 @@
 //! ([`scan`]), and a resend is judged against the stored record's header.
 
 use crate::crc::{crc32c, crc32c_combine};
-use crate::framing::{parse_header, FLAG_END, HEADER_SIZE};
+use crate::framing::{FLAG_END, HEADER_SIZE, MAGIC as MAGIC_FRAME, VERSION};
 
 pub const MAGIC: [u8; 4] = *b"VXB1";
 /// Header bytes besides the session id and the trailing CRC.
@@ -137,6 +137,23 @@ pub fn parse_head(data: &[u8]) -> Result<Head, BlockError> {
     })
 }
 
+/// A record's frame header: the wire header's magic and version, then its
+/// fields as stored. The wire's other rules (reserved flags, no empty frame
+/// without END) were checked when the frame arrived, and the store API may
+/// hold frames no wire message could carry.
+fn record_header(h: &[u8]) -> Option<crate::framing::Header> {
+    if h.len() < HEADER_SIZE || h[..2] != MAGIC_FRAME || h[2] != VERSION {
+        return None;
+    }
+    Some(crate::framing::Header {
+        flags: h[3],
+        seq: be_u32(h, 4),
+        pts_us: be_u64(h, 8),
+        length: be_u32(h, 16),
+        crc32c: be_u32(h, 20),
+    })
+}
+
 /// The records of the block `data` (exactly one whole block). Every record's
 /// header must be valid and its seq the next one; with `verify`, every payload
 /// must match its CRC-32C.
@@ -156,8 +173,8 @@ pub fn parse(data: &[u8], verify: bool) -> Result<(Head, Vec<Record>), BlockErro
         let Some(h) = data.get(at..at + HEADER_SIZE) else {
             return Err(BlockError(format!("record of seq {seq} cut short")));
         };
-        let h = parse_header(h.try_into().expect("HEADER_SIZE bytes"))
-            .map_err(|e| BlockError(format!("record of seq {seq}: {e:?}")))?;
+        let h = record_header(h)
+            .ok_or_else(|| BlockError(format!("record of seq {seq}: not a frame header")))?;
         if u64::from(h.seq) != seq {
             return Err(BlockError(format!(
                 "record of seq {} where {seq} belongs",

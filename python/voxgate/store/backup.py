@@ -179,7 +179,7 @@ def _check_blocks(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
     try:
         for session_id, first, last, segment, offset, length, nbytes, crc in conn.execute(
             "SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,"
-            " crc32c FROM extents ORDER BY session_id, first_seq"
+            " crc32c FROM all_extents ORDER BY session_id, first_seq"
         ):
             where = f"{session_id} seqs {first}-{last}"
             fd = fds.get(segment)

@@ -81,6 +81,7 @@ async def test_lost_index_rows_are_rebuilt_from_the_segments(tmp_path: Path) -> 
         complete = next(sid for sid, state in states.items() if state is SessionState.COMPLETE)
         with sqlite3.connect(data_dir / DB_NAME) as conn:
             conn.execute("DELETE FROM extents")
+            conn.execute("DELETE FROM recent_extents")
             conn.execute("UPDATE sessions SET frames = 7 WHERE id = ?", (complete,))
         report = await store.check()
         assert report.problem_count > 0
@@ -158,7 +159,7 @@ async def test_a_corrupt_block_is_found_and_its_frames_become_missing(tmp_path: 
         gappy = next(sid for sid, state in states.items() if state is SessionState.OPEN)
         with sqlite3.connect(data_dir / DB_NAME) as conn:
             segment, offset, length = conn.execute(
-                "SELECT s.name, e.offset, e.length FROM extents e JOIN segments s"
+                "SELECT s.name, e.offset, e.length FROM all_extents e JOIN segments s"
                 " ON s.id = e.segment WHERE e.session_id = ? AND e.first_seq = 20",
                 (gappy,),
             ).fetchone()

@@ -22,6 +22,8 @@ async def test_a_version_1_database_gains_transcripts(tmp_path: Path) -> None:
     # Turn it back into what a voxgate without transcripts left behind (the move of
     # frames to blocks, migration 6, is tested on a data dir written by schema 5).
     with sqlite3.connect(data_dir / DB_NAME) as conn:
+        conn.execute("DROP VIEW all_extents")
+        conn.execute("DROP TABLE recent_extents")
         conn.execute("DROP TABLE extents")
         conn.execute(
             "CREATE TABLE frames (session_id TEXT NOT NULL, seq INTEGER NOT NULL,"

@@ -188,7 +188,7 @@ class Check(Frames):
         rows: dict[tuple[int, int], tuple[str, int, int, int, int, int]] = {}
         for sid, first, last, segment, offset, length, nbytes, crc in conn.execute(
             "SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,"
-            " crc32c FROM extents"
+            " crc32c FROM all_extents"
         ):
             rows[segment, offset] = (sid, first, last, length, nbytes, crc)
             block = at.get((segment, offset))
@@ -274,6 +274,7 @@ class Check(Frames):
                 seen.update((block[0], s) for s in range(block[1], block[2] + 1))
                 keep.setdefault(block[0], []).append((segment_id, block))
         conn.execute("DELETE FROM extents")
+        conn.execute("DELETE FROM recent_extents")
         conn.executemany(
             "INSERT INTO extents (session_id, first_seq, last_seq, segment, offset, length,"
             " payload_bytes, crc32c) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -285,7 +286,7 @@ class Check(Frames):
         conn.executemany("INSERT INTO erasures (segment, offset, length) VALUES (?, ?, ?)", erase)
         conn.execute(
             "UPDATE segments SET live ="
-            " (SELECT COUNT(*) FROM extents e WHERE e.segment = segments.id)"
+            " (SELECT COUNT(*) FROM all_extents e WHERE e.segment = segments.id)"
         )
         for sid in keep.keys() - sessions.keys():  # the index lost the session: recreate it
             conn.execute(

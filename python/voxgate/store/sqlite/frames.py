@@ -41,6 +41,8 @@ from voxgate.store.sqlite.segments import Segments, pwrite_all
 CommitPlan, BlockError, read_block = native.CommitPlan, native.BlockError, native.read_block
 _OUTCOMES = tuple(Outcome)  # indexed by the core's outcome numbers
 
+# Rows this store appends to ``recent_extents`` before it moves them all into ``extents``.
+MERGE_ROWS = 2048
 # Extent rows read per query: at most this many blocks are fetched per read step.
 _EXTENTS_PER_READ = 64
 
@@ -48,7 +50,7 @@ _EXTENTS_PER_READ = 64
 # crc32c) as JSON, all in one statement: executemany would drop and retake the GIL
 # once per row, and under load each retake waits on the event loop.
 _INSERT_EXTENTS = (
-    "INSERT INTO extents (session_id, first_seq, last_seq, segment, offset, length,"
+    "INSERT INTO recent_extents (session_id, first_seq, last_seq, segment, offset, length,"
     " payload_bytes, crc32c) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
     " json_extract(value, '$[2]'), ?2, json_extract(value, '$[3]'),"
     " json_extract(value, '$[4]'), json_extract(value, '$[5]'), json_extract(value, '$[6]')"
@@ -63,14 +65,14 @@ _UPDATE_SESSIONS = (
 )
 # The extent holding seq ?2 of session ?1, if any.
 _EXTENT_AT = (
-    "SELECT first_seq, last_seq, segment, offset, length FROM extents"
+    "SELECT first_seq, last_seq, segment, offset, length FROM all_extents"
     " WHERE session_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1"
 )
 # Extents of session ?1 holding seqs from ?2 to ?3, in seq order, with their segment's name.
 _EXTENTS_FROM = (
-    "SELECT e.first_seq, e.last_seq, e.offset, e.length, s.name FROM extents e"
+    "SELECT e.first_seq, e.last_seq, e.offset, e.length, s.name FROM all_extents e"
     " LEFT JOIN segments s ON s.id = e.segment WHERE e.session_id = ?1"
-    " AND e.first_seq >= COALESCE((SELECT first_seq FROM extents WHERE session_id = ?1"
+    " AND e.first_seq >= COALESCE((SELECT first_seq FROM all_extents WHERE session_id = ?1"
     " AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1), ?2)"
     " AND e.first_seq <= ?3 ORDER BY e.first_seq LIMIT ?4"
 )
@@ -92,7 +94,30 @@ class Frames(Segments, Events):
     async def commit(self, frames: Sequence[Part]) -> CommitResult:
         if not frames:
             return CommitResult([], {})
-        return await self._call(self._commit_sync, frames)
+        result = await self._call(self._commit_sync, frames)
+        executor = self._executor
+        if self._recent_rows >= MERGE_ROWS and executor is not None:
+            # On the store thread before the next commit, after this one's answer.
+            self._recent_rows = 0
+            executor.submit(self._merge_recent)
+        return result
+
+    def _merge_recent(self) -> None:
+        """Move every row of ``recent_extents`` into ``extents``, in one transaction.
+
+        Commits append to ``recent_extents`` (a page or two each); here a batch of
+        them lands in ``extents``, a page per session for many commits' rows.
+        """
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO extents SELECT session_id, first_seq, last_seq, segment,"
+                    " offset, length, payload_bytes, crc32c FROM recent_extents"
+                    " ORDER BY session_id, first_seq"
+                )
+                conn.execute("DELETE FROM recent_extents")
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            log.warning("moving recent extents failed (the next commits retry): %s", exc)
 
     def _commit_sync(self, frames: Sequence[Part]) -> CommitResult:
         segment = self._writable_segment()
@@ -140,7 +165,7 @@ class Frames(Segments, Events):
                 for session_id, prefix_seq in plan.advance():
                     # A gap just closed: walk extents of earlier commits to the next gap.
                     cursor = conn.execute(
-                        "SELECT first_seq, last_seq, crc32c, payload_bytes FROM extents"
+                        "SELECT first_seq, last_seq, crc32c, payload_bytes FROM all_extents"
                         " WHERE session_id = ? AND first_seq >= ? ORDER BY first_seq",
                         (session_id, prefix_seq),
                     )
@@ -154,6 +179,7 @@ class Frames(Segments, Events):
                     self._enqueue_transitions(before, plan.progress())
             conn.execute("COMMIT")
             segment.offset = offset
+            self._recent_rows += len(extents)
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -252,7 +278,7 @@ class Frames(Segments, Events):
         ranges: list[list[int]] = []  # [segment, offset, length], adjacent ones merged
         counts: dict[int, int] = {}
         for segment_id, offset, length in conn.execute(
-            "SELECT segment, offset, length FROM extents WHERE session_id = ?"
+            "SELECT segment, offset, length FROM all_extents WHERE session_id = ?"
             " ORDER BY segment, offset",
             (session_id,),
         ):
@@ -268,6 +294,7 @@ class Frames(Segments, Events):
             [(n, segment_id) for segment_id, n in counts.items()],
         )
         conn.execute("DELETE FROM extents WHERE session_id = ?", (session_id,))
+        conn.execute("DELETE FROM recent_extents WHERE session_id = ?", (session_id,))
 
     def _erase_dropped(self, session_id: str, *, checkpoint: bool = False) -> None:
         """After committing :meth:`_drop_frames`: overwrite the bytes, unlink emptied segments.
@@ -304,7 +331,7 @@ def gaps(conn: sqlite3.Connection, session_id: str) -> list[list[int]]:
         for first, last in conn.execute(
             "SELECT prev + 1, first_seq - 1 FROM ("
             " SELECT first_seq, LAG(last_seq, 1, ?1 - 1) OVER (ORDER BY first_seq) AS prev"
-            " FROM extents WHERE session_id = ?2 AND first_seq >= ?1"
+            " FROM all_extents WHERE session_id = ?2 AND first_seq >= ?1"
             ") WHERE first_seq > prev + 1",
             (row[0], session_id),
         )
@@ -380,7 +407,8 @@ def read_records(
 
 def _extent_gone(conn: sqlite3.Connection, session_id: str, first_seq: int) -> bool:
     row = conn.execute(
-        "SELECT 1 FROM extents WHERE session_id = ? AND first_seq = ?", (session_id, first_seq)
+        "SELECT 1 FROM all_extents WHERE session_id = ? AND first_seq = ?",
+        (session_id, first_seq),
     ).fetchone()
     return row is None
 

@@ -45,6 +45,7 @@ class Plumbing:
         self._db: sqlite3.Connection | None = None
         self._segment: Segment | None = None
         self._segment_names: dict[int, str] = {}
+        self._recent_rows = 0  # appended to recent_extents since the last move
         self._data_lock: int | None = None
         # Reads for listeners run on a thread and connection of their own (see read_frames).
         self._reader: Reader | None = None

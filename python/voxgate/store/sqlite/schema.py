@@ -113,8 +113,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX sessions_by_tenant ON sessions (tenant, id)",
     ),
     # 6: blocks. Frames lie in segments as blocks (header, then each frame's record);
-    # the index holds one row per block. The rows of ``frames`` are turned into
-    # blocks by voxgate.store.sqlite.upgrade, which then drops the table.
+    # the index holds one row per block (in extents, or recent_extents until moved).
+    # The rows of ``frames`` are turned into blocks by voxgate.store.sqlite.upgrade,
+    # which then drops the table.
     (
         """CREATE TABLE extents (
             session_id TEXT NOT NULL,
@@ -127,5 +128,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             crc32c INTEGER NOT NULL,               -- CRC-32C of its payloads in seq order
             PRIMARY KEY (session_id, first_seq)
         ) WITHOUT ROWID""",
+        # The extents of the latest commits, in commit order. A commit appends its
+        # rows here (a page or two, where inserting into ``extents`` touches one
+        # page per session) and the store moves them into ``extents`` in batches.
+        """CREATE TABLE recent_extents (
+            session_id TEXT NOT NULL,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            segment INTEGER NOT NULL,
+            offset INTEGER NOT NULL,
+            length INTEGER NOT NULL,
+            payload_bytes INTEGER NOT NULL,
+            crc32c INTEGER NOT NULL
+        )""",
+        # Every extent, wherever it is now: what readers ask.
+        """CREATE VIEW all_extents AS
+            SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,
+                crc32c FROM extents
+            UNION ALL
+            SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,
+                crc32c FROM recent_extents""",
     ),
 )

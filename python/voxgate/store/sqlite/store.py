@@ -117,6 +117,8 @@ class SqliteStore(Sessions, Retention, Transcripts, Upgrade, Check):
             executor.shutdown(wait=False)
 
     def _close_sync(self) -> None:
+        if self._db is not None:
+            self._merge_recent()
         try:
             if self._segment is not None and self._db is not None:
                 self._seal_own()
