@@ -4,7 +4,10 @@
 - ``voxgate-ref``: another build of voxgate (``$VOXGATE_BENCH_REF``), for before/after;
 - ``litestar``: ``baseline_litestar.py``, a bare Litestar-on-Granian handler (baseline a);
 - ``fastapi``: ``baseline_fastapi.py``, FastAPI on uvicorn parsing, checking CRCs, acking (c);
-- ``picows``: ``baseline_picows.py``, a raw picows sink (d).
+- ``picows``: ``baseline_picows.py``, a raw picows sink (d);
+- ``voxgate-pg2``: two ``voxgate serve`` instances sharing one PostgreSQL and one
+  Redis, all started here on loopback (``tests/services.py``), the load split
+  between the instances.
 
 Every server advertises the window of ``VOXGATE_WINDOW_BYTES`` so each sees the
 same in-flight cap. A server runs in its own process group; its CPU time and
@@ -16,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -30,7 +36,9 @@ from voxgate.settings import Settings
 HERE = Path(__file__).resolve().parent
 API_KEY = "bench-key-0123456789abcdefghijklmnopqrstuv"  # at least 32 characters
 STARTUP_TIMEOUT_S = 30.0
-KINDS = ("voxgate", "voxgate-ref", "litestar", "fastapi", "picows")
+KINDS = ("voxgate", "voxgate-ref", "voxgate-pg2", "litestar", "fastapi", "picows")
+# The kinds that are voxgate (sessions, tokens, verified streams).
+VOXGATE_KINDS = ("voxgate", "voxgate-ref", "voxgate-pg2")
 # voxgate-ref: another build of voxgate (its ``voxgate`` executable, e.g. the previous
 # release's virtualenv), for before/after figures measured in one run.
 REF_ENV = "VOXGATE_BENCH_REF"
@@ -39,6 +47,7 @@ ALIASES = {"baseline": "litestar"}
 ROLES = {
     "voxgate": "voxgate (Rust core)",
     "voxgate-ref": f"voxgate, the build at ${REF_ENV}",
+    "voxgate-pg2": "voxgate x2 on PostgreSQL + Redis",
     "litestar": "(a) bare Litestar/Granian",
     "fastapi": "(c) FastAPI/uvicorn + crc32c",
     "picows": "(d) raw picows sink",
@@ -124,6 +133,21 @@ def disk_usage(path: Path) -> int:
     return total
 
 
+class Server(Protocol):
+    """What the benchmarks need of a server under test (one process, or a cluster)."""
+
+    kind: str
+    data_dir: Path | None
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def ws_base(self) -> str: ...
+    def cpu_s(self) -> float: ...
+    def memory(self) -> dict[str, int]: ...
+    def stop(self) -> None: ...
+
+
 class ServerProcess:
     """A server subprocess in its own process group, stopped with its workers."""
 
@@ -189,6 +213,85 @@ class ServerProcess:
             self.proc.wait(timeout=5)
 
 
+class Cluster:
+    """Two voxgate instances sharing PostgreSQL and Redis, all on loopback, all stopped
+    with it. Shaped like :class:`ServerProcess`; ``ws_bases`` names every instance.
+
+    PostgreSQL and Redis come from Debian's packages through ``tests/services.py``
+    (``scripts/setup.sh`` installs them); their CPU is not in ``cpu_s`` (it runs as
+    another user): see ``services_cpu_s``.
+    """
+
+    def __init__(
+        self, root: Path, *, workers: int, durability: str, window_bytes: int | None
+    ) -> None:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        import services
+
+        self.kind = "voxgate-pg2"
+        self.data_dir: Path | None = None
+        self.members: list[Server] = []
+        self._redis = services.RedisServer(Path(tempfile.mkdtemp(prefix="voxgate-bench-redis-")))
+        pg_root = Path(tempfile.mkdtemp(prefix="voxgate-bench-pg-"))
+        pg_root.chmod(0o755)
+        self._pg = services.PostgresServer(pg_root)
+        self._roots = [self._redis.root, pg_root]
+        try:
+            self._redis.start()
+            self._pg.init()
+            self._pg.start()
+            env = {
+                "VOXGATE_DATABASE_URL": self._pg.create_database("voxgate_bench"),
+                "VOXGATE_REDIS_URL": self._redis.url,
+            }
+            for _ in range(2):
+                self.members.append(
+                    start_server(
+                        "voxgate",
+                        root,
+                        workers=workers,
+                        durability=durability,
+                        window_bytes=window_bytes,
+                        extra_env=env,
+                    )
+                )
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def base_url(self) -> str:
+        return self.members[0].base_url
+
+    @property
+    def ws_base(self) -> str:
+        return self.members[0].ws_base
+
+    @property
+    def ws_bases(self) -> tuple[str, ...]:
+        return tuple(m.ws_base for m in self.members)
+
+    def cpu_s(self) -> float:
+        return sum(m.cpu_s() for m in self.members)
+
+    def memory(self) -> dict[str, int]:
+        total = {"VmRSS": 0, "VmHWM": 0, "fds": 0, "Threads": 0}
+        for member in self.members:
+            for key, value in member.memory().items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+        with contextlib.suppress(Exception):
+            self._pg.stop("immediate")
+        with contextlib.suppress(Exception):
+            self._redis.stop()
+        for path in self._roots:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _voxgate_command() -> list[str]:
     script = Path(sys.executable).with_name("voxgate")
     return [str(script)] if script.exists() else [sys.executable, "-m", "voxgate"]
@@ -202,11 +305,13 @@ def start_server(
     durability: str = "fsync",
     window_bytes: int | None = None,
     extra_env: dict[str, str] | None = None,
-) -> ServerProcess:
+) -> Server:
     """Start a server of ``kind`` (see :data:`KINDS`) under ``root``; waits until ready."""
     kind = ALIASES.get(kind, kind)
     if kind not in KINDS:
         raise ValueError(f"unknown server {kind!r}: one of {', '.join(KINDS)}")
+    if kind == "voxgate-pg2":
+        return Cluster(root, workers=workers, durability=durability, window_bytes=window_bytes)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXGATE_")}
     if window_bytes is not None:
@@ -278,6 +383,6 @@ def sessions_and_tokens(
     kind: str, base_url: str, streams: int, api_key: str = API_KEY
 ) -> tuple[list[str], list[str]]:
     """Sessions with a fresh stream token each (voxgate); placeholders for the baselines."""
-    if kind not in ("voxgate", "voxgate-ref"):
+    if kind not in VOXGATE_KINDS:
         return [f"ses_baseline_{i}" for i in range(streams)], ["unused"] * streams
     return asyncio.run(_create(base_url, api_key, streams))

@@ -235,17 +235,20 @@ def _as_load_result(spec: LoadSpec, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def split_spec(spec: LoadSpec, parts: int) -> list[LoadSpec]:
-    """``spec`` with its streams cut into ``parts`` contiguous shares (fewer if few streams)."""
+    """``spec`` with its streams cut into ``parts`` contiguous shares (fewer if few streams);
+    with ``ws_bases``, share i goes to instance ``i % len(ws_bases)``."""
     n = len(spec.session_ids)
     parts = max(1, min(parts, n))
     bounds = [n * i // parts for i in range(parts + 1)]
+    bases = spec.ws_bases or (spec.ws_base,)
     return [
         dataclasses.replace(
             spec,
+            ws_base=bases[i % len(bases)],
             session_ids=spec.session_ids[a:b],
             tokens=spec.tokens[a:b],
         )
-        for a, b in itertools.pairwise(bounds)
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
     ]
 
 
@@ -360,6 +363,8 @@ def open_generator(spec: LoadSpec, generators: int = 1, threads: int = 1) -> Gen
     if spec.driver not in DRIVERS:
         raise ValueError(f"unknown driver {spec.driver!r}: one of {', '.join(DRIVERS)}")
     members: list[GeneratorHandle] = []
+    # Each instance of a cluster gets its own generator process(es).
+    generators = max(generators, len(spec.ws_bases))
     try:
         for part in split_spec(spec, generators):
             members.append(

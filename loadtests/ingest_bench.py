@@ -49,7 +49,8 @@ from benchservers import (
     API_KEY,
     KINDS,
     ROLES,
-    ServerProcess,
+    VOXGATE_KINDS,
+    Server,
     disk_usage,
     group_memory,
     machine_busy_s,
@@ -58,8 +59,6 @@ from benchservers import (
 )
 from generators import DRIVERS, failed_result, open_generator
 from loadgen import CONNECT_TIMEOUT_S, LoadSpec
-
-VOXGATE_KINDS = ("voxgate", "voxgate-ref")
 
 
 @dataclass
@@ -80,7 +79,7 @@ class Scenario:
 
 def run_load(
     spec: LoadSpec,
-    server: ServerProcess | None,
+    server: Server | None,
     *,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     budget_s: float | None = None,
@@ -127,6 +126,7 @@ def one_run(kind: str, scenario: Scenario, root: Path, args: argparse.Namespace)
         spec = LoadSpec(
             target=kind,
             ws_base=server.ws_base,
+            ws_bases=getattr(server, "ws_bases", ()),
             session_ids=sessions,
             tokens=tokens,
             frame_bytes=scenario.frame_bytes,
@@ -514,7 +514,7 @@ def cmd_session(args: argparse.Namespace) -> int:
     total_frames = args.chunks * frames_per_chunk
     rate = None if args.fast else 1000 / args.frame_ms
     with tempfile.TemporaryDirectory(prefix="voxgate-session-", dir=args.data_root) as tmp:
-        server: ServerProcess | None = None
+        server: Server | None = None
         if args.url:
             base_url, api_key = args.url.rstrip("/"), args.api_key
             ws_base = base_url.replace("http", "ws", 1)

@@ -45,7 +45,7 @@ import redis.asyncio
 import redis.exceptions
 from websockets.asyncio.client import connect
 
-from benchservers import API_KEY, ServerProcess, sessions_and_tokens, start_server
+from benchservers import API_KEY, Server, sessions_and_tokens, start_server
 from ingest_bench import run_load
 from loadgen import LoadSpec
 from voxgate._native import FLAG_END, StreamDecoder, crc32c
@@ -363,7 +363,7 @@ def _ingest_once(
     if redis_url:
         extra["VOXGATE_REDIS_URL"] = redis_url
     ingest_server = start_server("voxgate", root, durability=args.durability, extra_env=extra)
-    listen_server: ServerProcess = ingest_server
+    listen_server: Server = ingest_server
     try:
         if redis_url:
             listen_server = start_server(

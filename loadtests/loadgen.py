@@ -69,6 +69,9 @@ class LoadSpec:
     progress_s: float = 0.5
     inflight_messages: int | None = None  # unacked messages per stream; None: credit only
     warmup_s: float = 0.0  # load before the measured window opens
+    # Several instances of one cluster: generator process i sends its share of the
+    # streams to ws_bases[i % len(ws_bases)] (ws_base is the first).
+    ws_bases: tuple[str, ...] = ()
 
 
 @dataclass

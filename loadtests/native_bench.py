@@ -30,7 +30,7 @@ from voxgate import _native
 
 # The pure-Python copy of the core lives with the tests that check it against Rust.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from unit.native import pynative as _pynative
+import unit.native.pynative as _pynative
 
 SIZES = [64, 640, 4096, 65536, 1 << 20]
 HEADER = struct.Struct(">2sBBIQII")

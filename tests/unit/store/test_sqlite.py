@@ -510,9 +510,9 @@ def test_the_hot_statements_seek_by_key(tmp_path: Path) -> None:
         "extents from": (EXTENTS_FROM, ("a", 5, 9, 64)),
     }
     for name, (statement, args) in plans.items():
-        steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, args)]
-        searches = [s for s in steps if s.startswith(("SEARCH sessions", "SEARCH extents"))]
-        assert searches, (name, steps)
-        assert all("PRIMARY KEY" in s for s in searches), (name, steps)
-        assert not any(s.startswith(("SCAN sessions", "SCAN extents")) for s in steps), name
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, args)]
+        searches = [s for s in plan if s.startswith(("SEARCH sessions", "SEARCH extents"))]
+        assert searches, (name, plan)
+        assert all("PRIMARY KEY" in s for s in searches), (name, plan)
+        assert not any(s.startswith(("SCAN sessions", "SCAN extents")) for s in plan), name
     conn.close()
