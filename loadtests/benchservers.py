@@ -274,6 +274,27 @@ class Cluster:
     def cpu_s(self) -> float:
         return sum(m.cpu_s() for m in self.members)
 
+    def services_cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far of every PostgreSQL and Redis process on the machine (the
+        benchmark starts the only ones)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        totals = {"postgres": 0.0, "redis": 0.0}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            used = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            if name.startswith("postgres"):
+                totals["postgres"] += used
+            elif name.startswith("redis"):
+                totals["redis"] += used
+        return totals
+
     def memory(self) -> dict[str, int]:
         total = {"VmRSS": 0, "VmHWM": 0, "fds": 0, "Threads": 0}
         for member in self.members:

@@ -97,6 +97,8 @@ def run_load(
         except (RuntimeError, TimeoutError) as exc:
             return generator.result or failed_result(spec, repr(exc))
         cpu_before = server.cpu_s() if server is not None else 0.0
+        services = getattr(server, "services_cpu_s", None)
+        services_before = services() if services is not None else {}
         busy_before = machine_busy_s()
         generator.start()
         budget = budget_s or (spec.duration_s or 600.0) + 90.0
@@ -106,6 +108,12 @@ def run_load(
             result = failed_result(spec, repr(exc))
         if server is not None:
             result["server_cpu_s"] = round(server.cpu_s() - cpu_before, 3)
+        if services is not None:
+            # PostgreSQL and Redis of a cluster: CPU outside the instances' process groups.
+            after = services()
+            result["services_cpu_s"] = {
+                k: round(after[k] - services_before.get(k, 0.0), 3) for k in after
+            }
         # Whatever else ran meanwhile (other jobs on a shared machine) skews the figures.
         busy = machine_busy_s() - busy_before
         result["other_cpu_s"] = round(
@@ -418,6 +426,7 @@ def _capacity(
                 "p99_ms": p99,
                 "frames_per_s": r["frames_per_s"],
                 "server_cpu_s": r["server_cpu_s"],
+                "services_cpu_s": r.get("services_cpu_s"),
                 "generator_cpu_s": r["generator_cpu_s"],
                 "held": ok,
             }
