@@ -316,6 +316,20 @@ async def test_read_payloads_skips_gaps(store: Store) -> None:
     assert await read_all(store, sid) == [(0, b"p0"), (2, b"p2"), (3, b"p3"), (9, b"p9")]
 
 
+async def test_reads_that_start_in_a_gap_go_on_after_it(store: Store) -> None:
+    """A read from a seq no block holds starts at the next block, however large the
+    block before the gap is (it once stopped there, having read nothing)."""
+    sid = (await new_session(store)).id
+    big = [payload_of(sid, s, 400_000) for s in range(30)]
+    await store.commit([frame(sid, s, big[s]) for s in range(0, 12)])  # one 4.8 MB block
+    await store.commit([frame(sid, s, big[s]) for s in range(20, 30)])
+    assert [s async for s, _ in store.read_payloads(sid, 15, 29)] == list(range(20, 30))
+    assert [e.seq for e in await store.frame_index(sid, 15, 25)] == list(range(20, 26))
+    read = await store.read_frames(sid, 15, 29, max_frames=3, max_bytes=10_000_000)
+    assert [(f.seq, f.payload) for f in read] == [(s, big[s]) for s in (20, 21, 22)]
+    assert [s async for s, _ in store.read_payloads(sid, 12, 19)] == []
+
+
 async def test_large_payloads_read_back(store: Store) -> None:
     sid = (await new_session(store)).id
     payloads = [random.randbytes(300_000) for _ in range(20)]

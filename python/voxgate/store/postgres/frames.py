@@ -83,14 +83,15 @@ MISSING = (
 # one), with ``found``: how many the limit let through before the cut.
 _READ_BLOCKS = (
     "WITH idx AS ("
-    "  SELECT first_seq, octet_length(data) AS size FROM blocks"
+    "  SELECT first_seq, last_seq, octet_length(data) AS size FROM blocks"
     "  WHERE session_id = $1 AND first_seq <= $3 AND first_seq >= COALESCE("
-    "   (SELECT max(first_seq) FROM blocks WHERE session_id = $1 AND first_seq <= $2), $2)"
+    "   (SELECT CASE WHEN last_seq >= $2 THEN first_seq ELSE $2 END FROM blocks"
+    "    WHERE session_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1), $2)"
     "  ORDER BY first_seq LIMIT $4"
     "), sized AS ("
-    "  SELECT first_seq, sum(size) OVER (ORDER BY first_seq) AS upto,"
+    "  SELECT first_seq, last_seq, sum(size) OVER (ORDER BY first_seq) AS upto,"
     "  row_number() OVER (ORDER BY first_seq) AS n, count(*) OVER () AS found FROM idx"
-    ") SELECT s.first_seq, b.data, s.found FROM sized s"
+    ") SELECT s.first_seq, b.data, s.found, s.last_seq FROM sized s"
     " JOIN blocks b ON b.session_id = $1 AND b.first_seq = s.first_seq"
     " WHERE s.n = 1 OR s.upto <= $5 ORDER BY s.first_seq"
 )
@@ -166,13 +167,10 @@ class Frames(Events):
     ) -> list[FrameEntry]:
         last = MAX_SEQ if last_seq is None else last_seq
         out: list[FrameEntry] = []
-        seq = first_seq
-        while storable(session_id) and seq <= last:
-            records, more = await self._run(self._records, session_id, seq, last, False)
+        seq: int | None = first_seq
+        while storable(session_id) and seq is not None and seq <= last:
+            records, seq = await self._run(self._records, session_id, seq, last, False)
             out.extend(FrameEntry(r[0], r[1], r[2], r[3], r[4]) for r in records)
-            if not more or not records:
-                break
-            seq = records[-1][0] + 1
         return out
 
     async def read_payloads(
@@ -184,15 +182,12 @@ class Frames(Events):
         :class:`StoreError`. A session deleted meanwhile ends the iteration.
         """
         last = MAX_SEQ if last_seq is None else last_seq
-        seq = first_seq
-        while storable(session_id) and seq <= last:
-            records, more = await self._run(self._records, session_id, seq, last, True)
+        seq: int | None = first_seq
+        while storable(session_id) and seq is not None and seq <= last:
+            records, seq = await self._run(self._records, session_id, seq, last, True)
             for record in records:
                 assert record[5] is not None
                 yield record[0], record[5]
-            if not more or not records:
-                return
-            seq = records[-1][0] + 1
 
     async def _records(
         self,
@@ -202,14 +197,16 @@ class Frames(Events):
         last: int,
         payloads: bool,
         max_bytes: int = READ_BATCH_BYTES,
-    ) -> tuple[list[Record], bool]:
-        """Frames ``first..last`` from about ``max_bytes`` of whole blocks; True as well
-        when more blocks may follow. Every payload is checked with ``payloads``."""
+    ) -> tuple[list[Record], int | None]:
+        """Frames ``first..last`` from about ``max_bytes`` of whole blocks, and the seq to
+        go on from when more blocks may follow. Every payload is checked with
+        ``payloads``."""
         rows = await conn.fetch(_READ_BLOCKS, session_id, first, last, READ_BATCH_BLOCKS, max_bytes)
         found = rows[0]["found"] if rows else 0
         more = found == READ_BATCH_BLOCKS or len(rows) < found
+        after = rows[-1]["last_seq"] + 1 if more and rows else None
         out: list[Record] = []
-        for first_seq, data, _ in rows:
+        for first_seq, data, _, _ in rows:
             try:
                 owner, records = read_block(data, verify=payloads)
                 if owner != session_id:
@@ -224,7 +221,7 @@ class Frames(Events):
                 if first <= seq <= last:
                     payload = bytes(view[at : at + length]) if payloads else None
                     out.append((seq, flags, pts, length, crc, payload))
-        return out, more
+        return out, after
 
     async def read_frames(
         self, session_id: str, first_seq: int, last_seq: int, *, max_frames: int, max_bytes: int
@@ -233,20 +230,17 @@ class Frames(Events):
         payload (at least one frame)."""
         out: list[StoredFrame] = []
         total = 0
-        seq = first_seq
-        while storable(session_id) and seq <= last_seq and len(out) < max_frames:
+        seq: int | None = first_seq
+        while storable(session_id) and seq is not None and seq <= last_seq:
             # The budget counts payloads; blocks add headers, so read a little more.
             budget = max_bytes - total + 4096
-            records, more = await self._run(self._records, session_id, seq, last_seq, True, budget)
+            records, seq = await self._run(self._records, session_id, seq, last_seq, True, budget)
             for seq_, flags, pts, length, crc, payload in records:
                 if len(out) == max_frames or (out and total + length > max_bytes):
                     return out
                 total += length
                 assert payload is not None
                 out.append(StoredFrame(seq_, flags, pts, crc, payload))
-            if not more or not records:
-                break
-            seq = records[-1][0] + 1
         return out
 
 

@@ -78,12 +78,14 @@ EXTENT_AT = (
     "SELECT first_seq, last_seq, segment, offset, length FROM all_extents"
     " WHERE session_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1"
 )
-# Extents of session ?1 holding seqs from ?2 to ?3, in seq order, with their segment's name.
+# Extents of session ?1 holding seqs from ?2 to ?3, in seq order, with their segment's name:
+# from the one holding ?2 (if one does; not the one before a gap ?2 lies in).
 EXTENTS_FROM = (
     "SELECT e.first_seq, e.last_seq, e.offset, e.length, s.name FROM all_extents e"
     " LEFT JOIN segments s ON s.id = e.segment WHERE e.session_id = ?1"
-    " AND e.first_seq >= COALESCE((SELECT first_seq FROM all_extents WHERE session_id = ?1"
-    " AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1), ?2)"
+    " AND e.first_seq >= COALESCE((SELECT CASE WHEN last_seq >= ?2 THEN first_seq ELSE ?2 END"
+    " FROM all_extents WHERE session_id = ?1 AND first_seq <= ?2"
+    " ORDER BY first_seq DESC LIMIT 1), ?2)"
     " AND e.first_seq <= ?3 ORDER BY e.first_seq LIMIT ?4"
 )
 
@@ -224,15 +226,12 @@ class Frames(Segments, Events):
     ) -> list[FrameEntry]:
         last = MAX_SEQ if last_seq is None else last_seq
         out: list[FrameEntry] = []
-        seq = first_seq
-        while seq <= last:
-            records, more = await self._call(
+        seq: int | None = first_seq
+        while seq is not None and seq <= last:
+            records, seq = await self._call(
                 self._records_sync, session_id, seq, last, READ_BATCH_BYTES, False
             )
             out.extend(FrameEntry(r[0], r[1], r[2], r[3], r[4]) for r in records)
-            if not more or not records:
-                break
-            seq = records[-1][0] + 1
         return out
 
     async def read_payloads(
@@ -245,21 +244,18 @@ class Frames(Segments, Events):
         the iteration.
         """
         last = MAX_SEQ if last_seq is None else last_seq
-        seq = first_seq
-        while seq <= last:
-            records, more = await self._call(
+        seq: int | None = first_seq
+        while seq is not None and seq <= last:
+            records, seq = await self._call(
                 self._records_sync, session_id, seq, last, READ_BATCH_BYTES, True
             )
             for record in records:
                 assert record[5] is not None
                 yield record[0], record[5]
-            if not more or not records:
-                return
-            seq = records[-1][0] + 1
 
     def _records_sync(
         self, session_id: str, first: int, last: int, max_bytes: int, payloads: bool
-    ) -> tuple[list[Record], bool]:
+    ) -> tuple[list[Record], int | None]:
         return read_records(
             self._conn, self.segments_dir, session_id, first, last, max_bytes, payloads
         )
@@ -351,14 +347,14 @@ def read_records(
     last: int,
     max_bytes: int,
     payloads: bool,
-) -> tuple[list[Record], bool]:
+) -> tuple[list[Record], int | None]:
     """Frames ``first..last`` of the session from whole blocks, about ``max_bytes`` of
-    blocks (at least one); True as well when more blocks follow.
+    blocks (at least one); and the seq to go on from when more blocks may follow.
 
     With ``payloads`` every payload is read and checked against its CRC-32C;
     without, only the records' headers are taken. A block that is not what its
     extent says raises StoreError, unless the session lost it meanwhile (deleted
-    or moved out of hot): then the frames read so far are returned, and False.
+    or moved out of hot): then the frames read so far are returned, and None.
     """
     rows = conn.execute(EXTENTS_FROM, (session_id, first, last, _EXTENTS_PER_READ)).fetchall()
     more = len(rows) == _EXTENTS_PER_READ
@@ -369,6 +365,7 @@ def read_records(
             more = True
             break
         total += row[3]
+    after = rows[-1][1] + 1 if more and rows else None
     out: list[Record] = []
     fds: dict[str, int] = {}
     try:
@@ -394,7 +391,7 @@ def read_records(
                         raise BlockError(f"the block belongs to session {owner}")
                 except BlockError as exc:
                     if _extent_gone(conn, session_id, first_seq):
-                        return out, False  # deleted while we read: stop here
+                        return out, None  # deleted while we read: stop here
                     raise StoreError(
                         f"frames of {session_id} from seq {first_seq} are corrupt in segment"
                         f" {name} at offset {offset}: {exc}"
@@ -407,7 +404,7 @@ def read_records(
     finally:
         for fd in fds.values():
             os.close(fd)
-    return out, more
+    return out, after
 
 
 def _extent_gone(conn: sqlite3.Connection, session_id: str, first_seq: int) -> bool:
@@ -431,10 +428,10 @@ def read_frames_sync(
     (at least one frame)."""
     out: list[StoredFrame] = []
     total = 0
-    seq = first
-    while seq <= last:
+    seq: int | None = first
+    while seq is not None and seq <= last:
         # The budget counts payloads; blocks add headers, so read at least a little more.
-        records, more = read_records(
+        records, seq = read_records(
             conn, segments_dir, session_id, seq, last, max_bytes - total + 4096, True
         )
         for seq_, flags, pts, length, crc, payload in records:
@@ -443,9 +440,6 @@ def read_frames_sync(
             total += length
             assert payload is not None
             out.append(StoredFrame(seq_, flags, pts, crc, payload))
-        if not more or not records:
-            return out
-        seq = records[-1][0] + 1
     return out
 
 
