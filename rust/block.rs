@@ -56,12 +56,12 @@ pub struct Head {
 
 impl Head {
     pub fn last_seq(&self) -> u64 {
-        self.first_seq + u64::from(self.count) - 1
+        self.first_seq.saturating_add(u64::from(self.count) - 1)
     }
 
     /// Bytes of the whole block.
     pub fn block_len(&self) -> u64 {
-        self.header_len as u64 + self.records_len
+        (self.header_len as u64).saturating_add(self.records_len)
     }
 }
 
@@ -168,6 +168,9 @@ pub fn parse(data: &[u8], verify: bool) -> Result<(Head, Vec<Record>), BlockErro
     }
     let mut records = Vec::with_capacity(head.count as usize);
     let mut at = head.header_len;
+    if head.first_seq.checked_add(u64::from(head.count)).is_none() {
+        return Err(BlockError("seqs past the largest".into()));
+    }
     for i in 0..u64::from(head.count) {
         let seq = head.first_seq + i;
         let Some(h) = data.get(at..at + HEADER_SIZE) else {
@@ -270,23 +273,55 @@ pub struct Scan {
     pub why: Option<String>,
 }
 
-/// The first offset after `from` where a valid block header begins.
-fn next_head(data: &[u8], from: usize) -> Option<usize> {
-    let mut at = from;
-    while let Some(i) = data.get(at..)?.windows(4).position(|w| w == MAGIC) {
-        if parse_head(&data[at + i..]).is_ok() {
-            return Some(at + i);
+/// The intact frames of a block whose header holds but whose records do not
+/// all: every record whose header reads, whose seq is the next one and whose
+/// payload matches its CRC-32C, up to the first record whose header does not
+/// read (past it, record boundaries are unknown).
+pub fn salvage(data: &[u8]) -> Result<(Head, Vec<Record>), BlockError> {
+    let head = parse_head(data)?;
+    let end = usize::try_from(head.block_len())
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let mut out = Vec::new();
+    let mut at = head.header_len;
+    for i in 0..u64::from(head.count) {
+        let Some(seq) = head.first_seq.checked_add(i) else {
+            break;
+        };
+        let Some(h) = data.get(at..at + HEADER_SIZE).and_then(record_header) else {
+            break;
+        };
+        if u64::from(h.seq) != seq {
+            break;
         }
-        at += i + 1;
+        let payload = at + HEADER_SIZE;
+        let stop = payload + h.length as usize;
+        if stop > end {
+            break;
+        }
+        if crc32c(&data[payload..stop]) == h.crc32c {
+            out.push(Record {
+                seq,
+                flags: h.flags,
+                pts_us: h.pts_us,
+                length: h.length,
+                crc32c: h.crc32c,
+                payload,
+            });
+        }
+        at = stop;
     }
-    None
+    Ok((head, out))
 }
 
 /// Every whole, valid block of `data` (a segment file's bytes from offset
-/// `base`). Runs of zero bytes (the blocks of deleted sessions, erased) are
-/// stepped over: a block never starts with a zero byte. A block whose header
-/// holds but whose records do not is skipped whole; after a broken header the
-/// scan goes on at the next valid header. Both are reported as damage.
+/// `base`), walking from block to block: each block's header says where the
+/// next one starts, so the walk never reads inside a payload (a client's bytes
+/// could look like a block). Runs of zero bytes (the blocks of deleted
+/// sessions, erased) are stepped over: a block never starts with a zero byte.
+/// A block whose header holds but whose records do not is reported as damage
+/// and stepped over; at a header that does not hold, the walk stops (the
+/// caller may go on from a place it trusts, such as the next indexed block).
 pub fn scan(data: &[u8], base: u64) -> Scan {
     let mut out = Scan::default();
     let mut at = 0usize;
@@ -312,11 +347,7 @@ pub fn scan(data: &[u8], base: u64) -> Scan {
             }
             Err(e) => (None, e.0),
         };
-        let next = match skip {
-            Some(len) => Some(at + len),
-            None => next_head(data, at + 1),
-        };
-        match next {
+        match skip.map(|len| at + len) {
             Some(next) => {
                 out.damaged.push(Damage {
                     offset: base + at as u64,
@@ -439,22 +470,46 @@ mod tests {
     #[test]
     fn scan_goes_on_after_a_damaged_block() {
         let a = block("a", 0, &[b"x"]);
-        let b = block("b", 0, &[b"yy"]);
+        let b = block("b", 0, &[b"yy", b"ww"]);
         let c = block("c", 0, &[b"zzz"]);
-        for (flip, what) in [(a.len() + b.len() - 1, "payload"), (a.len() + 2, "magic")] {
-            let mut data = [a.clone(), b.clone(), c.clone()].concat();
-            data[flip] ^= 0x20;
-            let found = scan(&data, 0);
-            let ids: Vec<_> = found
-                .extents
-                .iter()
-                .map(|e| e.session_id.as_str())
-                .collect();
-            assert_eq!(ids, vec!["a", "c"], "{what}");
-            assert_eq!(found.damaged.len(), 1, "{what}");
-            assert_eq!(found.damaged[0].offset, a.len() as u64);
-            assert_eq!(found.damaged[0].length, b.len() as u64);
-            assert_eq!((found.stop, found.why), (data.len() as u64, None));
-        }
+        // A payload byte: the block is stepped over, the walk goes on.
+        let mut data = [a.clone(), b.clone(), c.clone()].concat();
+        data[a.len() + b.len() - 1] ^= 0x20;
+        let found = scan(&data, 0);
+        let ids: Vec<_> = found
+            .extents
+            .iter()
+            .map(|e| e.session_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["a", "c"]);
+        assert_eq!(found.damaged.len(), 1);
+        assert_eq!(found.damaged[0].offset, a.len() as u64);
+        assert_eq!(found.damaged[0].length, b.len() as u64);
+        assert_eq!((found.stop, found.why.is_none()), (data.len() as u64, true));
+        // The intact frame of the damaged block can be saved.
+        let (head, intact) = salvage(&data[a.len()..a.len() + b.len()]).unwrap();
+        assert_eq!((head.session_id.as_str(), intact.len()), ("b", 1));
+        assert_eq!(intact[0].seq, 0);
+        // A header byte: the walk stops there (what follows could be anything).
+        let mut data = [a.clone(), b.clone(), c.clone()].concat();
+        data[a.len() + 2] ^= 0x20;
+        let found = scan(&data, 0);
+        assert_eq!(found.extents.len(), 1);
+        assert_eq!(found.stop, a.len() as u64);
+        assert!(found.why.is_some());
+    }
+
+    #[test]
+    fn a_block_inside_a_payload_is_never_taken_for_one() {
+        let inner = block("forged", 7, &[b"evil"]);
+        let outer = block("real", 0, &[&inner, b"x"]);
+        let found = scan(&outer, 0);
+        let ids: Vec<_> = found
+            .extents
+            .iter()
+            .map(|e| e.session_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["real"]);
+        assert!(found.damaged.is_empty());
     }
 }

@@ -147,6 +147,25 @@ fn py_read_block(
     Ok((head.session_id, rows))
 }
 
+/// (session_id, records) of the intact frames of the block ``data``, whose header
+/// holds but some of whose records do not: each record as ``read_block`` gives
+/// it, up to the first record whose header does not read. Raises BlockError
+/// when the block's header itself does not hold.
+#[pyfunction]
+#[pyo3(name = "salvage_block")]
+#[allow(clippy::type_complexity)]
+fn py_salvage_block(
+    data: &Bound<'_, PyAny>,
+) -> PyResult<(String, Vec<(u64, u8, u64, u32, u32, usize)>)> {
+    let (head, records) =
+        with_bytes(data, block::salvage)?.map_err(|e| BlockError::new_err(e.0))?;
+    let rows = records
+        .iter()
+        .map(|r| (r.seq, r.flags, r.pts_us, r.length, r.crc32c, r.payload))
+        .collect();
+    Ok((head.session_id, rows))
+}
+
 /// What a scan of ``data`` (a segment's bytes from offset ``base``) found:
 /// every whole, valid block as (session_id, first_seq, last_seq, offset,
 /// length, payload_bytes, crc32c, end_seq); damaged stretches with valid
@@ -834,6 +853,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_block_header, m)?)?;
     m.add_function(wrap_pyfunction!(py_read_block, m)?)?;
     m.add_function(wrap_pyfunction!(py_scan_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(py_salvage_block, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c_combine, m)?)?;
     m.add_function(wrap_pyfunction!(py_encode_frame, m)?)?;

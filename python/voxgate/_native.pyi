@@ -29,6 +29,7 @@ __all__ = [
     "encode_frame",
     "encode_header",
     "read_block",
+    "salvage_block",
     "scan_blocks",
 ]
 
@@ -76,6 +77,11 @@ def read_block(
     pts_us, length, crc32c, payload offset in ``data``). With ``verify`` every payload
     is checked against its CRC-32C. Raises BlockError."""
 
+def salvage_block(data: Buffer) -> tuple[str, list[tuple[int, int, int, int, int, int]]]:
+    """(session_id, records) of the intact frames of a damaged block whose header holds:
+    every record that reads and matches its CRC-32C, up to the first record whose header
+    does not read. Raises BlockError when the block header itself does not hold."""
+
 def scan_blocks(
     data: Buffer, base: int
 ) -> tuple[
@@ -84,11 +90,12 @@ def scan_blocks(
     int,
     str | None,
 ]:
-    """What a scan of ``data`` (a segment's bytes from offset ``base``) found: every
-    whole, valid block as (session_id, first_seq, last_seq, offset, length,
+    """What a walk from block to block over ``data`` (a segment's bytes from offset
+    ``base``) found, never looking inside a payload: every whole, valid block as (session_id, first_seq, last_seq, offset, length,
     payload_bytes, crc32c, end_seq); damaged stretches with valid blocks after them as
-    (offset, length, reason); the offset where the scan stopped, and why (None: at the
-    end of ``data``). Erased (zeroed) stretches are stepped over."""
+    (offset, length, reason) for blocks whose header holds and whose records do not; the
+    offset where the walk stopped (at a header that does not hold), and why (None: at
+    the end of ``data``). Erased (zeroed) stretches are stepped over."""
 
 def crc32c(data: Buffer, value: int = 0) -> int:
     """CRC-32C of ``data``, continuing from ``value`` (the CRC of what came before)."""

@@ -45,6 +45,7 @@ def test_public_names_match() -> None:
     # (test_commit_plan.py), the blocks to the store suite.
     public = {name for name in dir(_native) if not name.startswith("_")}
     store_parts = {"CommitPlan", "BlockError", "block_header", "read_block", "scan_blocks"}
+    store_parts |= {"salvage_block"}
     assert public - {"StreamCore", "Batch", *store_parts} <= set(dir(_pynative))
     for name in ("HEADER_SIZE", "MAGIC", "VERSION", "FLAG_END", "FRAME_OK", "FRAME_BAD_CRC"):
         assert getattr(_pynative, name) == getattr(_native, name)

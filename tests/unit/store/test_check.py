@@ -170,12 +170,49 @@ async def test_a_corrupt_block_is_found_and_its_frames_become_missing(tmp_path: 
         report = await store.check()
         assert any(f"{gappy} seqs 20-29" in p for p in report.problems)
         await store.check(repair=True)
-        # The damaged frames are gone from the index: reported missing, to be sent again.
-        assert await store.missing(gappy) == [[15, 15], [20, 29]]
+        # The intact frames of the block are saved; the damaged one is missing, to be
+        # sent again.
+        assert await store.missing(gappy) == [[15, 15], [29, 29]]
         assert (await store.check()).problem_count == 0
-        kept = [(s, p) for s, p in audio[gappy] if not 20 <= s <= 29]
+        kept = [(s, p) for s, p in audio[gappy] if s != 29]
         assert [(s, p) async for s, p in store.read_payloads(gappy)] == kept
-        resent = await store.commit([frame(gappy, 20, payload_of(gappy, 20))])
+        resent = await store.commit([frame(gappy, 29, payload_of(gappy, 29))])
         assert resent.outcomes == [Outcome.STORED]
+        assert [(s, p) async for s, p in store.read_payloads(gappy)] == audio[gappy]
+    finally:
+        await store.close()
+
+
+async def test_a_block_hidden_in_a_payload_is_never_indexed(tmp_path: Path) -> None:
+    """A client's payload may hold bytes shaped like a block of another session: a
+    repair walks from block to block and never reads inside a payload."""
+    data_dir = tmp_path / "data"
+    store = SqliteStore(data_dir)
+    await store.open()
+    try:
+        victim = (await store.create_session(codec=None, sample_rate=None, channels=None,
+                                             metadata={})).id  # fmt: skip
+        mallory = (await store.create_session(codec=None, sample_rate=None, channels=None,
+                                              metadata={})).id  # fmt: skip
+        record = native.encode_frame(0, b"FORGED", 0, True)
+        forged = native.block_header(victim, 0, 1, len(record)) + record
+        await store.commit([frame(mallory, 0, forged), frame(mallory, 1, forged)])
+        with sqlite3.connect(data_dir / DB_NAME) as conn:
+            name, offset = conn.execute(
+                "SELECT s.name, e.offset FROM all_extents e JOIN segments s ON s.id = e.segment"
+            ).fetchone()
+            conn.execute("DELETE FROM extents")
+            conn.execute("DELETE FROM recent_extents")
+        # And the real block's header is damaged: nothing tells where blocks start now.
+        path = data_dir / SEGMENTS_DIR / name
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 0xFF
+        path.write_bytes(bytes(data))
+        report = await store.check(repair=True)
+        assert any("no valid block" in p for p in report.problems)
+        victim_session = await store.get_session(victim)
+        assert victim_session is not None
+        assert victim_session.frames == 0
+        assert [s async for s, _ in store.read_payloads(victim)] == []
     finally:
         await store.close()

@@ -23,17 +23,20 @@ again: never an ack for bytes that are not there.
 
 from __future__ import annotations
 
+import bisect
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
 from voxgate.core import native
+from voxgate.store import blocks as block_builder
 from voxgate.store.base import SessionState
-from voxgate.store.sqlite.common import SEGMENT_SUFFIX, datasync, now_us
-from voxgate.store.sqlite.frames import Frames
+from voxgate.store.sqlite.common import MAX_SEQ, SEGMENT_SUFFIX, Segment, datasync, now_us
+from voxgate.store.sqlite.frames import Frames, pread_named
+from voxgate.store.sqlite.segments import pwrite_all
 
 # (session_id, first_seq, last_seq, offset, length, payload_bytes, crc32c, end_seq)
 Block = tuple[str, int, int, int, int, int, int, int | None]
@@ -100,6 +103,11 @@ def add_up(blocks: Iterable[Block]) -> _Counters:
     return counters
 
 
+# A damaged stretch of a registered segment: (segment, offset, length, whether the
+# block header there holds, so its intact frames can be saved).
+Damage = tuple[int, int, int, bool]
+
+
 class Check(Frames):
     """The index against the segments."""
 
@@ -109,18 +117,27 @@ class Check(Frames):
     def _check_sync(self, repair: bool) -> CheckReport:
         conn = self._conn
         report = CheckReport()
+        # Saved frames of damaged blocks go to a segment of their own (made before the
+        # transaction: making one takes a transaction of its own).
+        segment = self._writable_segment() if repair else None
         conn.execute("BEGIN IMMEDIATE" if repair else "BEGIN")
+        wrote = False
         try:
-            found, unregistered = self._scan_segments(conn, report)
+            found, unregistered, damaged = self._scan_segments(conn, report)
             self._compare_extents(conn, report, found)
             sessions = self._compare_sessions(conn, report, found)
-            if repair and report.problem_count:
-                self._repair(conn, found, unregistered, sessions)
+            if segment is not None and report.problem_count:
+                end = self._repair(conn, found, unregistered, damaged, sessions, segment)
+                wrote = end != segment.offset
                 report.repaired = True
             conn.execute("COMMIT")
+            if wrote and segment is not None:
+                segment.offset = end
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if wrote and segment is not None:
+                self._retire(segment)
             raise
         if report.repaired:
             self._erase_pending()
@@ -128,40 +145,49 @@ class Check(Frames):
 
     def _scan_segments(
         self, conn: sqlite3.Connection, report: CheckReport
-    ) -> tuple[dict[int, list[Block]], dict[str, list[Block]]]:
+    ) -> tuple[dict[int, list[Block]], dict[str, list[Block]], list[Damage]]:
         """Blocks of every registered segment (up to its committed end) and of every
-        non-empty segment file no row names. Damaged stretches of registered segments
-        go to ``self._damaged`` (segment, offset, length), for a repair to erase."""
+        non-empty segment file no row names; the damaged stretches of the former."""
         found: dict[int, list[Block]] = {}
+        damaged: list[Damage] = []
         names: dict[str, int] = {}
-        self._damaged: list[tuple[int, int, int]] = []
+        anchors: dict[int, list[int]] = {}  # segment -> indexed block offsets, sorted
+        for segment_id, offset in conn.execute(
+            "SELECT segment, offset FROM all_extents ORDER BY segment, offset"
+        ):
+            anchors.setdefault(segment_id, []).append(offset)
         for segment_id, name, end_offset in conn.execute(
             "SELECT id, name, end_offset FROM segments ORDER BY id"
         ).fetchall():
             names[name] = segment_id
             report.segments += 1
-            blocks, damaged = self._scan_file(self._segment_path(name), end_offset, report)
+            blocks, bad = self._scan_file(
+                self._segment_path(name), end_offset, anchors.get(segment_id, []), report
+            )
             found[segment_id] = blocks
-            self._damaged.extend((segment_id, offset, length) for offset, length in damaged)
+            damaged.extend((segment_id, *stretch) for stretch in bad)
         unregistered: dict[str, list[Block]] = {}
         for entry in sorted(os.scandir(self.segments_dir), key=lambda e: e.name):
             if entry.name.endswith(SEGMENT_SUFFIX) and entry.name not in names:
                 if entry.stat().st_size == 0:
                     continue
                 report.segments += 1
-                blocks, _ = self._scan_file(Path(entry.path), None, report)
+                blocks, _ = self._scan_file(Path(entry.path), None, [], report)
                 unregistered[entry.name] = blocks
                 report.problem(f"segment {entry.name} ({len(blocks)} blocks) is not in the index")
         for blocks in [*found.values(), *unregistered.values()]:
             report.blocks += len(blocks)
             report.frames += sum(b[2] - b[1] + 1 for b in blocks)
             report.payload_bytes += sum(b[5] for b in blocks)
-        return found, unregistered
+        return found, unregistered, damaged
 
     def _scan_file(
-        self, path: Path, end: int | None, report: CheckReport
-    ) -> tuple[list[Block], list[tuple[int, int]]]:
-        """The valid blocks of one segment file, and its damaged stretches."""
+        self, path: Path, end: int | None, anchors: list[int], report: CheckReport
+    ) -> tuple[list[Block], list[tuple[int, int, bool]]]:
+        """The valid blocks of one segment file, walked from block to block, and its
+        damaged stretches. Where a block header does not hold, the walk goes on at the
+        next block the index names (``anchors``): never at bytes merely shaped like a
+        block, which could lie inside a client's payload."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -171,14 +197,24 @@ class Check(Frames):
             if len(data) < end:
                 report.problem(f"segment {path.name} ends at {len(data)}, the index says {end}")
             data = data[:end]
-        blocks, damaged, stop, why = native.scan_blocks(data, 0)
-        for offset, length, reason in damaged:
-            report.problem(f"segment {path.name}: {length} bytes at {offset} are damaged: {reason}")
-        if why is not None:
-            report.problem(f"segment {path.name}: no valid block from offset {stop} on: {why}")
-            if end is not None:  # an indexed tail that holds no block: cut nothing, erase it
-                damaged.append((stop, len(data) - stop, why))
-        return blocks, [(offset, length) for offset, length, *_ in damaged]
+        view = memoryview(data)
+        blocks: list[Block] = []
+        bad: list[tuple[int, int, bool]] = []
+        at = 0
+        while at < len(data):
+            found, damaged, stop, why = native.scan_blocks(view[at:], at)
+            blocks.extend(found)
+            for offset, length, reason in damaged:
+                report.problem(f"segment {path.name}: the block at {offset} is damaged: {reason}")
+                bad.append((offset, length, True))
+            if why is None:
+                break
+            following = anchors[bisect.bisect_right(anchors, stop) :]
+            resume = following[0] if following else len(data)
+            report.problem(f"segment {path.name}: no valid block at offset {stop}: {why}")
+            bad.append((stop, resume - stop, False))
+            at = resume
+        return blocks, bad
 
     def _compare_extents(
         self, conn: sqlite3.Connection, report: CheckReport, found: dict[int, list[Block]]
@@ -244,9 +280,23 @@ class Check(Frames):
         conn: sqlite3.Connection,
         found: dict[int, list[Block]],
         unregistered: dict[str, list[Block]],
+        damaged: list[Damage],
         sessions: dict[str, tuple[str, str]],
-    ) -> None:
+        segment: Segment,
+    ) -> int:
+        """Make the index what the segments say; returns the end of what was written
+        to ``segment`` (the saved frames of damaged blocks)."""
         now = now_us()
+        indexed = {
+            (segment_id, offset): (sid, first, last, length, nbytes, crc)
+            for sid, first, last, segment_id, offset, length, nbytes, crc in conn.execute(
+                "SELECT session_id, first_seq, last_seq, segment, offset, length,"
+                " payload_bytes, crc32c FROM all_extents"
+            )
+        }
+        # Sessions are taken from blocks only when the index lost every one of them
+        # (voxgate.db gone): otherwise a block of an unknown session is not trusted.
+        adopt = not sessions
         for name, blocks in unregistered.items():
             end = max((b[3] + b[4] for b in blocks), default=0)
             segment_id = conn.execute(
@@ -257,46 +307,58 @@ class Check(Frames):
             assert segment_id is not None
             found[segment_id] = blocks
             self._segment_names[segment_id] = name
-            path = self._segment_path(name)
-            with open(path, "rb+") as f:  # cut what follows the last valid block
-                f.truncate(end)
-                datasync(f.fileno())
-        keep: dict[str, list[tuple[int, Block]]] = {}  # session -> (segment, block)
+        kept = _Kept()
         erase: list[tuple[int, int, int]] = []
-        seen: set[tuple[str, int]] = set()
+
+        def hot(sid: str) -> bool | None:
+            """True: a hot session; False: deleted or moved out of hot; None: unknown."""
+            if sid not in sessions:
+                return True if adopt else None
+            state, tier = sessions[sid]
+            return state != SessionState.DELETED.value and tier == "hot"
+
+        # Blocks the index names as they are come first: nothing later displaces them.
+        later: list[tuple[int, Block]] = []
         for segment_id, blocks in found.items():
             for block in blocks:
-                state, tier = sessions.get(block[0], ("", "hot"))
-                covered = any((block[0], s) in seen for s in (block[1], block[2]))
-                if state == SessionState.DELETED.value or tier != "hot" or covered:
-                    erase.append((segment_id, block[3], block[4]))
-                    continue
-                seen.update((block[0], s) for s in range(block[1], block[2] + 1))
-                keep.setdefault(block[0], []).append((segment_id, block))
+                row = indexed.get((segment_id, block[3]))
+                if row == (block[0], block[1], block[2], block[4], block[5], block[6]) and hot(
+                    block[0]
+                ):
+                    kept.add(segment_id, block)
+                else:
+                    later.append((segment_id, block))
+        for segment_id, block in later:
+            alive = hot(block[0])
+            if alive is False:
+                erase.append((segment_id, block[3], block[4]))  # escaped its erasure
+            elif alive and not kept.overlaps(block[0], block[1], block[2]):
+                kept.add(segment_id, block)
+        end = self._save_damaged(damaged, hot, kept, segment, erase)
         conn.execute("DELETE FROM extents")
         conn.execute("DELETE FROM recent_extents")
         conn.executemany(
             "INSERT INTO extents (session_id, first_seq, last_seq, segment, offset, length,"
             " payload_bytes, crc32c) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*b[:3], seg, *b[3:7]) for placed in keep.values() for seg, b in placed],
+            [(*b[:3], seg, *b[3:7]) for placed in kept.by_session.values() for seg, b in placed],
         )
-        # Damaged stretches lose their rows: their frames become gaps a client sends
-        # again. Their bytes are erased, so the next check finds the store sound.
-        erase.extend(self._damaged)
         conn.executemany("INSERT INTO erasures (segment, offset, length) VALUES (?, ?, ?)", erase)
+        if end != segment.offset:
+            conn.execute("UPDATE segments SET end_offset = ? WHERE id = ?", (end, segment.id))
+        conn.execute("UPDATE segments SET live = 0")
         conn.execute(
-            "UPDATE segments SET live ="
-            " (SELECT COUNT(*) FROM all_extents e WHERE e.segment = segments.id)"
+            "UPDATE segments SET live = c.n FROM (SELECT segment, COUNT(*) AS n FROM extents"
+            " GROUP BY segment) AS c WHERE segments.id = c.segment"
         )
-        for sid in keep.keys() - sessions.keys():  # the index lost the session: recreate it
+        for sid in kept.by_session.keys() - sessions.keys():  # the index lost the session
             conn.execute(
                 "INSERT INTO sessions (id, state, created_at, updated_at) VALUES (?, 'open', ?, ?)",
                 (sid, now, now),
             )
         for sid, (state, tier) in sessions.items():
-            if state != SessionState.DELETED.value and tier == "hot" and sid not in keep:
-                keep[sid] = []
-        for sid, placed in keep.items():
+            if state != SessionState.DELETED.value and tier == "hot":
+                kept.by_session.setdefault(sid, [])
+        for sid, placed in kept.by_session.items():
             c = add_up([b for _, b in placed])
             conn.execute(
                 "UPDATE sessions SET state = ?, next_seq = ?, frames = ?, bytes = ?, end_seq = ?,"
@@ -313,3 +375,75 @@ class Check(Frames):
                     sid,
                 ),
             )
+        return end
+
+    def _save_damaged(
+        self,
+        damaged: list[Damage],
+        hot: Callable[[str], bool | None],
+        kept: _Kept,
+        segment: Segment,
+        erase: list[tuple[int, int, int]],
+    ) -> int:
+        """Write the intact frames of every damaged block whose header holds into new
+        blocks in ``segment`` (synced) and keep them; the damaged block is then erased
+        (what is left of it cannot be read). Returns the end of what was written."""
+        at = segment.offset
+        for segment_id, offset, length, holds in damaged:
+            name = self._segment_name(segment_id)
+            data = pread_named({}, self.segments_dir, name, offset, length) if holds else None
+            if data is None:
+                continue
+            try:
+                sid, records = native.salvage_block(data)
+            except native.BlockError:
+                continue
+            alive = hot(sid)
+            if alive is False:
+                erase.append((segment_id, offset, length))
+                continue
+            if not alive:
+                continue
+            frames = [
+                (seq, flags, pts, crc, data[pos : pos + size])
+                for seq, flags, pts, size, crc, pos in records
+                if not kept.overlaps(sid, seq, seq)
+            ]
+            for run in block_builder.runs(frames):
+                built = block_builder.build(sid, run)
+                at = pwrite_all(segment.fd, [built.data], at)
+                end_seq = next((f[0] for f in run if f[1] & native.FLAG_END), None)
+                kept.add(
+                    segment.id,
+                    (
+                        sid,
+                        built.first_seq,
+                        built.last_seq,
+                        at - len(built.data),
+                        len(built.data),
+                        built.payload_bytes,
+                        built.crc32c,
+                        end_seq,
+                    ),
+                )
+            erase.append((segment_id, offset, length))
+        if at != segment.offset:
+            datasync(segment.fd)
+        return at
+
+
+class _Kept:
+    """The blocks a repair keeps, by session, with their seq ranges to find overlaps."""
+
+    def __init__(self) -> None:
+        self.by_session: dict[str, list[tuple[int, Block]]] = {}
+        self._ranges: dict[str, list[tuple[int, int]]] = {}  # sorted by first seq
+
+    def add(self, segment_id: int, block: Block) -> None:
+        self.by_session.setdefault(block[0], []).append((segment_id, block))
+        bisect.insort(self._ranges.setdefault(block[0], []), (block[1], block[2]))
+
+    def overlaps(self, sid: str, first: int, last: int) -> bool:
+        ranges = self._ranges.get(sid, [])
+        i = bisect.bisect_right(ranges, (last, MAX_SEQ))
+        return i > 0 and ranges[i - 1][1] >= first
