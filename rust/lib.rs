@@ -563,9 +563,10 @@ impl PyCommitPlan {
                 Some((prev, s)) if prev.is(&sid) => *s,
                 _ => {
                     // An id that is no valid text (a lone surrogate) names no stored session.
+                    // Nor does one too long for a block header.
                     let s = match sid.cast::<PyString>()?.to_str() {
-                        Ok(id) => plan.session(id),
-                        Err(_) => None,
+                        Ok(id) if id.len() <= block::MAX_SESSION_ID => plan.session(id),
+                        _ => None,
                     };
                     last = Some((sid, s));
                     s

@@ -47,6 +47,64 @@ async def fetchval(dsn: str, query: str) -> object:
 # -- migrations ------------------------------------------------------------------
 
 
+async def test_frame_rows_of_schema_5_become_blocks(dsn: str) -> None:
+    """A database written with one row per frame (schema 5) reads the same after
+    migration 6 turned its rows into blocks, resends included."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(migrations._CREATE_TABLE)
+        for migration in migrations.load()[:5]:
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, sha256) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.sha256,
+            )
+        payloads = {seq: payload_of("old", seq, 300 + seq) for seq in (0, 1, 2, 3, 7, 8)}
+        payloads[8] = b""  # an empty END frame
+        await conn.execute(
+            "INSERT INTO sessions (id, state, created_at, updated_at, next_seq, frames, bytes,"
+            " end_seq, prefix_seq, prefix_crc32c) VALUES ('ses_old', 'ended', now(), now(),"
+            " 9, 6, $1, 8, 4, $2)",
+            sum(len(p) for p in payloads.values()),
+            crc32c(b"".join(payloads[s] for s in range(4))),
+        )
+        await conn.executemany(
+            "INSERT INTO frames VALUES ('ses_old', $1, $2, $3, $4, $5, $6)",
+            [
+                (seq, 1 if seq == 8 else 0, -5 if seq == 3 else seq * 20_000, len(p),
+                 crc32c(p), p)
+                for seq, p in payloads.items()
+            ],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    store = PostgresStore(dsn, pool_min=0, pool_max=2)
+    await store.open()
+    try:
+        assert [(s, p) async for s, p in store.read_payloads("ses_old")] == sorted(payloads.items())
+        index = await store.frame_index("ses_old")
+        assert [(e.seq, e.flags) for e in index] == [(s, 1 if s == 8 else 0) for s in payloads]
+        assert index[3].pts_us == (1 << 64) - 5  # a u64 kept as two's complement
+        assert await store.missing("ses_old") == [[4, 6]]
+        result = await store.commit(
+            [
+                frame("ses_old", 2, payloads[2]),
+                frame("ses_old", 7, b"other"),
+                *(frame("ses_old", s, payload_of("new", s)) for s in (4, 5, 6)),
+            ]
+        )
+        assert result.outcomes == [Outcome.DUPLICATE, Outcome.CONFLICT] + [Outcome.STORED] * 3
+        session = await store.get_session("ses_old")
+        assert session is not None
+        assert session.state is SessionState.COMPLETE
+    finally:
+        await store.close()
+    tables = await fetchval(dsn, "SELECT to_regclass('frames') IS NULL")
+    assert tables is True
+
+
 async def test_concurrent_opens_apply_each_migration_once(dsn: str) -> None:
     stores = [PostgresStore(dsn, pool_min=0, pool_max=1) for _ in range(6)]
     await asyncio.gather(*(store.open() for store in stores))

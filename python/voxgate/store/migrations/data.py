@@ -17,9 +17,20 @@ from voxgate.store import blocks
 if TYPE_CHECKING:
     from voxgate.store.migrations import Connection
 
-# Frames fetched per query, and blocks' bytes per COPY.
+# Frames and payload bytes fetched per query (at least one frame), blocks' bytes per COPY.
 _FETCH_FRAMES = 4096
+_FETCH_BYTES = 8 * 1024 * 1024
 _COPY_BYTES = 16 * 1024 * 1024
+# Frames of session $1 after seq $2: up to $3, cut after $4 payload bytes (at least one).
+_FETCH = (
+    "WITH idx AS (SELECT seq, length FROM frames WHERE session_id = $1 AND seq > $2"
+    "  ORDER BY seq LIMIT $3),"
+    " sized AS (SELECT seq, sum(length) OVER (ORDER BY seq) AS upto,"
+    "  row_number() OVER (ORDER BY seq) AS n FROM idx)"
+    " SELECT f.seq, f.flags, f.pts_us, f.crc32c, f.payload FROM sized s"
+    " JOIN frames f ON f.session_id = $1 AND f.seq = s.seq"
+    " WHERE s.n = 1 OR s.upto <= $4 ORDER BY s.seq"
+)
 _U64 = 1 << 64
 BLOCK_COLUMNS = ("session_id", "first_seq", "last_seq", "payload_bytes", "crc32c", "data")
 
@@ -31,18 +42,12 @@ async def frames_to_blocks(conn: Connection) -> None:
     for session_id in sessions:
         after = -1
         while True:
-            rows = await conn.fetch(
-                "SELECT seq, flags, pts_us, crc32c, payload FROM frames"
-                " WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                session_id,
-                after,
-                _FETCH_FRAMES,
-            )
+            rows = await conn.fetch(_FETCH, session_id, after, _FETCH_FRAMES, _FETCH_BYTES)
             if not rows:
                 break
             after = rows[-1][0]
             frames = [
-                (seq, flags, pts + _U64 if pts < 0 else pts, crc, bytes(payload))
+                (seq, flags, pts + _U64 if pts < 0 else pts, crc, payload)
                 for seq, flags, pts, crc, payload in rows
             ]
             for run in blocks.runs(frames):
@@ -58,9 +63,11 @@ async def frames_to_blocks(conn: Connection) -> None:
                     )
                 )
                 size += len(block.data)
-            if size >= _COPY_BYTES:
-                await conn.copy_records_to_table("blocks", records=pending, columns=BLOCK_COLUMNS)
-                pending, size = [], 0
+                if size >= _COPY_BYTES:
+                    await conn.copy_records_to_table(
+                        "blocks", records=pending, columns=BLOCK_COLUMNS
+                    )
+                    pending, size = [], 0
     if pending:
         await conn.copy_records_to_table("blocks", records=pending, columns=BLOCK_COLUMNS)
     await conn.execute("DROP TABLE frames")

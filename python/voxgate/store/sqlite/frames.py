@@ -110,7 +110,6 @@ class Frames(Segments, Events):
         executor = self._executor
         if self._recent_rows >= MERGE_ROWS and executor is not None:
             # On the store thread before the next commit, after this one's answer.
-            self._recent_rows = 0
             executor.submit(self._merge_recent)
         return result
 
@@ -120,6 +119,7 @@ class Frames(Segments, Events):
         Commits append to ``recent_extents`` (a page or two each); here a batch of
         them lands in ``extents``, a page per session for many commits' rows.
         """
+        self._recent_rows = 0
         try:
             with self._write() as conn:
                 conn.execute(

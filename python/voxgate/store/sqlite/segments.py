@@ -155,19 +155,27 @@ class Segments(Plumbing):
         assert segment is not None
         with self._write() as conn:
             conn.execute("UPDATE segments SET sealed = 1 WHERE id = ?", (segment.id,))
-            dropped = self._drop_if_empty(segment.id)
+            self._drop_if_empty(segment.id)
         self._segment = None
-        if dropped:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._segment_path(segment.name))
         os.close(segment.fd)
 
     def _drop_if_empty(self, segment_id: int) -> bool:
-        """Inside a write transaction: forget the segment if it holds no live frame."""
+        """Inside a write transaction (holding the segment's lock, or owning it): unlink
+        the segment and forget it if it holds no live block.
+
+        The file goes before its row: should the transaction not commit, a row
+        without a file is forgotten by the next reaper, while a file without a row
+        (holding erased sessions' bytes, perhaps not yet zeroed) would stay forever.
+        """
         conn = self._conn
-        cursor = conn.execute("DELETE FROM segments WHERE id = ? AND live = 0", (segment_id,))
-        if cursor.rowcount == 0:
+        row = conn.execute(
+            "SELECT name FROM segments WHERE id = ? AND live = 0", (segment_id,)
+        ).fetchone()
+        if row is None:
             return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._segment_path(row[0]))
+        conn.execute("DELETE FROM segments WHERE id = ?", (segment_id,))
         conn.execute("DELETE FROM erasures WHERE segment = ?", (segment_id,))
         self._segment_names.pop(segment_id, None)
         return True
@@ -228,10 +236,7 @@ class Segments(Plumbing):
                                 datasync(fd)
                         conn.execute("UPDATE segments SET sealed = 1 WHERE id = ?", (segment_id,))
                     if dropped:
-                        log.debug("dropping empty segment %s", name)
-                if dropped:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                        log.debug("dropped empty segment %s", name)
             finally:
                 if fd is not None:
                     os.close(fd)

@@ -70,6 +70,7 @@ class SqliteStore(Sessions, Retention, Transcripts, Upgrade, Check):
         self._migrate()
         self._erase_pending()
         self._convert_frames()
+        self._merge_recent()  # what earlier processes left there
         self._reap_segments(orphans=True)
 
     def _set_wal(self) -> None:
