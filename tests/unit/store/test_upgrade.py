@@ -128,3 +128,39 @@ async def test_a_crash_during_the_conversion_leaves_the_old_layout(
         assert await _answers(store, sid) == expected["answers"]["complete"]
     finally:
         await store.close()
+
+
+async def test_the_conversion_rolls_segments_and_survives_a_lost_one(tmp_path: Path) -> None:
+    """Blocks go into segments of ``segment_max_bytes`` like commits do; a frame whose
+    old segment is gone is dropped and reported missing, never claimed stored."""
+    data_dir, expected = _unpack(tmp_path)
+    with sqlite3.connect(data_dir / DB_NAME) as conn:
+        # The segment holding frame 40 of "busy" (and whatever else lies there).
+        name, lost = conn.execute(
+            "SELECT s.name, (SELECT COUNT(*) FROM frames g WHERE g.segment = s.id)"
+            " FROM frames f JOIN segments s ON s.id = f.segment"
+            " WHERE f.session_id = ? AND f.seq = 40",
+            (expected["sessions"]["busy"],),
+        ).fetchone()
+    (data_dir / SEGMENTS_DIR / name).unlink()
+    store = SqliteStore(data_dir, segment_max_bytes=8 * 1024)
+    await store.open()
+    try:
+        report = await store.check()
+        assert (report.problem_count, report.problems) == (0, [])
+        assert report.segments > 2
+        busy = expected["sessions"]["busy"]
+        session = await store.get_session(busy)
+        assert session is not None
+        stored = [seq async for seq, _ in store.read_payloads(busy)]
+        assert len(stored) < 120
+        # Every lost frame is reported: missing below next_seq, or past it (a client
+        # resuming sends from next_seq on).
+        missing = {seq for a, b in await store.missing(busy) for seq in range(a, b + 1)}
+        after = set(range(session.next_seq, 120))
+        assert missing | after == set(range(120)) - set(stored)
+        assert session.frames == len(stored)
+        total = sum(a.get("frames", 0) for a in expected["answers"].values())
+        assert report.frames == total - lost
+    finally:
+        await store.close()

@@ -1,14 +1,21 @@
 """Turns a data dir of the one-row-per-frame schema (``user_version`` 5) into blocks.
 
 Until schema 6, segments held bare payloads and ``frames`` one index row per
-frame. On open, :meth:`Upgrade._convert_frames` rewrites every session's
-frames as blocks into a new segment (records rebuilt from the stored headers,
-payload bytes copied as they are, so a payload that was corrupt stays
-detectably corrupt), indexes them in ``extents`` and drops ``frames``, all in
-one transaction after the new segment is synced. A crash before the commit
-leaves the old layout intact (the half-written segment is reaped as an
-unindexed tail); the old segments lose their last live frame with the commit
-and are unlinked.
+frame. On open, before the store serves, :meth:`Upgrade._convert_frames`
+moves the rows of ``frames`` into blocks in steps of about 8 MiB, in key order
+(session, seq): each step, one transaction, reads its frames' payloads, writes
+them as blocks (records rebuilt from the stored headers, payload bytes as they
+are, so a payload that was corrupt stays detectably corrupt) into this
+process's segment after a sync, indexes them in ``extents`` and deletes their
+rows. Segments roll over at ``segment_max_bytes`` as they do for commits. A
+crash between steps leaves every frame either in a block or still a row, and
+the next open goes on from there; the emptied ``frames`` table is then dropped
+and the old segments, their last row gone, are unlinked.
+
+A frame whose payload cannot be read (its segment missing or cut short) cannot
+be carried over: it is dropped with a logged error, and its session's counters
+are recounted from the blocks, so the frame is reported missing and can be
+sent again.
 """
 
 from __future__ import annotations
@@ -16,14 +23,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
 
 from voxgate.store import blocks
-from voxgate.store.sqlite.common import datasync, log
+from voxgate.store.sqlite.check import add_up
+from voxgate.store.sqlite.common import Segment, datasync, log
 from voxgate.store.sqlite.segments import Segments, pwrite_all
 
-# Bytes per write of the conversion.
-_WRITE_BYTES = 16 * 1024 * 1024
+# Frames and payload bytes moved per step (one transaction).
+_STEP_FRAMES = 16_384
+_STEP_BYTES = 8 * 1024 * 1024
 _U64 = 1 << 64
 
 
@@ -39,116 +47,177 @@ class Upgrade(Segments):
     def _convert_frames(self) -> None:
         if not self._needs_conversion():
             return
-        segment = self._writable_segment()
+        moved = written = 0
+        while True:
+            segment = self._writable_segment()
+            step = self._convert_step(segment)
+            if step is None:
+                break
+            moved += step[0]
+            written += step[1]
+        conn = self._conn
+        with self._write():
+            if self._needs_conversion():
+                for (session_id,) in conn.execute("SELECT session_id FROM upgrade_lost").fetchall():
+                    _recount(conn, session_id)
+                conn.execute("DROP TABLE upgrade_lost")
+                conn.execute("DROP TABLE frames")
+        self._reap_segments()
+        log.info("converted %d frames to blocks (%d bytes)", moved, written)
+
+    def _convert_step(self, segment: Segment) -> tuple[int, int] | None:
+        """Move the next frames into blocks in one transaction: (frames, bytes written),
+        None when no frame is left."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
+        start = segment.offset
+        wrote = False
         try:
             if not self._needs_conversion():  # another process converted meanwhile
                 conn.execute("COMMIT")
-                return
+                return None
+            # A step fills what is left of the segment (at least one frame).
+            rows = _next_rows(conn, min(_STEP_BYTES, self.segment_max_bytes - start))
+            if not rows:
+                conn.execute("COMMIT")
+                return None
             names = dict(conn.execute("SELECT id, name FROM segments").fetchall())
-            writer = _BlockWriter(segment.fd, segment.offset, segment.id)
-            sessions = [row[0] for row in conn.execute("SELECT DISTINCT session_id FROM frames")]
-            fds: dict[int, int] = {}
-            try:
-                for session_id in sessions:
-                    self._convert_session(conn, session_id, names, fds, writer)
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
-            writer.flush()
-            datasync(segment.fd)
-            conn.execute("UPDATE segments SET live = 0")
+            lost: set[str] = set()
+            frames = self._read_payloads(rows, names, lost)
+            # Sessions that lost frames are recounted once every frame is moved.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS upgrade_lost (session_id TEXT PRIMARY KEY)"
+                " WITHOUT ROWID"
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO upgrade_lost VALUES (?)", [(sid,) for sid in lost]
+            )
+            extents: list[tuple[str, int, int, int, int, int, int, int]] = []
+            buffers: list[bytes] = []
+            at = start
+            for session_id, session_frames in frames.items():
+                for run in blocks.runs(session_frames):
+                    block = blocks.build(session_id, run)
+                    extents.append(
+                        (session_id, block.first_seq, block.last_seq, segment.id, at,
+                         len(block.data), block.payload_bytes, block.crc32c)
+                    )  # fmt: skip
+                    buffers.append(block.data)
+                    at += len(block.data)
+            if buffers:
+                wrote = True
+                pwrite_all(segment.fd, list(buffers), start)
+                datasync(segment.fd)
             conn.executemany(
                 "INSERT INTO extents (session_id, first_seq, last_seq, segment, offset, length,"
                 " payload_bytes, crc32c) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                writer.extents,
+                extents,
             )
             conn.execute(
-                "UPDATE segments SET live = ?, end_offset = ? WHERE id = ?",
-                (len(writer.extents), writer.offset, segment.id),
+                "UPDATE segments SET live = live + ?, end_offset = ? WHERE id = ?",
+                (len(extents), at, segment.id),
             )
-            conn.execute("DROP TABLE frames")
+            counts: dict[int, int] = {}
+            for row in rows:
+                counts[row[6]] = counts.get(row[6], 0) + 1
+            conn.executemany(
+                "UPDATE segments SET live = live - ? WHERE id = ?",
+                [(n, segment_id) for segment_id, n in counts.items()],
+            )
+            conn.executemany(
+                "DELETE FROM frames WHERE session_id = ? AND seq = ?",
+                [(row[0], row[1]) for row in rows],
+            )
             conn.execute("COMMIT")
-            segment.offset = writer.offset
+            segment.offset = at
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            self._retire(segment)
+            if wrote:
+                self._retire(segment)
             raise
-        log.info(
-            "converted %d sessions to blocks: %d blocks, %d bytes",
-            len(sessions),
-            len(writer.extents),
-            writer.offset,
-        )
+        return len(rows), at - start
 
-    def _convert_session(
-        self,
-        conn: sqlite3.Connection,
-        session_id: str,
-        names: dict[int, str],
-        fds: dict[int, int],
-        writer: _BlockWriter,
-    ) -> None:
-        def frames() -> Iterator[blocks.Frame]:
-            for seq, flags, pts, length, crc, segment_id, offset in conn.execute(
-                "SELECT seq, flags, pts_us, length, crc32c, segment, offset FROM frames"
-                " WHERE session_id = ? ORDER BY seq",
-                (session_id,),
-            ):
-                payload = b""
+    def _read_payloads(
+        self, rows: list[tuple[str, int, int, int, int, int, int, int]],
+        names: dict[int, str], lost: set[str],
+    ) -> dict[str, list[blocks.Frame]]:  # fmt: skip
+        """The frames of ``rows`` with their payloads, by session in seq order; a frame
+        whose payload cannot be read is left out (and its session noted in ``lost``)."""
+        out: dict[str, list[blocks.Frame]] = {}
+        fds: dict[int, int | None] = {}
+        try:
+            for session_id, seq, flags, pts, length, crc, segment_id, offset in rows:
+                payload: bytes | None = b""
                 if length:
-                    fd = fds.get(segment_id)
-                    if fd is None:
-                        fd = fds[segment_id] = os.open(
-                            self._segment_path(names[segment_id]), os.O_RDONLY | os.O_CLOEXEC
-                        )
-                    payload = os.pread(fd, length, offset)
-                    if len(payload) != length:
-                        raise OSError(f"segment {names[segment_id]} ends inside seq {seq}")
-                # Payload bytes as they are: a corrupt one stays detectably corrupt.
-                yield seq, flags, pts + _U64 if pts < 0 else pts, crc, payload
+                    if segment_id not in fds:
+                        name = names.get(segment_id)
+                        try:
+                            fds[segment_id] = (
+                                None
+                                if name is None
+                                else os.open(self._segment_path(name), os.O_RDONLY | os.O_CLOEXEC)
+                            )
+                        except FileNotFoundError:
+                            fds[segment_id] = None
+                    fd = fds[segment_id]
+                    payload = None if fd is None else os.pread(fd, length, offset)
+                if payload is None or len(payload) != length:
+                    log.error(
+                        "frame %d of session %s cannot be read (segment %s missing or cut"
+                        " short): it will be reported missing",
+                        seq,
+                        session_id,
+                        names.get(segment_id),
+                    )
+                    lost.add(session_id)
+                    continue
+                frame = (seq, flags, pts + _U64 if pts < 0 else pts, crc, payload)
+                out.setdefault(session_id, []).append(frame)
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+        return out
 
-        for run in blocks.runs(frames()):
-            writer.add(session_id, blocks.build(session_id, run))
+
+def _next_rows(
+    conn: sqlite3.Connection, budget: int
+) -> list[tuple[str, int, int, int, int, int, int, int]]:
+    """The next frame rows in key order: up to a step's frames and ``budget`` payload
+    bytes (at least one)."""
+    rows: list[tuple[str, int, int, int, int, int, int, int]] = []
+    size = 0
+    for row in conn.execute(
+        "SELECT session_id, seq, flags, pts_us, length, crc32c, segment, offset FROM frames"
+        " ORDER BY session_id, seq LIMIT ?",
+        (_STEP_FRAMES,),
+    ):
+        if rows and size + row[4] > budget:
+            break
+        rows.append(row)
+        size += row[4]
+    return rows
 
 
-class _BlockWriter:
-    """Appends blocks to a segment in large writes and keeps their extents."""
-
-    def __init__(self, fd: int, offset: int, segment_id: int) -> None:
-        self.fd = fd
-        self.offset = offset  # where the next block goes
-        self.segment_id = segment_id
-        self.extents: list[tuple[str, int, int, int, int, int, int, int]] = []
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._written = offset
-
-    def add(self, session_id: str, block: blocks.Built) -> None:
-        length = len(block.data)
-        self.extents.append(
-            (
-                session_id,
-                block.first_seq,
-                block.last_seq,
-                self.segment_id,
-                self.offset,
-                length,
-                block.payload_bytes,
-                block.crc32c,
-            )
+def _recount(conn: sqlite3.Connection, session_id: str) -> None:
+    """Counters of a session that lost frames in the move, from its blocks."""
+    row = conn.execute("SELECT end_seq FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    end_seq = None if row is None else row[0]
+    found = [
+        (session_id, first, last, 0, 0, nbytes, crc,
+         end_seq if end_seq is not None and first <= end_seq <= last else None)
+        for first, last, nbytes, crc in conn.execute(
+            "SELECT first_seq, last_seq, payload_bytes, crc32c FROM all_extents"
+            " WHERE session_id = ? ORDER BY first_seq",
+            (session_id,),
         )
-        self._pending.append(block.data)
-        self._pending_bytes += length
-        self.offset += length
-        if self._pending_bytes >= _WRITE_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._pending:
-            self._written = pwrite_all(self.fd, list(self._pending), self._written)
-            self._pending.clear()
-            self._pending_bytes = 0
+    ]  # fmt: skip
+    c = add_up(found)
+    conn.execute(
+        "UPDATE sessions SET state = ?, next_seq = ?, frames = ?, bytes = ?, end_seq = ?,"
+        " stream_crc32c = ?, prefix_seq = ?, prefix_crc32c = ? WHERE id = ?",
+        (c.state(), c.next_seq, c.frames, c.bytes, c.end_seq, c.stream_crc32c(),
+         c.prefix_seq, c.prefix_crc32c, session_id),
+    )  # fmt: skip
