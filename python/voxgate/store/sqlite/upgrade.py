@@ -33,6 +33,8 @@ from voxgate.store.sqlite.segments import Segments, pwrite_all
 _STEP_FRAMES = 16_384
 _STEP_BYTES = 8 * 1024 * 1024
 _U64 = 1 << 64
+# Sessions that lost frames in the move, recounted once every frame is moved.
+_CREATE_LOST = "CREATE TABLE IF NOT EXISTS upgrade_lost (session_id TEXT PRIMARY KEY) WITHOUT ROWID"
 
 
 class Upgrade(Segments):
@@ -58,6 +60,7 @@ class Upgrade(Segments):
         conn = self._conn
         with self._write():
             if self._needs_conversion():
+                conn.execute(_CREATE_LOST)
                 for (session_id,) in conn.execute("SELECT session_id FROM upgrade_lost").fetchall():
                     _recount(conn, session_id)
                 conn.execute("DROP TABLE upgrade_lost")
@@ -85,10 +88,7 @@ class Upgrade(Segments):
             lost: set[str] = set()
             frames = self._read_payloads(rows, names, lost)
             # Sessions that lost frames are recounted once every frame is moved.
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS upgrade_lost (session_id TEXT PRIMARY KEY)"
-                " WITHOUT ROWID"
-            )
+            conn.execute(_CREATE_LOST)
             conn.executemany(
                 "INSERT OR IGNORE INTO upgrade_lost VALUES (?)", [(sid,) for sid in lost]
             )
