@@ -65,10 +65,24 @@ _UPSERT_SESSION = (
     " prefix_seq = EXCLUDED.prefix_seq, prefix_crc32c = EXCLUDED.prefix_crc32c,"
     " tenant = EXCLUDED.tenant"
 )
-# Seqs from $2 to $3 of session $1 that PostgreSQL holds already, as inclusive ranges.
+# Seqs from $2 to $3 of session $1 that PostgreSQL holds already, as inclusive ranges
+# (a seek from the block at or before $2, not a scan of the session's earlier blocks).
 _STORED_RANGES = (
     "SELECT first_seq, last_seq FROM blocks WHERE session_id = $1 AND first_seq <= $3"
+    " AND first_seq >= COALESCE((SELECT first_seq FROM blocks WHERE session_id = $1"
+    "  AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1), $2)"
     " AND last_seq >= $2 ORDER BY first_seq"
+)
+# Blocks of session $1 after first seq $2 to read back: up to $3, cut after $4 bytes
+# (at least one).
+_READ_BACK = (
+    "WITH idx AS (SELECT first_seq, octet_length(data) AS size FROM blocks"
+    "  WHERE session_id = $1 AND first_seq > $2 ORDER BY first_seq LIMIT $3),"
+    " sized AS (SELECT first_seq, sum(size) OVER (ORDER BY first_seq) AS upto,"
+    "  row_number() OVER (ORDER BY first_seq) AS n FROM idx)"
+    " SELECT b.first_seq, b.last_seq, b.data FROM sized s"
+    " JOIN blocks b ON b.session_id = $1 AND b.first_seq = s.first_seq"
+    " WHERE s.n = 1 OR s.upto <= $4 ORDER BY s.first_seq"
 )
 
 _INSERT_TRANSCRIPTS = (
@@ -308,13 +322,7 @@ class Transfer:
         seen = _Readback()
         after = -1
         while True:
-            rows = await conn.fetch(
-                "SELECT first_seq, last_seq, data FROM blocks"
-                " WHERE session_id = $1 AND first_seq > $2 ORDER BY first_seq LIMIT $3",
-                sid,
-                after,
-                max(1, self.batch_frames // 16),
-            )
+            rows = await conn.fetch(_READ_BACK, sid, after, self.batch_frames, self.batch_bytes)
             if not rows:
                 break
             first, last = rows[0]["first_seq"], rows[-1]["last_seq"]

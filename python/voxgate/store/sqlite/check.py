@@ -115,12 +115,23 @@ class Check(Frames):
         return await self._call(self._check_sync, repair)
 
     def _check_sync(self, repair: bool) -> CheckReport:
+        if repair:
+            return self._check_once(repair=True)
+        # A check reads the index from one snapshot and the segments after it: sessions
+        # deleted meanwhile would look like lost blocks. What looks wrong is looked at
+        # again holding the write lock (commits wait for that second look only).
+        report = self._check_once(repair=False, immediate=False)
+        if report.problem_count:
+            report = self._check_once(repair=False, immediate=True)
+        return report
+
+    def _check_once(self, *, repair: bool, immediate: bool = True) -> CheckReport:
         conn = self._conn
         report = CheckReport()
         # Saved frames of damaged blocks go to a segment of their own (made before the
         # transaction: making one takes a transaction of its own).
         segment = self._writable_segment() if repair else None
-        conn.execute("BEGIN IMMEDIATE" if repair else "BEGIN")
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         wrote = False
         try:
             found, unregistered, damaged = self._scan_segments(conn, report)
