@@ -1,7 +1,8 @@
 """Embedded-store commit cost: CPU per frame of ``SqliteStore.commit`` in the shape of live load.
 
     python loadtests/commit_bench.py [--sessions 300] [--frames-per-session 5]
-        [--frame-bytes 640] [--durability process] [--seconds 5] [--json out.json]
+        [--frame-bytes 640] [--durability process] [--seconds 5] [--idle-sessions 0]
+        [--statements] [--json out.json]
 
 Each commit carries ``--frames-per-session`` in-order frames of each of
 ``--sessions`` sessions (the batch one commit gathers at N real-time streams:
@@ -9,7 +10,10 @@ one 5-frame message per stream), committed back to back for ``--seconds``.
 Prints commits/s, frames/s, wall time per commit and the process's CPU
 microseconds per frame (SQLite's own work included).
 ``--durability process`` (the default here) leaves the fsyncs out, so the
-figure is the commit's own work.
+figure is the commit's own work. ``--idle-sessions N`` creates N other hot
+sessions first (a store that has served a while). ``--statements`` times each
+SQL statement and the segment sync on the store thread and prints microseconds
+per commit for each (the timing itself adds a little).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import tempfile
 import time
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 from voxgate.core import native
 from voxgate.store.base import FrameIn
 from voxgate.store.sqlite import SqliteStore
+from voxgate.store.sqlite import frames as frames_module
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,7 +39,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="voxgate-commit-bench-") as data_dir:
         store = SqliteStore(data_dir, durability=args.durability)
         await store.open()
+        spent: dict[str, float] = {}
         try:
+            for _ in range(args.idle_sessions):
+                await store.create_session(
+                    codec="pcm_s16le", sample_rate=16000, channels=1, metadata={"kind": "idle"}
+                )
             sessions = [
                 (
                     await store.create_session(
@@ -56,6 +67,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 return frames
 
             await store.commit(batch())  # warm-up
+            if args.statements:
+                _time_statements(store, spent)
             commits = frames = 0
             cpu0, wall0 = time.process_time(), time.perf_counter()
             while time.perf_counter() - wall0 < args.seconds:
@@ -76,7 +89,45 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_s": frames / wall,
         "cpu_us_per_frame": cpu / frames * 1e6,
         "wall_ms_per_commit": wall / commits * 1e3,
+        "us_per_commit_by_step": {k: v / commits * 1e6 for k, v in spent.items()},
     }
+
+
+class _TimedConnection:
+    """The store thread's connection, timing each statement by its first words."""
+
+    def __init__(self, conn: sqlite3.Connection, spent: dict[str, float]) -> None:
+        self._conn = conn
+        self._spent = spent
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        start = time.perf_counter()
+        try:
+            return self._conn.execute(sql, *args)
+        finally:
+            key = " ".join(sql.split()[:4])
+            self._spent[key] = self._spent.get(key, 0.0) + time.perf_counter() - start
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def _time_statements(store: SqliteStore, spent: dict[str, float]) -> None:
+    """Time every statement of the store thread and the segment's fdatasync."""
+    store._db = _TimedConnection(store._conn, spent)  # type: ignore[assignment]
+    namespace = vars(frames_module)  # the store's module, whose datasync the commit calls
+    real_sync = namespace["datasync"]
+
+    def timed_sync(fd: int) -> None:
+        start = time.perf_counter()
+        try:
+            real_sync(fd)
+        finally:
+            spent["segment fdatasync"] = spent.get("segment fdatasync", 0.0) + (
+                time.perf_counter() - start
+            )
+
+    namespace["datasync"] = timed_sync
 
 
 def main() -> None:
@@ -86,6 +137,8 @@ def main() -> None:
     parser.add_argument("--frame-bytes", type=int, default=640)
     parser.add_argument("--durability", choices=("fsync", "process"), default="process")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--idle-sessions", type=int, default=0)
+    parser.add_argument("--statements", action="store_true")
     parser.add_argument("--json", dest="json_out", default=None)
     args = parser.parse_args()
     report = asyncio.run(_run(args))
@@ -96,6 +149,9 @@ def main() -> None:
         f"{report['wall_ms_per_commit']:.2f} ms/commit, "
         f"{report['cpu_us_per_frame']:.2f} CPU us/frame"
     )
+    steps = sorted(report["us_per_commit_by_step"].items(), key=lambda kv: -kv[1])
+    for step, us in steps:
+        print(f"  {us:8.1f} us/commit  {step}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)
