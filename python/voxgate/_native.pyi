@@ -91,8 +91,9 @@ def scan_blocks(
     str | None,
 ]:
     """What a walk from block to block over ``data`` (a segment's bytes from offset
-    ``base``) found, never looking inside a payload: every whole, valid block as (session_id, first_seq, last_seq, offset, length,
-    payload_bytes, crc32c, end_seq); damaged stretches with valid blocks after them as
+    ``base``) found, never looking inside a payload: every whole, valid block as
+    (session_id, first_seq, last_seq, offset, length, payload_bytes, crc32c, end_seq);
+    damaged stretches with valid blocks after them as
     (offset, length, reason) for blocks whose header holds and whose records do not; the
     offset where the walk stopped (at a header that does not hold), and why (None: at
     the end of ``data``). Erased (zeroed) stretches are stepped over."""
