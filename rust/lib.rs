@@ -140,11 +140,7 @@ fn py_read_block(
         }
     })?;
     let (head, records) = parsed.map_err(|e| BlockError::new_err(e.0))?;
-    let rows = records
-        .iter()
-        .map(|r| (r.seq, r.flags, r.pts_us, r.length, r.crc32c, r.payload))
-        .collect();
-    Ok((head.session_id, rows))
+    Ok(block_rows(head, &records))
 }
 
 /// (session_id, records) of the intact frames of the block ``data``, whose header
@@ -159,11 +155,20 @@ fn py_salvage_block(
 ) -> PyResult<(String, Vec<(u64, u8, u64, u32, u32, usize)>)> {
     let (head, records) =
         with_bytes(data, block::salvage)?.map_err(|e| BlockError::new_err(e.0))?;
+    Ok(block_rows(head, &records))
+}
+
+/// A block's session id and its records as the tuples Python reads.
+#[allow(clippy::type_complexity)]
+fn block_rows(
+    head: block::Head,
+    records: &[block::Record],
+) -> (String, Vec<(u64, u8, u64, u32, u32, usize)>) {
     let rows = records
         .iter()
         .map(|r| (r.seq, r.flags, r.pts_us, r.length, r.crc32c, r.payload))
         .collect();
-    Ok((head.session_id, rows))
+    (head.session_id, rows)
 }
 
 /// What a scan of ``data`` (a segment's bytes from offset ``base``) found:

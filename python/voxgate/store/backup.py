@@ -168,30 +168,20 @@ def check_store_files(root: Path) -> tuple[int, int, int, int]:
 def _check_blocks(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
     """Every block against its extent row and its payloads' CRC-32C; every complete
     session's extents against its stream CRC. Returns (frames, payload bytes)."""
-    names = dict(conn.execute("SELECT id, name FROM segments").fetchall())
     tier = " AND s.tier = 'hot'"
     expected: dict[str, int] = dict(
         conn.execute(f"SELECT id, stream_crc32c FROM sessions s WHERE state = 'complete'{tier}")
     )
     seen: dict[str, int] = {}
     frames = payload = 0
-    fds: dict[int, int] = {}
+    files = _SegmentFiles(conn, root)
     try:
         for session_id, first, last, segment, offset, length, nbytes, crc in conn.execute(
             "SELECT session_id, first_seq, last_seq, segment, offset, length, payload_bytes,"
             " crc32c FROM all_extents ORDER BY session_id, first_seq"
         ):
             where = f"{session_id} seqs {first}-{last}"
-            fd = fds.get(segment)
-            if fd is None:
-                name = names.get(segment)
-                if name is None:
-                    raise BackupError(f"{where}: unknown segment {segment}")
-                try:
-                    fd = fds[segment] = os.open(root / SEGMENTS_DIR / name, os.O_RDONLY)
-                except FileNotFoundError:
-                    raise BackupError(f"segment {name} is missing") from None
-            data = os.pread(fd, length, offset)
+            data = files.read(segment, offset, length, where)
             try:
                 owner, records = native.read_block(data, verify=True)
             except native.BlockError as exc:
@@ -210,12 +200,37 @@ def _check_blocks(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
             if session_id in expected:
                 seen[session_id] = crc32c_combine(seen.get(session_id, 0), crc, nbytes)
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        files.close()
     for session_id, stream_crc in expected.items():
         if seen.get(session_id, 0) != stream_crc:
             raise BackupError(f"{session_id}: frames do not add up to its stream CRC-32C")
     return frames, payload
+
+
+class _SegmentFiles:
+    """The segment files of a copied data dir, opened once each, read by offset."""
+
+    def __init__(self, conn: sqlite3.Connection, root: Path) -> None:
+        self._names: dict[int, str] = dict(conn.execute("SELECT id, name FROM segments"))
+        self._dir = root / SEGMENTS_DIR
+        self._fds: dict[int, int] = {}
+
+    def read(self, segment: int, offset: int, length: int, where: str) -> bytes:
+        fd = self._fds.get(segment)
+        if fd is None:
+            name = self._names.get(segment)
+            if name is None:
+                raise BackupError(f"{where}: unknown segment {segment}")
+            try:
+                fd = self._fds[segment] = os.open(self._dir / name, os.O_RDONLY)
+            except FileNotFoundError:
+                raise BackupError(f"segment {name} is missing") from None
+        return os.pread(fd, length, offset)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _extent_of(records: list[tuple[int, int, int, int, int, int]]) -> tuple[int, int]:
@@ -230,9 +245,8 @@ def _extent_of(records: list[tuple[int, int, int, int, int, int]]) -> tuple[int,
 
 def _check_frame_rows(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
     """Schema 5 and older: one index row per frame, bare payloads in the segments."""
-    names = dict(conn.execute("SELECT id, name FROM segments").fetchall())
     frames = payload = 0
-    fds: dict[int, int] = {}
+    files = _SegmentFiles(conn, root)
     try:
         for session_id, seq, length, crc, segment, offset in conn.execute(
             "SELECT session_id, seq, length, crc32c, segment, offset FROM frames"
@@ -242,21 +256,11 @@ def _check_frame_rows(conn: sqlite3.Connection, root: Path) -> tuple[int, int]:
             payload += length
             if not length:
                 continue
-            fd = fds.get(segment)
-            if fd is None:
-                name = names.get(segment)
-                if name is None:
-                    raise BackupError(f"{session_id} seq {seq}: unknown segment {segment}")
-                try:
-                    fd = fds[segment] = os.open(root / SEGMENTS_DIR / name, os.O_RDONLY)
-                except FileNotFoundError:
-                    raise BackupError(f"segment {name} is missing") from None
-            data = os.pread(fd, length, offset)
+            data = files.read(segment, offset, length, f"{session_id} seq {seq}")
             if len(data) != length or crc32c(data) != crc:
                 raise BackupError(f"{session_id} seq {seq}: payload fails its CRC-32C")
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        files.close()
     return frames, payload
 
 

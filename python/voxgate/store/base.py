@@ -455,6 +455,18 @@ class TranscriptResult(msgspec.Struct):
     transcript: Transcript | None
 
 
+def after_final(entry: TranscriptIn, stored: Transcript) -> TranscriptResult:
+    """What adding ``entry`` does when its key's final, ``stored``, is stored already:
+    nothing is stored; the answer says whether it repeats, comes late or contradicts it."""
+    if not entry.is_final:
+        outcome = TranscriptOutcome.STALE
+    elif entry.text == stored.text:
+        outcome = TranscriptOutcome.DUPLICATE
+    else:
+        outcome = TranscriptOutcome.CONFLICT
+    return TranscriptResult(outcome, stored)
+
+
 class ListenSnapshot(msgspec.Struct):
     """Where a session stands for a new listener: read in one consistent snapshot."""
 

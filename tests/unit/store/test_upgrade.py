@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from voxgate.core import native
 from voxgate.store.backup import check_store_files
 from voxgate.store.base import Outcome, StoreError
 from voxgate.store.sqlite import DB_NAME, MIGRATIONS, SEGMENTS_DIR, SqliteStore, upgrade
 
 from .conftest import frame
+from .data.make_release_v5 import answers as _answers
 
 DATA = Path(__file__).parent / "data"
 
@@ -30,25 +30,6 @@ def _unpack(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     with tarfile.open(DATA / "release-v5.tar.gz") as tar:
         tar.extractall(tmp_path, filter="data")
     return tmp_path / "data", json.loads((DATA / "release-v5.json").read_text())
-
-
-async def _answers(store: SqliteStore, sid: str) -> dict[str, Any]:
-    session = await store.get_session(sid)
-    assert session is not None
-    index = await store.frame_index(sid)
-    payloads = [[seq, native.crc32c(p), len(p)] async for seq, p in store.read_payloads(sid)]
-    return {
-        "state": session.state.value,
-        "next_seq": session.next_seq,
-        "frames": session.frames,
-        "bytes": session.bytes,
-        "end_seq": session.end_seq,
-        "stream_crc32c": session.stream_crc32c,
-        "missing": await store.missing(sid),
-        "index": [[e.seq, e.flags, e.pts_us, e.length, e.crc32c] for e in index],
-        "payloads": payloads,
-        "transcripts": [t.text for t in await store.list_transcripts(sid)],
-    }
 
 
 async def test_a_schema_5_data_dir_is_converted_to_blocks(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from voxgate.store.base import (
     TranscriptIn,
     TranscriptOutcome,
     TranscriptResult,
+    after_final,
 )
 from voxgate.store.migrations import Connection
 from voxgate.store.postgres.common import (
@@ -71,14 +72,7 @@ class Transcripts(Frames):
                 entry.role,
             )
         if current is not None and current["is_final"]:
-            stored = _transcript_from_row(session_id, current)
-            if not entry.is_final:
-                outcome = TranscriptOutcome.STALE
-            elif entry.text == stored.text:
-                outcome = TranscriptOutcome.DUPLICATE
-            else:
-                outcome = TranscriptOutcome.CONFLICT
-            return TranscriptResult(outcome, stored)
+            return after_final(entry, _transcript_from_row(session_id, current))
         transcript = Transcript(
             id=last + 1,
             session_id=session_id,

@@ -145,10 +145,7 @@ class Check(Frames):
             if wrote and segment is not None:
                 segment.offset = end
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if wrote and segment is not None:
-                self._retire(segment)
+            self._abandon(segment, wrote=wrote)
             raise
         if report.repaired:
             self._erase_pending()

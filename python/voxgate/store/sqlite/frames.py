@@ -9,7 +9,6 @@ core (``read_block``), which checks every payload against its CRC-32C.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -188,11 +187,7 @@ class Frames(Segments, Events):
             segment.offset = offset
             self._recent_rows += len(extents)
         except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if wrote:
-                self._retire(segment)
+            self._abandon(segment, wrote=wrote)
             raise
         return CommitResult(plan.outcomes(_OUTCOMES), plan.progress_by_session(Progress))
 

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,6 +193,15 @@ class Segments(Plumbing):
             os.close(segment.fd)
         if self._segment is segment:
             self._segment = None
+
+    def _abandon(self, segment: Segment | None, *, wrote: bool) -> None:
+        """A write transaction failed: roll it back; a segment it appended to is retired."""
+        conn = self._conn
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        if wrote and segment is not None:
+            self._retire(segment)
 
     def _reap_segments(self, ids: Sequence[int] | None = None, *, orphans: bool = False) -> None:
         """Seal segments whose writer is gone and unlink those without live frames.

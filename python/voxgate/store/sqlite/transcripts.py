@@ -15,6 +15,7 @@ from voxgate.store.base import (
     TranscriptIn,
     TranscriptOutcome,
     TranscriptResult,
+    after_final,
 )
 from voxgate.store.sqlite.common import SESSION_COLUMNS, now_us, session_from_row, to_datetime
 from voxgate.store.sqlite.frames import gaps
@@ -52,14 +53,7 @@ class Transcripts(Plumbing):
                     (session_id, entry.role),
                 ).fetchone()
             if current is not None and current[5]:  # the key's final is stored
-                stored = _transcript_from_row(session_id, current)
-                if not entry.is_final:
-                    outcome = TranscriptOutcome.STALE
-                elif entry.text == stored.text:
-                    outcome = TranscriptOutcome.DUPLICATE
-                else:
-                    outcome = TranscriptOutcome.CONFLICT
-                return TranscriptResult(outcome, stored)
+                return after_final(entry, _transcript_from_row(session_id, current))
             # The highest id is never superseded (only older ones are), so MAX + 1 never reuses one.
             last = conn.execute(
                 "SELECT COALESCE(MAX(id), 0) FROM transcripts WHERE session_id = ?", (session_id,)

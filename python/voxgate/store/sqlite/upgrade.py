@@ -20,7 +20,6 @@ sent again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 
@@ -131,11 +130,7 @@ class Upgrade(Segments):
             conn.execute("COMMIT")
             segment.offset = at
         except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if wrote:
-                self._retire(segment)
+            self._abandon(segment, wrote=wrote)
             raise
         return len(rows), at - start
 
