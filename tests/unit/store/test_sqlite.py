@@ -516,3 +516,61 @@ def test_the_hot_statements_seek_by_key(tmp_path: Path) -> None:
         assert all("PRIMARY KEY" in s for s in searches), (name, plan)
         assert not any(s.startswith(("SCAN sessions", "SCAN extents")) for s in plan), name
     conn.close()
+
+
+async def test_recent_extents_move_when_due_and_reads_span_both_tables(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits append index rows to recent_extents; the store moves them into extents
+    once MERGE_ROWS (or MERGE_ROWS_PER_SESSION per session there, up to MERGE_MAX_ROWS)
+    have gathered. Reads, resends and missing reports see both tables alike."""
+    monkeypatch.setattr(frames_module, "MERGE_ROWS", 4)
+    monkeypatch.setattr(frames_module, "MERGE_ROWS_PER_SESSION", 2)
+    monkeypatch.setattr(frames_module, "MERGE_MAX_ROWS", 10)
+    store = SqliteStore(data_dir, durability="fsync")
+    await store.open()
+
+    def rows() -> tuple[int, int]:
+        with sqlite3.connect(data_dir / DB_NAME) as conn:
+            (moved,) = conn.execute("SELECT count(*) FROM extents").fetchone()
+            (recent,) = conn.execute("SELECT count(*) FROM recent_extents").fetchone()
+        return moved, recent
+
+    try:
+        few = [await new_session_id(store) for _ in range(2)]
+        # 2 sessions: due at max(4, 2 x 2) = 4 rows, so the second commit's 4 rows move.
+        await store.commit([frame(sid, 0, payload_of(sid, 0)) for sid in few])
+        await store.get_session(few[0])  # runs after any move the commit asked for
+        assert rows() == (0, 2)
+        await store.commit([frame(sid, 1, payload_of(sid, 1)) for sid in few])
+        await store.get_session(few[0])
+        assert rows() == (4, 0)
+        # 6 sessions (one of them skipping seq 1): due at min(max(4, 12), 10) = 10 rows.
+        many = [await new_session_id(store) for _ in range(6)]
+        await store.commit([frame(sid, 0, payload_of(sid, 0)) for sid in many])
+        await store.get_session(many[0])
+        assert rows() == (4, 6)
+        await store.commit([frame(sid, 2, payload_of(sid, 2)) for sid in many[:1]])
+        await store.commit([frame(sid, 1, payload_of(sid, 1)) for sid in many[1:]])
+        await store.get_session(many[0])
+        assert rows() == (16, 0)
+        # Seq 1 of many[0] arrives after its neighbours moved; seq 0 is resent.
+        result = await store.commit(
+            [
+                frame(many[0], 1, payload_of(many[0], 1)),
+                frame(many[0], 0, payload_of(many[0], 0)),
+            ]
+        )
+        assert result.outcomes == [Outcome.STORED, Outcome.DUPLICATE]
+        assert rows() == (16, 1)
+        conflict = await store.commit([frame(many[0], 2, b"other bytes")])
+        assert conflict.outcomes == [Outcome.CONFLICT]
+        for sid in few + many:
+            expected = [(seq, payload_of(sid, seq)) for seq in range(3 if sid == many[0] else 2)]
+            assert await read_all(store, sid) == expected
+            assert await store.missing(sid) == []
+            session = await store.get_session(sid)
+            assert session is not None
+            assert session.frames == len(expected)
+    finally:
+        await store.close()

@@ -46,6 +46,7 @@ class Plumbing:
         self._segment: Segment | None = None
         self._segment_names: dict[int, str] = {}
         self._recent_rows = 0  # appended to recent_extents since the last move
+        self._recent_sessions: set[str] = set()  # whose rows those are (and a few more)
         self._data_lock: int | None = None
         # Reads for listeners run on a thread and connection of their own (see read_frames).
         self._reader: Reader | None = None
