@@ -33,8 +33,8 @@ pub struct SessionRow {
     pub prefix_crc32c: u32,
 }
 
-/// One frame of the batch; `session` indexes [`Plan::sessions`], None for an
-/// unknown (or deleted) session.
+/// One frame of the batch; `session` indexes the plan's sessions (the rows it
+/// was made from), None for an unknown (or deleted) session.
 #[derive(Clone, Copy, Debug)]
 pub struct Frame {
     pub session: Option<usize>,
