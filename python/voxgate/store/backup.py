@@ -229,7 +229,8 @@ class _SegmentFiles:
 
     def close(self) -> None:
         for fd in self._fds.values():
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._fds.clear()
 
 

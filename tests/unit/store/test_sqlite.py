@@ -522,55 +522,76 @@ async def test_recent_extents_move_when_due_and_reads_span_both_tables(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Commits append index rows to recent_extents; the store moves them into extents
-    once MERGE_ROWS (or MERGE_ROWS_PER_SESSION per session there, up to MERGE_MAX_ROWS)
-    have gathered. Reads, resends and missing reports see both tables alike."""
+    once MERGE_ROWS, or MERGE_ROWS_PER_SESSION per session those rows belong to, have
+    gathered, never waiting past MERGE_MAX_ROWS. Reads, resends and missing reports see
+    both tables alike."""
     monkeypatch.setattr(frames_module, "MERGE_ROWS", 4)
     monkeypatch.setattr(frames_module, "MERGE_ROWS_PER_SESSION", 2)
     monkeypatch.setattr(frames_module, "MERGE_MAX_ROWS", 10)
     store = SqliteStore(data_dir, durability="fsync")
     await store.open()
+    stored: dict[str, list[int]] = {}
 
-    def rows() -> tuple[int, int]:
-        with sqlite3.connect(data_dir / DB_NAME) as conn:
+    async def commit(sid: str, seq: int) -> None:
+        await store.commit([frame(sid, seq, payload_of(sid, seq))])
+        stored.setdefault(sid, []).append(seq)
+
+    async def rows() -> tuple[int, int]:
+        """(rows in extents, rows in recent_extents), after any move a commit asked for."""
+
+        def count() -> tuple[int, int]:
+            conn = store._conn
             (moved,) = conn.execute("SELECT count(*) FROM extents").fetchone()
             (recent,) = conn.execute("SELECT count(*) FROM recent_extents").fetchone()
-        return moved, recent
+            return moved, recent
+
+        return await store._call(count)
 
     try:
-        few = [await new_session_id(store) for _ in range(2)]
-        # 2 sessions: due at max(4, 2 x 2) = 4 rows, so the second commit's 4 rows move.
-        await store.commit([frame(sid, 0, payload_of(sid, 0)) for sid in few])
-        await store.get_session(few[0])  # runs after any move the commit asked for
-        assert rows() == (0, 2)
-        await store.commit([frame(sid, 1, payload_of(sid, 1)) for sid in few])
-        await store.get_session(few[0])
-        assert rows() == (4, 0)
-        # 6 sessions (one of them skipping seq 1): due at min(max(4, 12), 10) = 10 rows.
+        # Six sessions: due at min(max(4, 6 x 2), 10) = 10 rows, the cap.
         many = [await new_session_id(store) for _ in range(6)]
-        await store.commit([frame(sid, 0, payload_of(sid, 0)) for sid in many])
-        await store.get_session(many[0])
-        assert rows() == (4, 6)
-        await store.commit([frame(sid, 2, payload_of(sid, 2)) for sid in many[:1]])
-        await store.commit([frame(sid, 1, payload_of(sid, 1)) for sid in many[1:]])
-        await store.get_session(many[0])
-        assert rows() == (16, 0)
-        # Seq 1 of many[0] arrives after its neighbours moved; seq 0 is resent.
+        for sid in many:
+            await commit(sid, 0)
+        assert await rows() == (0, 6)
+        for sid in many[:3]:
+            await commit(sid, 1)
+        assert await rows() == (0, 9)
+        await commit(many[3], 1)
+        assert await rows() == (10, 0)
+        # The move forgot those sessions: one session is due at max(4, 1 x 2) = 4 rows.
+        lone = await new_session_id(store)
+        for seq in range(3):
+            await commit(lone, seq)
+        assert await rows() == (10, 3)
+        await commit(lone, 3)
+        assert await rows() == (14, 0)
+        # Resends add no rows and count no session.
+        resent = await store.commit([frame(sid, 0, payload_of(sid, 0)) for sid in many])
+        assert resent.outcomes == [Outcome.DUPLICATE] * 6
+        other = await new_session_id(store)
+        for seq in range(3):
+            await commit(other, seq)
+        assert await rows() == (14, 3)
+        await commit(other, 3)
+        assert await rows() == (18, 0)
+        # Seq 3 of many[5] goes to recent_extents past a gap at 1-2 (moved rows before it).
+        await commit(many[5], 3)
+        assert await store.missing(many[5]) == [[1, 2]]
         result = await store.commit(
             [
-                frame(many[0], 1, payload_of(many[0], 1)),
-                frame(many[0], 0, payload_of(many[0], 0)),
+                frame(many[5], 1, payload_of(many[5], 1)),
+                frame(many[5], 0, payload_of(many[5], 0)),
+                frame(many[5], 3, b"other bytes"),
             ]
         )
-        assert result.outcomes == [Outcome.STORED, Outcome.DUPLICATE]
-        assert rows() == (16, 1)
-        conflict = await store.commit([frame(many[0], 2, b"other bytes")])
-        assert conflict.outcomes == [Outcome.CONFLICT]
-        for sid in few + many:
-            expected = [(seq, payload_of(sid, seq)) for seq in range(3 if sid == many[0] else 2)]
+        stored[many[5]].append(1)
+        assert result.outcomes == [Outcome.STORED, Outcome.DUPLICATE, Outcome.CONFLICT]
+        assert await store.missing(many[5]) == [[2, 2]]
+        for sid, seqs in stored.items():
+            expected = [(seq, payload_of(sid, seq)) for seq in sorted(seqs)]
             assert await read_all(store, sid) == expected
-            assert await store.missing(sid) == []
             session = await store.get_session(sid)
             assert session is not None
-            assert session.frames == len(expected)
+            assert session.frames == len(seqs)
     finally:
         await store.close()

@@ -40,13 +40,15 @@ from voxgate.store.sqlite.segments import Segments, pwrite_all
 CommitPlan, BlockError, read_block = native.CommitPlan, native.BlockError, native.read_block
 _OUTCOMES = tuple(Outcome)  # indexed by the core's outcome numbers
 
-# Rows this store appends to ``recent_extents`` before it moves them all into ``extents``:
-# MERGE_ROWS, or MERGE_ROWS_PER_SESSION for each session with rows there, up to
-# MERGE_MAX_ROWS. A move rewrites about one page of ``extents`` per session, so with many
-# live sessions a bigger batch shares that page among more rows (at 1,000 sessions of one
-# frame per commit: 52,500 frames/s moving every 2,048 rows, 71,600 every 8,192). The cap
-# bounds ``recent_extents``, which has no per-session index: a look-up there scans it
-# (about 60 us at 2,048 rows, 225 us at 8,192).
+# Rows this store (this process) appends to ``recent_extents`` before it moves them all
+# into ``extents``: MERGE_ROWS, or MERGE_ROWS_PER_SESSION for each session those rows
+# belong to, up to MERGE_MAX_ROWS. A move rewrites about one page of ``extents`` per
+# session, so with many live sessions a bigger batch shares that page among more rows
+# (commits of one frame of each of 1,000 sessions: about 64,000 frames/s moving every
+# 2,048 rows, 79,000 with this rule; docs/performance.md). The cap keeps
+# ``recent_extents`` small while moves succeed: it has no per-session index, so a look-up
+# there scans it (about 60 us at 2,048 rows, 225 us at 8,192). Each process sharing the
+# data dir counts only its own rows.
 MERGE_ROWS = 2048
 MERGE_ROWS_PER_SESSION = 8
 MERGE_MAX_ROWS = 8192
@@ -129,7 +131,10 @@ class Frames(Segments, Events):
         """Move every row of ``recent_extents`` into ``extents``, in one transaction.
 
         Commits append to ``recent_extents`` (a page or two each); here a batch of
-        them lands in ``extents``, a page per session for many commits' rows.
+        them lands in ``extents``, a page per session for many commits' rows. The
+        counts start again either way: a move that failed (another process holding
+        the write lock past the busy timeout, a full disk) is tried again when the
+        next batch of rows has come, not after every commit.
         """
         self._recent_rows = 0
         self._recent_sessions.clear()
@@ -142,7 +147,7 @@ class Frames(Segments, Events):
                 )
                 conn.execute("DELETE FROM recent_extents")
         except (StoreError, sqlite3.Error, OSError) as exc:
-            log.warning("moving recent extents failed (the next commits retry): %s", exc)
+            log.warning("moving recent extents failed (tried again after more rows): %s", exc)
 
     def _commit_sync(self, frames: Sequence[Part]) -> CommitResult:
         segment = self._writable_segment()
@@ -200,7 +205,7 @@ class Frames(Segments, Events):
             conn.execute("COMMIT")
             segment.offset = offset
             self._recent_rows += len(extents)
-            self._recent_sessions.update(session_ids)
+            self._recent_sessions.update(extent[0] for extent in extents)
         except BaseException:
             self._abandon(segment, wrote=wrote)
             raise

@@ -45,8 +45,10 @@ class Plumbing:
         self._db: sqlite3.Connection | None = None
         self._segment: Segment | None = None
         self._segment_names: dict[int, str] = {}
+        # Written on the store thread, read on the event loop too (_merge_due: a stale
+        # pair only moves the next merge by a commit).
         self._recent_rows = 0  # appended to recent_extents since the last move
-        self._recent_sessions: set[str] = set()  # whose rows those are (and a few more)
+        self._recent_sessions: set[str] = set()  # the sessions those rows belong to
         self._data_lock: int | None = None
         # Reads for listeners run on a thread and connection of their own (see read_frames).
         self._reader: Reader | None = None
