@@ -1,4 +1,5 @@
-//! Property-based fuzzing of the frame decoders and the credit ledger.
+//! Property-based fuzzing of the frame decoders, the block reader (what
+//! `voxgate db check` walks segments with) and the credit ledger.
 //!
 //! Inputs are valid streams damaged in every way a network or a hostile
 //! client can (bytes flipped, inserted, dropped, lengths rewritten to
@@ -13,6 +14,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use voxgate_native::block;
 use voxgate_native::crc::crc32c;
 use voxgate_native::framing::{
     decode, encode_frame, ErrorKind, StreamDecoder, Verdict, FLAG_END, HEADER_SIZE,
@@ -229,6 +231,109 @@ fn decoders_agree(bytes: &[u8], max: u64, cuts: &[prop::sample::Index]) {
     }
 }
 
+/// A segment: blocks of consecutive frames (some of them erased to zeros) back to
+/// back, and the extents a scan of it must find when it is not damaged.
+fn segment() -> impl Strategy<Value = (Vec<u8>, Vec<(String, u64, u64)>)> {
+    let frames = prop::collection::vec(prop::collection::vec(any::<u8>(), 0..120), 1..5);
+    let one = (
+        "[a-z0-9_]{1,30}",
+        0u64..(u64::from(u32::MAX) - 8),
+        frames,
+        any::<bool>(),
+    );
+    prop::collection::vec(one, 0..5).prop_map(|blocks| {
+        let mut out = Vec::new();
+        let mut found = Vec::new();
+        for (sid, first, payloads, erased) in blocks {
+            let mut records = Vec::new();
+            for (i, p) in payloads.iter().enumerate() {
+                let seq = first as u32 + i as u32;
+                let payload: &[u8] = if p.is_empty() { b"-" } else { p };
+                records.extend(encode_frame(seq, payload, 9, false));
+            }
+            let count = payloads.len() as u32;
+            let start = out.len();
+            out.extend(block::encode_header(
+                &sid,
+                first,
+                count,
+                records.len() as u64,
+            ));
+            out.extend(records);
+            if erased {
+                out[start..].fill(0);
+            } else {
+                found.push((sid, first, first + u64::from(count) - 1));
+            }
+        }
+        (out, found)
+    })
+}
+
+fn blocks_hold(bytes: &[u8], base: u64, intact: Option<&[(String, u64, u64)]>) {
+    let end = base + bytes.len() as u64;
+    let scan = block::scan(bytes, base);
+    assert!(
+        scan.stop >= base && scan.stop <= end,
+        "stop {} outside",
+        scan.stop
+    );
+    let mut after = base;
+    for e in &scan.extents {
+        assert!(
+            e.offset >= after && e.offset + e.length <= end,
+            "{e:?} out of place"
+        );
+        after = e.offset + e.length;
+        let at = (e.offset - base) as usize;
+        let (head, records) = block::parse(&bytes[at..at + e.length as usize], true)
+            .expect("a block the scan took must parse");
+        assert_eq!(block::extent_of(&head, &records, e.offset), *e);
+    }
+    for d in &scan.damaged {
+        assert!(
+            d.offset >= base && d.offset + d.length <= end,
+            "{d:?} out of place"
+        );
+    }
+    if let Some(expected) = intact {
+        let got: Vec<_> = scan
+            .extents
+            .iter()
+            .map(|e| (e.session_id.clone(), e.first_seq, e.last_seq))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(scan.damaged.is_empty() && scan.why.is_none() && scan.stop == end);
+    }
+    // Any start offset: parse and salvage answer, and name only bytes they were given.
+    for at in 0..bytes.len().min(64) {
+        let data = &bytes[at..];
+        if let Ok((head, records)) = block::parse(data, true) {
+            assert_eq!(head.block_len(), data.len() as u64);
+            assert_eq!(records.len(), head.count as usize);
+        }
+        if let Ok((_, records)) = block::salvage(data) {
+            for r in records {
+                assert!(r.payload + r.length as usize <= data.len());
+            }
+        }
+    }
+}
+
+fn run_blocks(cases: u32) {
+    let damages = prop::collection::vec(damage(), 0..4);
+    runner(cases, "rust/fuzz.regressions")
+        .run(
+            &(segment(), damages, 0u64..1 << 40),
+            |((bytes, found), damages, base)| {
+                blocks_hold(&bytes, base, Some(&found));
+                blocks_hold(&apply(bytes, &damages), base, None);
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Open,
@@ -336,6 +441,17 @@ fn run_ledger(cases: u32) {
 #[test]
 fn decoders_survive_damaged_input() {
     run_decoders(2_000);
+}
+
+#[test]
+fn blocks_survive_damaged_segments() {
+    run_blocks(1_000);
+}
+
+#[test]
+#[ignore = "long: VOXGATE_FUZZ_CASES=1000000 cargo test --release --test fuzz -- --ignored"]
+fn blocks_survive_damaged_segments_at_scale() {
+    run_blocks(100_000);
 }
 
 #[test]
