@@ -82,20 +82,20 @@ _UPDATE_SESSIONS = (
     + ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(10))
     + " FROM json_each(?)) AS u WHERE sessions.id = u.c9"
 )
-# The extent holding seq ?2 of session ?1, if any.
+# The extent holding seq ?2 of session ?1, if any (else the last one before ?2). Plain
+# columns only: then SQLite merges the two tables' ordered searches and stops at one row;
+# with an expression over the view's columns it read and sorted every earlier extent of
+# the session (a read of 20,000 blocks, one such query per step, took 2.7 s).
 EXTENT_AT = (
     "SELECT first_seq, last_seq, segment, offset, length FROM all_extents"
     " WHERE session_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1"
 )
-# Extents of session ?1 holding seqs from ?2 to ?3, in seq order, with their segment's name:
-# from the one holding ?2 (if one does; not the one before a gap ?2 lies in).
+# Up to ?4 extents of session ?1 starting from seq ?2 to seq ?3, in seq order, with their
+# segment's name.
 EXTENTS_FROM = (
     "SELECT e.first_seq, e.last_seq, e.offset, e.length, s.name FROM all_extents e"
     " LEFT JOIN segments s ON s.id = e.segment WHERE e.session_id = ?1"
-    " AND e.first_seq >= COALESCE((SELECT CASE WHEN last_seq >= ?2 THEN first_seq ELSE ?2 END"
-    " FROM all_extents WHERE session_id = ?1 AND first_seq <= ?2"
-    " ORDER BY first_seq DESC LIMIT 1), ?2)"
-    " AND e.first_seq <= ?3 ORDER BY e.first_seq LIMIT ?4"
+    " AND e.first_seq >= ?2 AND e.first_seq <= ?3 ORDER BY e.first_seq LIMIT ?4"
 )
 
 # A frame as read: (seq, flags, pts_us, length, crc32c, payload or None).
@@ -371,7 +371,10 @@ def read_records(
     extent says raises StoreError, unless the session lost it meanwhile (deleted
     or moved out of hot): then the frames read so far are returned, and None.
     """
-    rows = conn.execute(EXTENTS_FROM, (session_id, first, last, _EXTENTS_PER_READ)).fetchall()
+    # From the extent holding ``first``, if one does (not the one before a gap it is in).
+    holder = conn.execute(EXTENT_AT, (session_id, first)).fetchone()
+    start = holder[0] if holder is not None and holder[1] >= first else first
+    rows = conn.execute(EXTENTS_FROM, (session_id, start, last, _EXTENTS_PER_READ)).fetchall()
     more = len(rows) == _EXTENTS_PER_READ
     total = 0
     for i, row in enumerate(rows):
