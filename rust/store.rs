@@ -453,15 +453,7 @@ impl PyCommitPlan {
     ) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         for (id, p) in self.plan.progress() {
-            let value = make.call1((
-                p.next_seq,
-                p.frames,
-                p.bytes,
-                p.end_seq,
-                p.complete,
-                p.stream_crc32c,
-            ))?;
-            out.set_item(id, value)?;
+            out.set_item(id, make.call1(progress_fields(&p))?)?;
         }
         Ok(out)
     }
@@ -472,16 +464,21 @@ impl PyCommitPlan {
         self.plan
             .progress()
             .map(|(id, p)| {
-                (
-                    id,
-                    p.next_seq,
-                    p.frames,
-                    p.bytes,
-                    p.end_seq,
-                    p.complete,
-                    p.stream_crc32c,
-                )
+                let (next_seq, frames, bytes, end_seq, complete, crc) = progress_fields(&p);
+                (id, next_seq, frames, bytes, end_seq, complete, crc)
             })
             .collect()
     }
+}
+
+/// (next_seq, frames, bytes, end_seq, complete, stream_crc32c) of one session.
+fn progress_fields(p: &commit::Progress) -> (u64, u64, u64, Option<u64>, bool, Option<u32>) {
+    (
+        p.next_seq,
+        p.frames,
+        p.bytes,
+        p.end_seq,
+        p.complete,
+        p.stream_crc32c,
+    )
 }
