@@ -19,7 +19,7 @@ from voxgate.api.problems import problem_responses
 from voxgate.api.sessions import owned_session, runtime_of
 from voxgate.errors import ApiError
 from voxgate.retention.archive import ArchiveError, ArchiveReader
-from voxgate.store.base import FrameEntry, Session, Store, Tier
+from voxgate.store.base import Session, Store, Tier
 
 if TYPE_CHECKING:
     from voxgate.runtime import Runtime
@@ -119,27 +119,38 @@ def parse_range(value: str | None, total: int) -> tuple[int, int] | None:
 
 
 async def _payload_bytes(
-    store: Store, session_id: str, index: list[FrameEntry], first: int, last: int
+    store: Store, session_id: str, runs: list[tuple[int, int, int]], first: int, last: int
 ) -> AsyncIterator[bytes]:
-    """Bytes ``first..last`` (inclusive) of the indexed payloads concatenated in seq order."""
+    """Bytes ``first..last`` (inclusive) of the payloads of ``runs`` (a snapshot of
+    :meth:`Store.payload_runs`) concatenated in seq order. Frames stored after the
+    snapshot (a resend filling a gap) are left out: the body keeps the size it was
+    given."""
     position = 0
-    start_offset = 0
-    first_seq: int | None = None
-    last_seq: int | None = None
-    for entry in index:
-        end = position + entry.length
-        if first_seq is None and end > first:
-            first_seq = entry.seq
-            start_offset = first - position
-        if end > last:
-            last_seq = entry.seq
-            break
+    wanted: list[tuple[int, int]] = []  # (first_seq, last_seq) of the runs the bytes touch
+    skip = 0
+    for run_first, run_last, nbytes in runs:
+        end = position + nbytes
+        if end > first and nbytes:
+            if not wanted:
+                skip = first - position
+            wanted.append((run_first, run_last))
         position = end
-    if first_seq is None:
+        if position > last:
+            break
+    if not wanted:
         return
     remaining = last - first + 1
-    skip = start_offset
-    async for _, payload in store.read_payloads(session_id, first_seq, last_seq):
+    at = 0  # the run of ``wanted`` the next payload should lie in
+    async for seq, payload in store.read_payloads(session_id, wanted[0][0], wanted[-1][1]):
+        while at < len(wanted) and seq > wanted[at][1]:
+            at += 1
+        if at == len(wanted):
+            break
+        if seq < wanted[at][0]:
+            continue  # stored after the snapshot, in a gap it had
+        if skip >= len(payload):
+            skip -= len(payload)
+            continue
         piece = payload[skip : skip + remaining]
         skip = 0
         remaining -= len(piece)
@@ -238,14 +249,14 @@ async def audio(
                 extra={"missing": gaps},
             )
     archived: ArchivedAudio | None = None
-    index: list[FrameEntry] = []
+    runs: list[tuple[int, int, int]] = []
     if session.tier is Tier.WARM:
         archived = await ArchivedAudio.open(runtime, session_id)
         data_total = archived.size
     else:
-        # One snapshot of the index sizes the body, even while frames keep arriving.
-        index = await store.frame_index(session_id)
-        data_total = sum(entry.length for entry in index)
+        # One snapshot of the stored runs sizes the body, even while frames keep arriving.
+        runs = await store.payload_runs(session_id)
+        data_total = sum(nbytes for _, _, nbytes in runs)
     # Decoded G.711 is two output bytes per stored byte; the body maps ranges back.
     scale = 2 if decode else 1
     header = b""
@@ -270,7 +281,7 @@ async def audio(
             async for piece in archived.read(data_first, data_last):
                 yield piece
         elif data_last >= data_first:
-            async for piece in _payload_bytes(store, session_id, index, data_first, data_last):
+            async for piece in _payload_bytes(store, session_id, runs, data_first, data_last):
                 yield piece
 
     async def body() -> AsyncIterator[bytes]:

@@ -192,6 +192,11 @@ class Store(Protocol):
     ) -> list[FrameEntry]:
         """Index entries of stored frames with ``first_seq <= seq <= last_seq``, by seq."""
 
+    async def payload_runs(self, session_id: str) -> list[tuple[int, int, int]]:
+        """(first_seq, last_seq, payload bytes) of each stored run of consecutive frames
+        (a block), in seq order: how much audio is stored and where its bytes lie,
+        without reading it. Frames stored later add runs; a run never changes."""
+
     def read_payloads(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None
     ) -> AsyncIterator[tuple[int, bytes]]:

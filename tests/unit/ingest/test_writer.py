@@ -125,6 +125,9 @@ class CountingStore:
     ) -> list[FrameEntry]:
         return await self.inner.frame_index(session_id, first_seq, last_seq)
 
+    async def payload_runs(self, session_id: str) -> list[tuple[int, int, int]]:
+        return await self.inner.payload_runs(session_id)
+
     def read_payloads(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None
     ) -> AsyncIterator[tuple[int, bytes]]:

@@ -173,6 +173,20 @@ class Frames(Events):
             out.extend(FrameEntry(r[0], r[1], r[2], r[3], r[4]) for r in records)
         return out
 
+    async def payload_runs(self, session_id: str) -> list[tuple[int, int, int]]:
+        if not storable(session_id):
+            return []
+
+        async def op(conn: Connection) -> list[tuple[int, int, int]]:
+            rows = await conn.fetch(
+                "SELECT first_seq, last_seq, payload_bytes FROM blocks WHERE session_id = $1"
+                " ORDER BY first_seq",
+                session_id,
+            )
+            return [(r[0], r[1], r[2]) for r in rows]
+
+        return await self._run(op)
+
     async def read_payloads(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None
     ) -> AsyncIterator[tuple[int, bytes]]:

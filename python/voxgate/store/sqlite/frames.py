@@ -249,6 +249,10 @@ class Frames(Segments, Events):
             out.extend(FrameEntry(r[0], r[1], r[2], r[3], r[4]) for r in records)
         return out
 
+    async def payload_runs(self, session_id: str) -> list[tuple[int, int, int]]:
+        # On the reader thread: a long live call has a run per frame, and commits go on.
+        return await self._reads().call(payload_runs_sync, session_id)
+
     async def read_payloads(
         self, session_id: str, first_seq: int = 0, last_seq: int | None = None
     ) -> AsyncIterator[tuple[int, bytes]]:
@@ -423,6 +427,15 @@ def read_records(
         for fd in fds.values():
             os.close(fd)
     return out, after
+
+
+def payload_runs_sync(conn: sqlite3.Connection, session_id: str) -> list[tuple[int, int, int]]:
+    rows: list[tuple[int, int, int]] = conn.execute(
+        "SELECT first_seq, last_seq, payload_bytes FROM all_extents WHERE session_id = ?"
+        " ORDER BY first_seq",
+        (session_id,),
+    ).fetchall()
+    return rows
 
 
 def _extent_gone(conn: sqlite3.Connection, session_id: str, first_seq: int) -> bool:
