@@ -232,8 +232,9 @@ fn decoders_agree(bytes: &[u8], max: u64, cuts: &[prop::sample::Index]) {
 }
 
 /// A segment: blocks of consecutive frames (some of them erased to zeros) back to
-/// back, and the extents a scan of it must find when it is not damaged.
-fn segment() -> impl Strategy<Value = (Vec<u8>, Vec<(String, u64, u64)>)> {
+/// back, and the extents (offsets from the segment's start) a scan of it must find
+/// when it is not damaged. A block's last frame may be an empty END frame.
+fn segment() -> impl Strategy<Value = (Vec<u8>, Vec<block::Extent>)> {
     let frames = prop::collection::vec(prop::collection::vec(any::<u8>(), 0..120), 1..5);
     let one = (
         "[a-z0-9_]{1,30}",
@@ -246,10 +247,17 @@ fn segment() -> impl Strategy<Value = (Vec<u8>, Vec<(String, u64, u64)>)> {
         let mut found = Vec::new();
         for (sid, first, payloads, erased) in blocks {
             let mut records = Vec::new();
+            let mut audio = Vec::new();
+            let mut end_seq = None;
             for (i, p) in payloads.iter().enumerate() {
                 let seq = first as u32 + i as u32;
-                let payload: &[u8] = if p.is_empty() { b"-" } else { p };
-                records.extend(encode_frame(seq, payload, 9, false));
+                let end = p.is_empty() && i + 1 == payloads.len();
+                let payload: &[u8] = if p.is_empty() && !end { b"-" } else { p };
+                records.extend(encode_frame(seq, payload, 9, end));
+                audio.extend_from_slice(payload);
+                if end {
+                    end_seq = Some(u64::from(seq));
+                }
             }
             let count = payloads.len() as u32;
             let start = out.len();
@@ -263,14 +271,23 @@ fn segment() -> impl Strategy<Value = (Vec<u8>, Vec<(String, u64, u64)>)> {
             if erased {
                 out[start..].fill(0);
             } else {
-                found.push((sid, first, first + u64::from(count) - 1));
+                found.push(block::Extent {
+                    session_id: sid,
+                    first_seq: first,
+                    last_seq: first + u64::from(count) - 1,
+                    offset: start as u64,
+                    length: (out.len() - start) as u64,
+                    payload_bytes: audio.len() as u64,
+                    crc32c: crc32c(&audio),
+                    end_seq,
+                });
             }
         }
         (out, found)
     })
 }
 
-fn blocks_hold(bytes: &[u8], base: u64, intact: Option<&[(String, u64, u64)]>) {
+fn blocks_hold(bytes: &[u8], base: u64, intact: Option<&[block::Extent]>) {
     let end = base + bytes.len() as u64;
     let scan = block::scan(bytes, base);
     assert!(
@@ -278,38 +295,46 @@ fn blocks_hold(bytes: &[u8], base: u64, intact: Option<&[(String, u64, u64)]>) {
         "stop {} outside",
         scan.stop
     );
+    assert_eq!(scan.why.is_none(), scan.stop == end, "{scan:?}");
+    // Blocks and damaged stretches lie in order, apart, before where the walk stopped.
+    let mut stretches: Vec<(u64, u64)> =
+        scan.extents.iter().map(|e| (e.offset, e.length)).collect();
+    stretches.extend(scan.damaged.iter().map(|d| (d.offset, d.length)));
+    stretches.sort_unstable();
     let mut after = base;
+    for (offset, length) in stretches {
+        assert!(offset >= after && offset + length <= scan.stop, "{scan:?}");
+        after = offset + length;
+    }
     for e in &scan.extents {
-        assert!(
-            e.offset >= after && e.offset + e.length <= end,
-            "{e:?} out of place"
-        );
-        after = e.offset + e.length;
         let at = (e.offset - base) as usize;
         let (head, records) = block::parse(&bytes[at..at + e.length as usize], true)
             .expect("a block the scan took must parse");
         assert_eq!(block::extent_of(&head, &records, e.offset), *e);
     }
-    for d in &scan.damaged {
-        assert!(
-            d.offset >= base && d.offset + d.length <= end,
-            "{d:?} out of place"
-        );
-    }
     if let Some(expected) = intact {
-        let got: Vec<_> = scan
-            .extents
+        let expected: Vec<block::Extent> = expected
             .iter()
-            .map(|e| (e.session_id.clone(), e.first_seq, e.last_seq))
+            .map(|e| block::Extent {
+                offset: e.offset + base,
+                ..e.clone()
+            })
             .collect();
-        assert_eq!(got, expected);
+        assert_eq!(scan.extents, expected);
         assert!(scan.damaged.is_empty() && scan.why.is_none() && scan.stop == end);
     }
-    // Any start offset: parse and salvage answer, and name only bytes they were given.
+    // At any start: a header that reads names a block parse and salvage answer for,
+    // naming only bytes they were given.
     for at in 0..bytes.len().min(64) {
-        let data = &bytes[at..];
-        if let Ok((head, records)) = block::parse(data, true) {
-            assert_eq!(head.block_len(), data.len() as u64);
+        let Ok(head) = block::parse_head(&bytes[at..]) else {
+            continue;
+        };
+        let data = &bytes[at..bytes
+            .len()
+            .min(at.saturating_add(head.block_len() as usize))];
+        if let Ok((parsed, records)) = block::parse(data, true) {
+            assert_eq!(parsed, head);
+            assert_eq!(parsed.block_len(), data.len() as u64);
             assert_eq!(records.len(), head.count as usize);
         }
         if let Ok((_, records)) = block::salvage(data) {

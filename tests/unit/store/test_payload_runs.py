@@ -53,3 +53,10 @@ async def test_runs_describe_what_is_stored_without_reading_it(store: Store) -> 
     assert await _collect(store, sid, later, 0, 211) == (
         whole[:100] + payload_of(sid, 4, 50) + payload_of(sid, 5, 50) + whole[100:]
     )
+    # An empty END frame is a run without bytes: the audio ends where it did.
+    ended = await store.commit([frame(sid, 8, b"", end=True)])
+    assert ended.outcomes == [Outcome.STORED]
+    final = await store.payload_runs(sid)
+    assert final == [*later, (8, 8, 0)]
+    assert await _collect(store, sid, final, 200, 211) == whole[-12:]
+    assert await _collect(store, sid, final, 211, 211) == whole[-1:]

@@ -90,6 +90,11 @@ EXTENT_AT = (
     "SELECT first_seq, last_seq, segment, offset, length FROM all_extents"
     " WHERE session_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1"
 )
+# (first_seq, last_seq, payload bytes) of every extent of session ?1, in seq order.
+PAYLOAD_RUNS = (
+    "SELECT first_seq, last_seq, payload_bytes FROM all_extents WHERE session_id = ?1"
+    " ORDER BY first_seq"
+)
 # Up to ?4 extents of session ?1 starting from seq ?2 to seq ?3, in seq order, with their
 # segment's name.
 EXTENTS_FROM = (
@@ -430,11 +435,7 @@ def read_records(
 
 
 def payload_runs_sync(conn: sqlite3.Connection, session_id: str) -> list[tuple[int, int, int]]:
-    rows: list[tuple[int, int, int]] = conn.execute(
-        "SELECT first_seq, last_seq, payload_bytes FROM all_extents WHERE session_id = ?"
-        " ORDER BY first_seq",
-        (session_id,),
-    ).fetchall()
+    rows: list[tuple[int, int, int]] = conn.execute(PAYLOAD_RUNS, (session_id,)).fetchall()
     return rows
 
 
