@@ -556,6 +556,16 @@ async def test_recent_extents_move_when_due_and_reads_span_both_tables(
 
         return await store._call(count)
 
+    async def four_rows_of_a_new_session(moved: int) -> None:
+        """A new session alone is due at max(4, 1 x 2) = 4 rows: its fourth one-frame
+        commit moves them, after ``moved`` rows moved before."""
+        sid = await new_session_id(store)
+        for seq in range(3):
+            await commit(sid, seq)
+        assert await rows() == (moved, 3)
+        await commit(sid, 3)
+        assert await rows() == (moved + 4, 0)
+
     try:
         # Six sessions: due at min(max(4, 6 x 2), 10) = 10 rows, the cap.
         many = [await new_session_id(store) for _ in range(6)]
@@ -567,22 +577,12 @@ async def test_recent_extents_move_when_due_and_reads_span_both_tables(
         assert await rows() == (0, 9)
         await commit(many[3], 1)
         assert await rows() == (10, 0)
-        # The move forgot those sessions: one session is due at max(4, 1 x 2) = 4 rows.
-        lone = await new_session_id(store)
-        for seq in range(3):
-            await commit(lone, seq)
-        assert await rows() == (10, 3)
-        await commit(lone, 3)
-        assert await rows() == (14, 0)
+        # The move forgot those sessions.
+        await four_rows_of_a_new_session(moved=10)
         # Resends add no rows and count no session.
         resent = await store.commit([frame(sid, 0, payload_of(sid, 0)) for sid in many])
         assert resent.outcomes == [Outcome.DUPLICATE] * 6
-        other = await new_session_id(store)
-        for seq in range(3):
-            await commit(other, seq)
-        assert await rows() == (14, 3)
-        await commit(other, 3)
-        assert await rows() == (18, 0)
+        await four_rows_of_a_new_session(moved=14)
         # Seq 3 of many[5] goes to recent_extents past a gap at 1-2 (moved rows before it).
         await commit(many[5], 3)
         assert await store.missing(many[5]) == [[1, 2]]
